@@ -1,0 +1,24 @@
+//! One module per subcommand. The CLI is the only layer that reads files, clocks and
+//! terminals; it hands bytes and time to the pure core.
+
+pub mod audit;
+pub mod demo;
+pub mod output;
+pub mod sim;
+
+use clap::{Parser, Subcommand};
+
+/// assayer — data-integrity auditor for MMO economies.
+#[derive(Debug, Parser)]
+#[command(name = "assayer", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Audit(audit::AuditArgs),
+    Sim(sim::SimArgs),
+    Demo(demo::DemoArgs),
+}

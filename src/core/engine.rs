@@ -1,0 +1,613 @@
+//! The audit engine: bytes in, findings out. Pure and synchronous; the caller passes
+//! the time. One engine audits any number of realms and systems.
+//!
+//! ```text
+//! ingest(bytes) ─► decode ──malformed──► event.malformed
+//!                    │
+//!                    ▼
+//!              redelivery window ──same tx_id, same content──► counted
+//!                    │            ──same tx_id, other content─► tx.conflict
+//!                    ▼
+//!        intrinsic checks (tx.unbalanced, economy.unauthorized_faucet)
+//!                    │
+//!                    ▼
+//!        sequencer (reorder window) ──► stream.seq_gap / stream.seq_reuse
+//!                    │  causal order
+//!                    ▼
+//!                 ledger ──► item.*, grant.reused, balance.overdraft,
+//!                            escrow.stuck, economy.velocity
+//! ```
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+use serde_json::json;
+
+use super::event::{self, Malformed, ValidEvent};
+use super::finding::{fingerprint, Finding, Invariant};
+use super::intern::{Interner, Sym};
+use super::ledger::{Ctx, Event, ItemMove, Ledger, LedgerStats, Posting};
+use super::policy::Policy;
+use super::sequencer::{Released, Sequencer, Slot, StreamId};
+use super::time::Timestamp;
+
+/// What became of one ingested event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// New and valid: buffered for the reorder window, then applied.
+    Accepted,
+    /// A redelivery of an event already seen (same `tx_id`, same content): counted.
+    Redelivered,
+    /// A `tx_id` seen before with different content: `tx.conflict`, not applied.
+    Conflict,
+    /// A `seq` older than the redelivery memory, from a `tx_id` no longer remembered:
+    /// almost surely a very late redelivery. Counted, not applied (docs/invariants.md).
+    Stale,
+    /// Not a valid events-v1 event: `event.malformed`, set aside.
+    Malformed,
+}
+
+/// Counters for the summary and metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EngineStats {
+    pub received: u64,
+    pub accepted: u64,
+    pub redelivered: u64,
+    pub conflicts: u64,
+    pub stale: u64,
+    pub malformed: u64,
+    /// Applied outside their stream's sequence: arrived after their seq was declared
+    /// missing, or re-used a seq.
+    pub late: u64,
+    pub findings: BTreeMap<Invariant, u64>,
+    pub ledger: LedgerStats,
+    pub redelivery_memory_forgotten: u64,
+}
+
+/// Approximate heap bytes per component, for the memory budget.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MemoryReport {
+    pub interner_bytes: usize,
+    pub ledger_bytes: usize,
+    pub redelivery_window_bytes: usize,
+    pub reorder_buffer_bytes: usize,
+    pub live_items: usize,
+    pub live_balances: usize,
+    pub remembered_tx_ids: usize,
+}
+
+impl MemoryReport {
+    pub fn total(&self) -> usize {
+        self.interner_bytes
+            + self.ledger_bytes
+            + self.redelivery_window_bytes
+            + self.reorder_buffer_bytes
+    }
+}
+
+/// What is remembered of a recent transaction.
+#[derive(Clone, Copy)]
+struct TxMemo {
+    /// More bits of the tx_id hash, so two ids colliding on the 64-bit key are told
+    /// apart.
+    check: u32,
+    stream: StreamId,
+    seq: u64,
+    digest: u64,
+}
+
+/// Bounded memory of recent `tx_id`s (policy `stream.dedup_window_txs`), FIFO.
+struct RedeliveryWindow {
+    memo: FxHashMap<u64, TxMemo>,
+    by_seq: FxHashMap<(StreamId, u64), u64>,
+    order: VecDeque<u64>,
+    cap: usize,
+    forgotten: u64,
+}
+
+fn tx_key(tx_id: &str) -> (u64, u32) {
+    let h = blake3::hash(tx_id.as_bytes());
+    let b = h.as_bytes();
+    (
+        u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
+        u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
+    )
+}
+
+impl RedeliveryWindow {
+    fn get(&self, key: u64, check: u32) -> Option<TxMemo> {
+        self.memo.get(&key).copied().filter(|m| m.check == check)
+    }
+
+    /// Remembers a tx, forgetting the oldest when full. Returns what was forgotten.
+    fn remember(&mut self, key: u64, memo: TxMemo) -> Option<TxMemo> {
+        let mut evicted = None;
+        if self.memo.len() >= self.cap {
+            if let Some(old) = self.order.pop_front() {
+                if let Some(m) = self.memo.remove(&old) {
+                    self.by_seq.remove(&(m.stream, m.seq));
+                    self.forgotten += 1;
+                    evicted = Some(m);
+                }
+            }
+        }
+        if self.memo.insert(key, memo).is_none() {
+            self.order.push_back(key);
+        }
+        self.by_seq.entry((memo.stream, memo.seq)).or_insert(key);
+        evicted
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.memo.capacity() * (std::mem::size_of::<(u64, TxMemo)>() + 1)
+            + self.by_seq.capacity() * (std::mem::size_of::<((StreamId, u64), u64)>() + 1)
+            + self.order.capacity() * 8
+    }
+}
+
+pub struct Engine {
+    policy: Policy,
+    interner: Interner,
+    sequencer: Sequencer,
+    ledger: Ledger,
+    window: RedeliveryWindow,
+    max_ts: Timestamp,
+    stats: EngineStats,
+    released: Vec<Released>,
+}
+
+impl Engine {
+    pub fn new(policy: Policy) -> Engine {
+        let mut interner = Interner::default();
+        let ledger = Ledger::new(&policy, &mut interner);
+        Engine {
+            sequencer: Sequencer::new(policy.stream.streams_start_at),
+            window: RedeliveryWindow {
+                memo: FxHashMap::default(),
+                by_seq: FxHashMap::default(),
+                order: VecDeque::new(),
+                cap: policy.stream.dedup_window_txs,
+                forgotten: 0,
+            },
+            policy,
+            interner,
+            ledger,
+            max_ts: Timestamp::MIN,
+            stats: EngineStats::default(),
+            released: Vec::new(),
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub fn interner(&self) -> &Interner {
+        &self.interner
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let mut s = self.stats.clone();
+        s.ledger = self.ledger.stats();
+        s.redelivery_memory_forgotten = self.window.forgotten;
+        s
+    }
+
+    /// Events held in the reorder buffer.
+    pub fn reorder_depth(&self) -> usize {
+        self.sequencer.depth()
+    }
+
+    /// The newest event time seen (the stream's clock).
+    pub fn max_ts(&self) -> Timestamp {
+        self.max_ts
+    }
+
+    /// Per (realm, system): the next seq expected and the newest `ts` heard.
+    pub fn streams(&self) -> impl Iterator<Item = (&str, &str, Option<u64>, Timestamp)> {
+        self.sequencer.streams().map(|s| {
+            (
+                self.interner.resolve(s.realm),
+                self.interner.resolve(s.system),
+                s.next_seq(),
+                s.last_ts,
+            )
+        })
+    }
+
+    pub fn memory(&self) -> MemoryReport {
+        MemoryReport {
+            interner_bytes: self.interner.heap_bytes(),
+            ledger_bytes: self.ledger.heap_bytes(),
+            redelivery_window_bytes: self.window.heap_bytes(),
+            reorder_buffer_bytes: self.sequencer.depth()
+                * (std::mem::size_of::<Event>() + 64),
+            live_items: self.ledger.live_items(),
+            live_balances: self.ledger.live_balances(),
+            remembered_tx_ids: self.window.memo.len(),
+        }
+    }
+
+    /// Ingests one event's bytes. Findings go to `out`; `now` stamps them.
+    pub fn ingest(&mut self, bytes: &[u8], now: Timestamp, out: &mut Vec<Finding>) -> Outcome {
+        self.stats.received += 1;
+        let before = out.len();
+        let outcome = match event::decode(bytes) {
+            Err(m) => {
+                self.malformed(bytes, m, now, out);
+                Outcome::Malformed
+            }
+            Ok(v) => self.accept(v, bytes, now, out),
+        };
+        if outcome == Outcome::Accepted {
+            self.drain(now, out);
+        }
+        self.count(&out[before..]);
+        outcome
+    }
+
+    /// End of input: every buffered event is due; gaps between buffered events are
+    /// declared. Escrow limits are judged at the newest event time seen, never beyond.
+    pub fn finish(&mut self, now: Timestamp, out: &mut Vec<Finding>) {
+        let before = out.len();
+        self.release(Timestamp::MAX, now, out);
+        self.tick(self.max_ts, now, out);
+        self.count(&out[before..]);
+    }
+
+    fn count(&mut self, new: &[Finding]) {
+        for f in new {
+            *self.stats.findings.entry(f.invariant).or_default() += 1;
+        }
+    }
+
+    /// Lets the ledger run at `stream_time` (escrow deadlines).
+    fn tick(&mut self, stream_time: Timestamp, now: Timestamp, out: &mut Vec<Finding>) {
+        let mut cx = Ctx {
+            policy: &self.policy,
+            interner: &mut self.interner,
+            now,
+            out,
+        };
+        self.ledger.tick(stream_time, &mut cx);
+    }
+
+    fn drain(&mut self, now: Timestamp, out: &mut Vec<Finding>) {
+        let watermark = self.max_ts.saturating_sub(self.policy.stream.reorder_window);
+        self.release(watermark, now, out);
+        self.tick(watermark, now, out);
+    }
+
+    fn release(&mut self, watermark: Timestamp, now: Timestamp, out: &mut Vec<Finding>) {
+        let mut released = std::mem::take(&mut self.released);
+        self.sequencer.release(watermark, &mut released);
+        for r in released.drain(..) {
+            match r {
+                Released::Apply(ev) => {
+                    let mut cx = Ctx {
+                        policy: &self.policy,
+                        interner: &mut self.interner,
+                        now,
+                        out,
+                    };
+                    self.ledger.apply(&ev, &mut cx);
+                }
+                Released::Gap {
+                    stream,
+                    from,
+                    to,
+                    last_applied,
+                    next_tx_id,
+                    next_seq,
+                    next_ts,
+                } => {
+                    let s = self.sequencer.stream(stream);
+                    let realm = self.interner.resolve(s.realm).to_string();
+                    let system = self.interner.resolve(s.system).to_string();
+                    let count = to - from + 1;
+                    let seqs = if count == 1 {
+                        format!("seq {from} is")
+                    } else {
+                        format!("seqs {from}–{to} ({count}) are")
+                    };
+                    out.push(Finding {
+                        invariant: Invariant::SeqGap,
+                        severity: self.policy.severity(Invariant::SeqGap),
+                        fingerprint: fingerprint(
+                            Invariant::SeqGap,
+                            &realm,
+                            &[system.as_bytes(), &from.to_le_bytes()],
+                        ),
+                        message: format!(
+                            "{realm}/{system}: {seqs} still missing after the reorder window (next seen: seq {next_seq}, {next_tx_id})"
+                        ),
+                        evidence: json!({"missing_from": from, "missing_to": to, "missing_count": count,
+                                         "last_applied_seq": last_applied, "next_seq": next_seq,
+                                         "next_tx_id": &*next_tx_id, "next_ts": next_ts,
+                                         "reorder_window_ms": self.policy.stream.reorder_window.as_millis() as u64}),
+                        realm,
+                        system: Some(system),
+                        tx_id: None,
+                        seq: Some(from),
+                        subject: None,
+                        detected_at: now,
+                    });
+                }
+            }
+        }
+        self.released = released;
+    }
+
+    fn accept(
+        &mut self,
+        v: ValidEvent<'_>,
+        bytes: &[u8],
+        now: Timestamp,
+        out: &mut Vec<Finding>,
+    ) -> Outcome {
+        let (key, check) = tx_key(&v.wire.tx_id);
+        if let Some(first) = self.window.get(key, check) {
+            if first.digest == v.digest {
+                self.stats.redelivered += 1;
+                return Outcome::Redelivered;
+            }
+            self.stats.conflicts += 1;
+            self.conflict(&v, first, bytes, now, out);
+            return Outcome::Conflict;
+        }
+        let realm = self.interner.intern(v.realm());
+        let system = self.interner.intern(&v.wire.system);
+        let stream = self.sequencer.stream_id(realm, system);
+        let seq = v.wire.seq;
+
+        // Whose is this seq?
+        let reused_by = self.window.by_seq.get(&(stream, seq)).copied();
+        let slot = self.sequencer.slot(stream, seq);
+        let loose = match (reused_by, slot) {
+            (Some(_), _) | (None, Slot::Pending) => {
+                self.seq_reuse(&v, reused_by, now, out);
+                true
+            }
+            (None, Slot::Passed) => {
+                if seq <= self.sequencer.stream(stream).forgotten_through {
+                    self.stats.stale += 1;
+                    return Outcome::Stale;
+                }
+                self.stats.late += 1;
+                true
+            }
+            (None, Slot::Free | Slot::Malformed) => false,
+        };
+        if let Some(old) = self.window.remember(
+            key,
+            TxMemo {
+                check,
+                stream,
+                seq,
+                digest: v.digest,
+            },
+        ) {
+            let s = self.sequencer.stream_mut(old.stream);
+            s.forgotten_through = s.forgotten_through.max(old.seq);
+        }
+        self.stats.accepted += 1;
+        self.intrinsic_checks(&v, now, out);
+        self.max_ts = self.max_ts.max(v.ts);
+        let ev = self.intern_event(v, realm, system);
+        if loose {
+            self.sequencer.push_loose(stream, ev);
+        } else {
+            self.sequencer.push(stream, ev);
+        }
+        Outcome::Accepted
+    }
+
+    fn intern_event(&mut self, v: ValidEvent<'_>, realm: Sym, system: Sym) -> Event {
+        let i = &mut self.interner;
+        let w = v.wire;
+        Event {
+            realm,
+            system,
+            seq: w.seq,
+            ts: v.ts,
+            kind: i.intern(&w.kind),
+            actor: w.actor.as_deref().map(|a| i.intern(a)),
+            grant: w.grant.map(|g| g.into_owned().into_boxed_str()),
+            postings: w
+                .postings
+                .iter()
+                .map(|p| Posting {
+                    account: i.intern(&p.account),
+                    asset: i.intern(&p.asset),
+                    delta: p.delta,
+                })
+                .collect(),
+            items: w
+                .items
+                .iter()
+                .map(|m| ItemMove {
+                    item: i.intern(&m.item),
+                    from: i.intern(&m.from),
+                    to: i.intern(&m.to),
+                    template: m.template.as_deref().map(|t| i.intern(t)),
+                })
+                .collect(),
+            digest: v.digest,
+            tx_id: w.tx_id.into_owned().into_boxed_str(),
+        }
+    }
+
+    /// Checks that depend on the event alone: no other event can explain them, so they
+    /// are raised on arrival rather than after the reorder window.
+    fn intrinsic_checks(&mut self, v: &ValidEvent<'_>, now: Timestamp, out: &mut Vec<Finding>) {
+        let w = &v.wire;
+        let residuals = event::residuals(&w.postings);
+        if !residuals.is_empty() {
+            let listed: Vec<String> = residuals.iter().map(|(a, r)| format!("{a} {r:+}")).collect();
+            let evidence = json!({
+                "residual": residuals.iter().map(|(a, r)| (a.to_string(), json!(r.to_string()))).collect::<serde_json::Map<_, _>>(),
+                "postings": w.postings,
+            });
+            out.push(self.finding_for(
+                Invariant::TxUnbalanced,
+                v,
+                None,
+                &[w.tx_id.as_bytes()],
+                format!("postings of {} do not sum to zero: {}", w.tx_id, listed.join(", ")),
+                evidence,
+                now,
+            ));
+        }
+        let mut flagged: Vec<&str> = Vec::new();
+        let touches = w
+            .postings
+            .iter()
+            .map(|p| (&*p.account, "posts to"))
+            .chain(w.items.iter().map(|m| (&*m.from, "mints from")));
+        for (account, verb) in touches {
+            if !event::is_world(account)
+                || flagged.contains(&account)
+                || self.policy.faucet_allows(account, &w.system)
+            {
+                continue;
+            }
+            flagged.push(account);
+            let allowed = self.policy.faucets.get(account).cloned().unwrap_or_default();
+            out.push(self.finding_for(
+                Invariant::UnauthorizedFaucet,
+                v,
+                Some(account.to_string()),
+                &[w.tx_id.as_bytes(), account.as_bytes()],
+                format!(
+                    "system `{}` {verb} `{account}`, which the policy allows only for {}",
+                    w.system,
+                    if allowed.is_empty() { "no system".to_string() } else { allowed.join(", ") }
+                ),
+                json!({"account": account, "system": &*w.system, "allowed_systems": allowed,
+                       "kind": &*w.kind, "policy": &self.policy.source}),
+                now,
+            ));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finding_for(
+        &self,
+        inv: Invariant,
+        v: &ValidEvent<'_>,
+        subject: Option<String>,
+        key: &[&[u8]],
+        message: String,
+        evidence: serde_json::Value,
+        now: Timestamp,
+    ) -> Finding {
+        Finding {
+            invariant: inv,
+            severity: self.policy.severity(inv),
+            realm: v.realm().to_string(),
+            system: Some(v.wire.system.to_string()),
+            tx_id: Some(v.wire.tx_id.to_string()),
+            seq: Some(v.wire.seq),
+            subject,
+            message,
+            evidence,
+            detected_at: now,
+            fingerprint: fingerprint(inv, v.realm(), key),
+        }
+    }
+
+    fn conflict(
+        &mut self,
+        v: &ValidEvent<'_>,
+        first: TxMemo,
+        bytes: &[u8],
+        now: Timestamp,
+        out: &mut Vec<Finding>,
+    ) {
+        let first_stream = self.sequencer.stream(first.stream);
+        let second: serde_json::Value =
+            serde_json::from_slice(bytes).unwrap_or(serde_json::Value::Null);
+        let evidence = json!({
+            "first": {"realm": self.interner.resolve(first_stream.realm),
+                      "system": self.interner.resolve(first_stream.system),
+                      "seq": first.seq, "digest": format!("{:016x}", first.digest)},
+            "second": second,
+            "second_digest": format!("{:016x}", v.digest),
+            "applied": "first",
+        });
+        out.push(self.finding_for(
+            Invariant::TxConflict,
+            v,
+            None,
+            &[v.wire.tx_id.as_bytes(), &v.digest.to_le_bytes()],
+            format!(
+                "tx_id {} arrived again with different content; the first version stays applied, this one is set aside",
+                v.wire.tx_id
+            ),
+            evidence,
+            now,
+        ));
+    }
+
+    fn seq_reuse(
+        &mut self,
+        v: &ValidEvent<'_>,
+        holder: Option<u64>,
+        now: Timestamp,
+        out: &mut Vec<Finding>,
+    ) {
+        let w = &v.wire;
+        let holder_seen = holder.is_some();
+        out.push(self.finding_for(
+            Invariant::SeqReuse,
+            v,
+            None,
+            &[w.system.as_bytes(), &w.seq.to_le_bytes(), w.tx_id.as_bytes()],
+            format!(
+                "{}/{} seq {} used again by {} (a different tx_id already holds it)",
+                v.realm(),
+                w.system,
+                w.seq,
+                w.tx_id
+            ),
+            json!({"seq": w.seq, "tx_id": &*w.tx_id, "slot_holder_remembered": holder_seen,
+                   "applied": "yes, outside the sequence"}),
+            now,
+        ));
+    }
+
+    fn malformed(&mut self, bytes: &[u8], m: Malformed, now: Timestamp, out: &mut Vec<Finding>) {
+        self.stats.malformed += 1;
+        let realm = m.realm.clone().unwrap_or_else(|| "unknown".into());
+        // Account for its seq so the same root cause is not reported again as a gap.
+        if let (Some(system), Some(seq)) = (&m.system, m.seq) {
+            if seq > 0 && !system.is_empty() {
+                let r = self.interner.intern(m.realm.as_deref().unwrap_or(event::DEFAULT_REALM));
+                let s = self.interner.intern(system);
+                let id = self.sequencer.stream_id(r, s);
+                self.sequencer.mark_malformed(id, seq, None);
+            }
+        }
+        let excerpt: String = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
+        let digest = blake3::hash(bytes);
+        out.push(Finding {
+            invariant: Invariant::Malformed,
+            severity: self.policy.severity(Invariant::Malformed),
+            fingerprint: fingerprint(Invariant::Malformed, &realm, &[digest.as_bytes()]),
+            realm,
+            system: m.system.clone(),
+            tx_id: m.tx_id.clone(),
+            seq: m.seq,
+            subject: None,
+            message: format!("malformed event set aside: {}", m.reason),
+            evidence: json!({"reason": m.reason, "field": m.field, "bytes": bytes.len(),
+                             "excerpt": excerpt, "truncated": bytes.len() > 512}),
+            detected_at: now,
+        });
+    }
+}

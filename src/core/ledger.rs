@@ -1,0 +1,603 @@
+//! The ledger state machine: balances, item locations, grants, escrow holdings and
+//! velocity. Events arrive here already deduplicated and in causal order (the engine's
+//! reorder window did that); this module applies each one *as it happened* and raises
+//! the finding at the root cause, once.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+use rustc_hash::FxHashMap;
+use serde_json::json;
+
+use super::finding::{fingerprint, Finding, Invariant};
+use super::intern::{Class, Interner, Sym};
+use super::policy::Policy;
+use super::time::Timestamp;
+
+/// An accepted event with its identifiers interned.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub tx_id: Box<str>,
+    pub realm: Sym,
+    pub system: Sym,
+    pub seq: u64,
+    pub ts: Timestamp,
+    pub kind: Sym,
+    pub actor: Option<Sym>,
+    pub grant: Option<Box<str>>,
+    pub postings: Vec<Posting>,
+    pub items: Vec<ItemMove>,
+    pub digest: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Posting {
+    pub account: Sym,
+    pub asset: Sym,
+    pub delta: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ItemMove {
+    pub item: Sym,
+    pub from: Sym,
+    pub to: Sym,
+    pub template: Option<Sym>,
+}
+
+/// (realm, account, asset).
+type BalanceKey = (Sym, Sym, Sym);
+/// (realm, item).
+type ItemKey = (Sym, Sym);
+
+/// Where an item's copies are. One word per item in the common case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ItemSlot {
+    /// Exactly one live copy, at this location.
+    At(Sym),
+    /// Two or more live copies (or copies after a duplication): see `Ledger::copies`.
+    Copies,
+    /// Burned (moved to a `world:` sink); a later move resurrects it.
+    Burned,
+}
+
+struct EscrowHold {
+    since: Timestamp,
+    opened_by: Box<str>,
+    system: Sym,
+    /// Non-zero balances plus item copies held.
+    holdings: u32,
+}
+
+struct VelocityTrack {
+    inflows: VecDeque<(Timestamp, i64)>,
+    sum: i128,
+    flagged: bool,
+}
+
+/// Memory of redeemed grants, bounded FIFO (policy `stream.grant_memory_max`).
+struct GrantMemory {
+    by_key: FxHashMap<u128, Box<str>>,
+    order: VecDeque<u128>,
+    max: usize,
+    forgotten: u64,
+}
+
+impl GrantMemory {
+    fn key(realm: &str, grant: &str) -> u128 {
+        let mut h = blake3::Hasher::new();
+        h.update(&(realm.len() as u32).to_le_bytes());
+        h.update(realm.as_bytes());
+        h.update(grant.as_bytes());
+        u128::from_le_bytes(h.finalize().as_bytes()[..16].try_into().expect("16 bytes"))
+    }
+
+    /// The tx that redeemed the grant first, if another one did.
+    fn redeem(&mut self, key: u128, tx_id: &str) -> Option<&str> {
+        if self.by_key.contains_key(&key) {
+            let first = &self.by_key[&key];
+            return (&**first != tx_id).then_some(&**first);
+        }
+        if self.by_key.len() >= self.max {
+            if let Some(old) = self.order.pop_front() {
+                self.by_key.remove(&old);
+                self.forgotten += 1;
+            }
+        }
+        self.by_key.insert(key, tx_id.into());
+        self.order.push_back(key);
+        None
+    }
+}
+
+/// Counters of what the ledger did, for summaries and metrics.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LedgerStats {
+    pub applied: u64,
+    pub postings: u64,
+    pub item_moves: u64,
+    pub grants_forgotten: u64,
+}
+
+pub struct Ledger {
+    balances: FxHashMap<BalanceKey, i128>,
+    items: FxHashMap<ItemKey, ItemSlot>,
+    copies: FxHashMap<ItemKey, Vec<Sym>>,
+    grants: GrantMemory,
+    escrow: FxHashMap<(Sym, Sym), EscrowHold>,
+    escrow_deadlines: BinaryHeap<Reverse<(Timestamp, Sym, Sym, Timestamp)>>,
+    velocity: FxHashMap<(Sym, Sym, u8), VelocityTrack>,
+    velocity_assets: Vec<Option<Sym>>,
+    stats: LedgerStats,
+}
+
+/// Everything a ledger operation needs besides its own state.
+pub struct Ctx<'a> {
+    pub policy: &'a Policy,
+    pub interner: &'a mut Interner,
+    pub now: Timestamp,
+    pub out: &'a mut Vec<Finding>,
+}
+
+impl Ctx<'_> {
+    fn class(&mut self, sym: Sym) -> Class {
+        let policy = self.policy;
+        self.interner.class(sym, |s| Class {
+            world: super::event::is_world(s),
+            escrow_rule: policy
+                .escrow
+                .iter()
+                .position(|r| s.starts_with(&r.prefix))
+                .map(|i| i as u8),
+        })
+    }
+
+    fn s(&self, sym: Sym) -> String {
+        self.interner.resolve(sym).to_string()
+    }
+
+    /// Emits a finding about `ev`. `key` are the parts that identify the root cause
+    /// beyond invariant and realm.
+    fn raise(
+        &mut self,
+        inv: Invariant,
+        ev: &Event,
+        subject: Option<String>,
+        key: &[&[u8]],
+        message: String,
+        evidence: serde_json::Value,
+    ) {
+        let realm = self.s(ev.realm);
+        self.out.push(Finding {
+            invariant: inv,
+            severity: self.policy.severity(inv),
+            fingerprint: fingerprint(inv, &realm, key),
+            realm,
+            system: Some(self.s(ev.system)),
+            tx_id: Some(ev.tx_id.to_string()),
+            seq: Some(ev.seq),
+            subject,
+            message,
+            evidence,
+            detected_at: self.now,
+        });
+    }
+}
+
+impl Ledger {
+    pub fn new(policy: &Policy, interner: &mut Interner) -> Ledger {
+        Ledger {
+            balances: FxHashMap::default(),
+            items: FxHashMap::default(),
+            copies: FxHashMap::default(),
+            grants: GrantMemory {
+                by_key: FxHashMap::default(),
+                order: VecDeque::new(),
+                max: policy.stream.grant_memory_max,
+                forgotten: 0,
+            },
+            escrow: FxHashMap::default(),
+            escrow_deadlines: BinaryHeap::new(),
+            velocity: FxHashMap::default(),
+            velocity_assets: policy
+                .velocity
+                .iter()
+                .map(|r| Some(interner.intern(&r.asset)))
+                .collect(),
+            stats: LedgerStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> LedgerStats {
+        let mut s = self.stats.clone();
+        s.grants_forgotten = self.grants.forgotten;
+        s
+    }
+
+    /// Balance of `account`'s `asset` in `realm` (0 when never touched).
+    pub fn balance(&self, interner: &Interner, realm: &str, account: &str, asset: &str) -> i128 {
+        match (interner.get(realm), interner.get(account), interner.get(asset)) {
+            (Some(r), Some(a), Some(s)) => self.balances.get(&(r, a, s)).copied().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// The live locations of an item (several after a duplication; none when burned or
+    /// unknown).
+    pub fn item_locations(&self, interner: &Interner, realm: &str, item: &str) -> Vec<String> {
+        let (Some(r), Some(i)) = (interner.get(realm), interner.get(item)) else {
+            return Vec::new();
+        };
+        self.locations((r, i))
+            .iter()
+            .map(|l| interner.resolve(*l).to_string())
+            .collect()
+    }
+
+    /// Every non-zero balance, as (realm, account, asset, balance) — the state the
+    /// stream implies, for reconciliation and snapshots.
+    pub fn balances<'a>(
+        &'a self,
+        interner: &'a Interner,
+    ) -> impl Iterator<Item = (&'a str, &'a str, &'a str, i128)> + 'a {
+        self.balances.iter().filter(|(_, v)| **v != 0).map(|((r, a, s), v)| {
+            (interner.resolve(*r), interner.resolve(*a), interner.resolve(*s), *v)
+        })
+    }
+
+    pub fn live_items(&self) -> usize {
+        self.items
+            .iter()
+            .filter(|(_, s)| !matches!(s, ItemSlot::Burned))
+            .count()
+    }
+
+    pub fn live_balances(&self) -> usize {
+        self.balances.values().filter(|v| **v != 0).count()
+    }
+
+    /// Heap bytes of the state tables, estimated from their capacities.
+    pub fn heap_bytes(&self) -> usize {
+        fn table<K, V>(m: &FxHashMap<K, V>) -> usize {
+            m.capacity() * (std::mem::size_of::<(K, V)>() + 1)
+        }
+        table(&self.balances)
+            + table(&self.items)
+            + table(&self.copies)
+            + self.copies.values().map(|v| v.capacity() * 4).sum::<usize>()
+            + table(&self.grants.by_key)
+            + self.grants.by_key.values().map(|t| t.len()).sum::<usize>()
+            + self.grants.order.capacity() * 16
+            + table(&self.escrow)
+            + self.escrow_deadlines.capacity() * 32
+            + table(&self.velocity)
+            + self
+                .velocity
+                .values()
+                .map(|v| v.inflows.capacity() * 16)
+                .sum::<usize>()
+    }
+
+    fn locations(&self, key: ItemKey) -> &[Sym] {
+        match self.items.get(&key) {
+            Some(ItemSlot::At(loc)) => std::slice::from_ref(loc),
+            Some(ItemSlot::Copies) => self.copies.get(&key).map_or(&[], |v| v.as_slice()),
+            Some(ItemSlot::Burned) | None => &[],
+        }
+    }
+
+    /// Applies one event in causal order.
+    pub fn apply(&mut self, ev: &Event, cx: &mut Ctx<'_>) {
+        self.stats.applied += 1;
+        if let Some(grant) = &ev.grant {
+            let key = GrantMemory::key(cx.interner.resolve(ev.realm), grant);
+            if let Some(first) = self.grants.redeem(key, &ev.tx_id) {
+                let first = first.to_string();
+                cx.raise(
+                    Invariant::GrantReused,
+                    ev,
+                    Some(grant.to_string()),
+                    &[grant.as_bytes(), ev.tx_id.as_bytes()],
+                    format!("grant `{grant}` redeemed again by {} (first redeemed by {first})", ev.tx_id),
+                    json!({"grant": &**grant, "first_tx_id": first, "second_tx_id": &*ev.tx_id}),
+                );
+            }
+        }
+        for p in &ev.postings {
+            self.post(ev, p, cx);
+        }
+        for m in &ev.items {
+            self.move_item(ev, m, cx);
+        }
+    }
+
+    fn post(&mut self, ev: &Event, p: &Posting, cx: &mut Ctx<'_>) {
+        self.stats.postings += 1;
+        let class = cx.class(p.account);
+        let bal = self.balances.entry((ev.realm, p.account, p.asset)).or_insert(0);
+        let before = *bal;
+        *bal += i128::from(p.delta);
+        let after = *bal;
+        if class.world {
+            return; // faucets and sinks may go negative: that is total issuance
+        }
+        if before >= 0 && after < 0 {
+            let (account, asset) = (cx.s(p.account), cx.s(p.asset));
+            cx.raise(
+                Invariant::BalanceOverdraft,
+                ev,
+                Some(account.clone()),
+                &[account.as_bytes(), asset.as_bytes(), ev.tx_id.as_bytes()],
+                format!("{account} went below zero in {asset}: {before} {:+} = {after}", p.delta),
+                json!({"account": account, "asset": asset, "balance_before": before.to_string(),
+                       "delta": p.delta, "balance_after": after.to_string()}),
+            );
+        }
+        if class.escrow_rule.is_some() && (before == 0) != (after == 0) {
+            self.escrow_change(ev, p.account, if after == 0 { -1 } else { 1 }, class, cx);
+        }
+        if p.delta > 0 && !self.velocity_assets.is_empty() {
+            self.velocity_inflow(ev, p, cx);
+        }
+    }
+
+    fn velocity_inflow(&mut self, ev: &Event, p: &Posting, cx: &mut Ctx<'_>) {
+        for (i, rule) in cx.policy.velocity.iter().enumerate() {
+            if self.velocity_assets[i] != Some(p.asset)
+                || !cx.interner.resolve(p.account).starts_with(&rule.account_prefix)
+            {
+                continue;
+            }
+            let track = self
+                .velocity
+                .entry((ev.realm, p.account, i as u8))
+                .or_insert_with(|| VelocityTrack {
+                    inflows: VecDeque::new(),
+                    sum: 0,
+                    flagged: false,
+                });
+            let horizon = ev.ts.saturating_sub(rule.window);
+            while let Some(&(ts, amount)) = track.inflows.front() {
+                if ts > horizon {
+                    break;
+                }
+                track.sum -= i128::from(amount);
+                track.inflows.pop_front();
+            }
+            track.inflows.push_back((ev.ts, p.delta));
+            track.sum += i128::from(p.delta);
+            let over = track.sum > i128::from(rule.max_inflow);
+            if over && !track.flagged {
+                track.flagged = true;
+                let sum = track.sum;
+                let window_start = track.inflows.front().map_or(ev.ts, |f| f.0);
+                let (account, asset) = (cx.s(p.account), rule.asset.clone());
+                cx.raise(
+                    Invariant::Velocity,
+                    ev,
+                    Some(account.clone()),
+                    &[account.as_bytes(), asset.as_bytes(), &window_start.0.to_le_bytes()],
+                    format!(
+                        "{account} received {sum} {asset} within {} s (limit {})",
+                        rule.window.as_secs(),
+                        rule.max_inflow
+                    ),
+                    json!({"account": account, "asset": asset, "inflow": sum.to_string(),
+                           "limit": rule.max_inflow, "window_ms": rule.window.as_millis() as u64,
+                           "window_start": window_start, "crossing_delta": p.delta}),
+                );
+            } else if !over {
+                track.flagged = false;
+            }
+        }
+    }
+
+    fn move_item(&mut self, ev: &Event, m: &ItemMove, cx: &mut Ctx<'_>) {
+        self.stats.item_moves += 1;
+        let key = (ev.realm, m.item);
+        let from_class = cx.class(m.from);
+        let to_class = cx.class(m.to);
+        let slot = self.items.get(&key).copied();
+        let mut placed_from: Option<Sym> = None; // the copy's previous location, if any
+        match (slot, from_class.world) {
+            (Some(ItemSlot::Burned), _) => {
+                let item = cx.s(m.item);
+                cx.raise(
+                    Invariant::ItemResurrected,
+                    ev,
+                    Some(item.clone()),
+                    &[item.as_bytes(), ev.tx_id.as_bytes()],
+                    format!("{item} moved {} → {} after it was burned", cx.s(m.from), cx.s(m.to)),
+                    json!({"item": item, "from": cx.s(m.from), "to": cx.s(m.to)}),
+                );
+                self.items.remove(&key);
+            }
+            (Some(_), true) => {
+                let item = cx.s(m.item);
+                let existing: Vec<String> =
+                    self.locations(key).iter().map(|l| cx.s(*l)).collect();
+                cx.raise(
+                    Invariant::ItemDuplicated,
+                    ev,
+                    Some(item.clone()),
+                    &[item.as_bytes(), ev.tx_id.as_bytes()],
+                    format!(
+                        "{item} minted from {} into {} while it already exists at {}",
+                        cx.s(m.from),
+                        cx.s(m.to),
+                        existing.join(", ")
+                    ),
+                    json!({"item": item, "minted_from": cx.s(m.from), "minted_to": cx.s(m.to),
+                           "existing_locations": existing}),
+                );
+            }
+            (None, true) => {}
+            (None, false) => {
+                let item = cx.s(m.item);
+                cx.raise(
+                    Invariant::ItemPhantomSource,
+                    ev,
+                    Some(item.clone()),
+                    &[item.as_bytes(), ev.tx_id.as_bytes()],
+                    format!("{item} moved out of {} but the stream never created it", cx.s(m.from)),
+                    json!({"item": item, "from": cx.s(m.from), "to": cx.s(m.to),
+                           "known_locations": [], "reason": "unknown item"}),
+                );
+            }
+            (Some(_), false) => {
+                if self.locations(key).contains(&m.from) {
+                    placed_from = Some(m.from);
+                } else {
+                    let item = cx.s(m.item);
+                    let actual: Vec<String> =
+                        self.locations(key).iter().map(|l| cx.s(*l)).collect();
+                    cx.raise(
+                        Invariant::ItemPhantomSource,
+                        ev,
+                        Some(item.clone()),
+                        &[item.as_bytes(), ev.tx_id.as_bytes()],
+                        format!(
+                            "{item} moved out of {} but it is at {}",
+                            cx.s(m.from),
+                            actual.join(", ")
+                        ),
+                        json!({"item": item, "from": cx.s(m.from), "to": cx.s(m.to),
+                               "known_locations": actual, "reason": "not at `from`"}),
+                    );
+                    // Applied as it happened: the game moved the copy it had.
+                    placed_from = self.locations(key).first().copied();
+                }
+            }
+        }
+        // Take the copy out of where it was.
+        if let Some(prev) = placed_from {
+            self.remove_copy(key, prev);
+            let c = cx.class(prev);
+            if c.escrow_rule.is_some() {
+                self.escrow_change(ev, prev, -1, c, cx);
+            }
+        }
+        // Put it where it went (a `world:` destination burns it).
+        if to_class.world {
+            if self.locations(key).is_empty() {
+                self.items.insert(key, ItemSlot::Burned);
+                self.copies.remove(&key);
+            }
+        } else {
+            self.add_copy(key, m.to);
+            if to_class.escrow_rule.is_some() {
+                self.escrow_change(ev, m.to, 1, to_class, cx);
+            }
+        }
+    }
+
+    fn remove_copy(&mut self, key: ItemKey, loc: Sym) {
+        match self.items.get(&key).copied() {
+            Some(ItemSlot::At(l)) if l == loc => {
+                self.items.remove(&key);
+            }
+            Some(ItemSlot::Copies) => {
+                if let Some(v) = self.copies.get_mut(&key) {
+                    if let Some(i) = v.iter().position(|l| *l == loc) {
+                        v.swap_remove(i);
+                    }
+                    if v.len() == 1 {
+                        let last = v[0];
+                        self.copies.remove(&key);
+                        self.items.insert(key, ItemSlot::At(last));
+                    } else if v.is_empty() {
+                        self.copies.remove(&key);
+                        self.items.remove(&key);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn add_copy(&mut self, key: ItemKey, loc: Sym) {
+        match self.items.get(&key).copied() {
+            Some(ItemSlot::At(l)) => {
+                self.copies.insert(key, vec![l, loc]);
+                self.items.insert(key, ItemSlot::Copies);
+            }
+            Some(ItemSlot::Copies) => self.copies.entry(key).or_default().push(loc),
+            Some(ItemSlot::Burned) | None => {
+                self.items.insert(key, ItemSlot::At(loc));
+            }
+        }
+    }
+
+    fn escrow_change(&mut self, ev: &Event, loc: Sym, delta: i32, class: Class, cx: &mut Ctx<'_>) {
+        let Some(rule) = class.escrow_rule else {
+            return;
+        };
+        let key = (ev.realm, loc);
+        if delta > 0 {
+            let hold = self.escrow.entry(key).or_insert_with(|| EscrowHold {
+                since: ev.ts,
+                opened_by: ev.tx_id.clone(),
+                system: ev.system,
+                holdings: 0,
+            });
+            if hold.holdings == 0 {
+                let deadline = ev.ts.saturating_add(cx.policy.escrow[rule as usize].max_hold);
+                self.escrow_deadlines
+                    .push(Reverse((deadline, ev.realm, loc, hold.since)));
+            }
+            hold.holdings += 1;
+        } else if let Some(hold) = self.escrow.get_mut(&key) {
+            hold.holdings = hold.holdings.saturating_sub(1);
+            if hold.holdings == 0 {
+                self.escrow.remove(&key);
+            }
+        }
+    }
+
+    /// Raises `escrow.stuck` for every escrow still holding value at `stream_time` past
+    /// its limit. `stream_time` is the auditor's watermark in event time, never a wall
+    /// clock, so replaying a stream gives the same findings.
+    pub fn tick(&mut self, stream_time: Timestamp, cx: &mut Ctx<'_>) {
+        while let Some(Reverse((deadline, realm, loc, since))) = self.escrow_deadlines.peek().copied()
+        {
+            if deadline >= stream_time {
+                break;
+            }
+            self.escrow_deadlines.pop();
+            let Some(hold) = self.escrow.get(&(realm, loc)) else {
+                continue; // emptied in time
+            };
+            if hold.since != since {
+                continue; // a later holding episode has its own deadline
+            }
+            let realm_s = cx.s(realm);
+            let loc_s = cx.s(loc);
+            let held_for = stream_time.since(since);
+            cx.out.push(Finding {
+                invariant: Invariant::EscrowStuck,
+                severity: cx.policy.severity(Invariant::EscrowStuck),
+                fingerprint: fingerprint(
+                    Invariant::EscrowStuck,
+                    &realm_s,
+                    &[loc_s.as_bytes(), &since.0.to_le_bytes()],
+                ),
+                realm: realm_s,
+                system: Some(cx.s(hold.system)),
+                tx_id: Some(hold.opened_by.to_string()),
+                seq: None,
+                subject: Some(loc_s.clone()),
+                message: format!(
+                    "{loc_s} has held value since {since} ({} s, limit {} s); opened by {}",
+                    held_for.as_secs(),
+                    deadline.since(since).as_secs(),
+                    hold.opened_by
+                ),
+                evidence: json!({"escrow": loc_s, "since": since, "opened_by": &*hold.opened_by,
+                                 "held_ms": held_for.as_millis() as u64,
+                                 "limit_ms": deadline.since(since).as_millis() as u64,
+                                 "holdings": hold.holdings}),
+                detected_at: cx.now,
+            });
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The pure core: events, the ledger state machine, policy and findings.
+
+pub mod engine;
+pub mod event;
+pub mod finding;
+pub mod intern;
+pub mod ledger;
+pub mod policy;
+pub mod sequencer;
+pub mod time;
+pub mod verdict;
