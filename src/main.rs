@@ -13,6 +13,8 @@ fn main() -> ExitCode {
         Command::Audit(args) => cli::audit::run(args),
         Command::Sim(args) => cli::sim::run(args),
         Command::Demo(args) => cli::demo::run(args),
+        Command::Daemon(args) => cli::daemon::run(args),
+        Command::CheckConfig(args) => cli::daemon::check(args),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 //! terminals; it hands bytes and time to the pure core.
 
 pub mod audit;
+pub mod daemon;
 pub mod demo;
 pub mod output;
 pub mod sim;
@@ -21,4 +22,6 @@ pub enum Command {
     Audit(audit::AuditArgs),
     Sim(sim::SimArgs),
     Demo(demo::DemoArgs),
+    Daemon(daemon::DaemonArgs),
+    CheckConfig(daemon::CheckConfigArgs),
 }

@@ -41,6 +41,19 @@ pub struct SimArgs {
     /// Write the answer key (which tx/subject each injected fault is) as JSON here.
     #[arg(long, value_name = "FILE")]
     pub answer_key: Option<PathBuf>,
+    /// Publish to RabbitMQ at this URL (e.g. amqp://guest:guest@127.0.0.1:5672/%2f)
+    /// instead of writing NDJSON, with publisher confirms.
+    #[arg(long, value_name = "AMQP_URL", env = "ASSAYER_AMQP_URL", hide_env_values = true)]
+    pub publish: Option<String>,
+    /// Exchange to publish to (a durable topic exchange; declared if missing).
+    #[arg(long, default_value = "assayer.events", requires = "publish")]
+    pub exchange: String,
+    /// Events per second when publishing [default: as fast as the broker confirms].
+    #[arg(long, requires = "publish")]
+    pub rate: Option<u64>,
+    /// Events per NDJSON message when publishing (1 = one JSON event per message).
+    #[arg(long, default_value_t = 1, requires = "publish")]
+    pub batch: usize,
 }
 
 impl SimArgs {
@@ -64,6 +77,9 @@ pub fn run(args: SimArgs) -> anyhow::Result<std::process::ExitCode> {
         anyhow::bail!("--players and --realms must be at least 1");
     }
     let cfg = args.config();
+    if let Some(url) = &args.publish {
+        return publish(&args, cfg, url);
+    }
     let out: Box<dyn Write> = match &args.out {
         Some(p) => Box::new(
             File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
@@ -94,6 +110,56 @@ pub fn run(args: SimArgs) -> anyhow::Result<std::process::ExitCode> {
         key.redeliveries,
         key.faults.len(),
         key.seed
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn publish(args: &SimArgs, cfg: SimConfig, url: &str) -> anyhow::Result<std::process::ExitCode> {
+    use crate::adapters::amqp::{self, Amqp, PublishOptions};
+    if args.batch == 0 || args.batch > crate::daemon::MAX_EVENTS_PER_MESSAGE {
+        anyhow::bail!(
+            "--batch must be between 1 and {} (events-v1)",
+            crate::daemon::MAX_EVENTS_PER_MESSAGE
+        );
+    }
+    let opts = PublishOptions {
+        exchange: args.exchange.clone(),
+        rate: args.rate,
+        batch: args.batch,
+        confirms_in_flight_max: 1024,
+    };
+    let answer_key = args.answer_key.clone();
+    let started = std::time::Instant::now();
+    let (stats, key) = super::daemon::runtime()?.block_on(async move {
+        let bus = Amqp::connect(url, "assayer sim", std::time::Duration::from_secs(10))
+            .await
+            .with_context(|| format!("cannot connect to {}", crate::daemon::config::mask_url(url)))?;
+        amqp::declare_exchange(&bus, &opts.exchange).await?;
+        // Bounded hand-off from the (synchronous) generator to the publisher.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8_192);
+        let generator = tokio::task::spawn_blocking(move || {
+            sim::generate(&cfg, &mut |line: &[u8]| {
+                let _ = tx.blocking_send(line.to_vec());
+            })
+        });
+        let stats = amqp::publish_stream(&bus, &opts, rx).await?;
+        let key = generator.await.context("the generator panicked")?;
+        bus.close().await;
+        anyhow::Ok((stats, key))
+    })?;
+    if let Some(p) = &answer_key {
+        let f = File::create(p).with_context(|| format!("cannot create {}", p.display()))?;
+        serde_json::to_writer_pretty(BufWriter::new(f), &key).context("writing answer key")?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "sim: published {} events in {} messages to exchange `{}` in {:.1} s ({:.0} events/s); {} injected faults",
+        stats.events,
+        stats.messages,
+        args.exchange,
+        secs,
+        stats.events as f64 / secs.max(1e-9),
+        key.faults.len()
     );
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use rustc_hash::FxHashMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::event::{self, Malformed, ValidEvent};
@@ -49,7 +49,7 @@ pub enum Outcome {
 }
 
 /// Counters for the summary and metrics.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EngineStats {
     pub received: u64,
     pub accepted: u64,
@@ -87,7 +87,7 @@ impl MemoryReport {
 }
 
 /// What is remembered of a recent transaction.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Serialize, Deserialize)]
 struct TxMemo {
     /// More bits of the tx_id hash, so two ids colliding on the 64-bit key are told
     /// apart.
@@ -98,6 +98,7 @@ struct TxMemo {
 }
 
 /// Bounded memory of recent `tx_id`s (policy `stream.dedup_window_txs`), FIFO.
+#[derive(Serialize, Deserialize)]
 struct RedeliveryWindow {
     memo: FxHashMap<u64, TxMemo>,
     by_seq: FxHashMap<(StreamId, u64), u64>,
@@ -146,6 +147,45 @@ impl RedeliveryWindow {
     }
 }
 
+/// Why a snapshot could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot format {found} is not the supported format {SNAPSHOT_FORMAT}")]
+    Version { found: u32 },
+    #[error("snapshot is corrupt: {0}")]
+    Corrupt(#[from] postcard::Error),
+}
+
+/// Bumped whenever the engine's state layout changes.
+pub const SNAPSHOT_FORMAT: u32 = 1;
+
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    format: u32,
+    interner: &'a Interner,
+    sequencer: &'a Sequencer,
+    ledger: &'a Ledger,
+    window: &'a RedeliveryWindow,
+    max_ts: Timestamp,
+    stats: &'a EngineStats,
+}
+
+#[derive(Deserialize)]
+struct Snapshot {
+    format: u32,
+    interner: Interner,
+    sequencer: Sequencer,
+    ledger: Ledger,
+    window: RedeliveryWindow,
+    max_ts: Timestamp,
+    stats: EngineStats,
+}
+
+#[derive(Deserialize)]
+struct SnapshotHeader {
+    format: u32,
+}
+
 pub struct Engine {
     policy: Policy,
     interner: Interner,
@@ -177,6 +217,47 @@ impl Engine {
             stats: EngineStats::default(),
             released: Vec::new(),
         }
+    }
+
+    /// The whole engine state — balances, items, grants, escrow and velocity
+    /// tracking, the redelivery window, sequence positions and the reorder buffer — as
+    /// bytes. `restore` of these bytes followed by the same input gives the same
+    /// findings and state as never having stopped.
+    pub fn snapshot(&self) -> Vec<u8> {
+        postcard::to_stdvec(&SnapshotRef {
+            format: SNAPSHOT_FORMAT,
+            interner: &self.interner,
+            sequencer: &self.sequencer,
+            ledger: &self.ledger,
+            window: &self.window,
+            max_ts: self.max_ts,
+            stats: &self.stats,
+        })
+        .expect("serializing plain in-memory data to a Vec cannot fail")
+    }
+
+    /// Rebuilds an engine from [`Engine::snapshot`] bytes under `policy` (which may
+    /// differ from the one the snapshot was taken under: its limits apply from now on).
+    pub fn restore(policy: Policy, bytes: &[u8]) -> Result<Engine, SnapshotError> {
+        let header: SnapshotHeader = postcard::from_bytes(bytes)?;
+        if header.format != SNAPSHOT_FORMAT {
+            return Err(SnapshotError::Version { found: header.format });
+        }
+        let mut s: Snapshot = postcard::from_bytes(bytes)?;
+        debug_assert_eq!(s.format, SNAPSHOT_FORMAT);
+        s.ledger.rebind(&policy, &mut s.interner);
+        s.sequencer.rebind(policy.stream.streams_start_at);
+        s.window.cap = policy.stream.dedup_window_txs;
+        Ok(Engine {
+            policy,
+            interner: s.interner,
+            sequencer: s.sequencer,
+            ledger: s.ledger,
+            window: s.window,
+            max_ts: s.max_ts,
+            stats: s.stats,
+            released: Vec::new(),
+        })
     }
 
     pub fn policy(&self) -> &Policy {
@@ -235,6 +316,18 @@ impl Engine {
 
     /// Ingests one event's bytes. Findings go to `out`; `now` stamps them.
     pub fn ingest(&mut self, bytes: &[u8], now: Timestamp, out: &mut Vec<Finding>) -> Outcome {
+        self.ingest_inspect(bytes, now, out, |_| {})
+    }
+
+    /// [`Engine::ingest`], handing an accepted event to `on_accept` before it is
+    /// buffered (the daemon journals it without decoding it twice).
+    pub fn ingest_inspect(
+        &mut self,
+        bytes: &[u8],
+        now: Timestamp,
+        out: &mut Vec<Finding>,
+        on_accept: impl FnOnce(&ValidEvent<'_>),
+    ) -> Outcome {
         self.stats.received += 1;
         let before = out.len();
         let outcome = match event::decode(bytes) {
@@ -242,13 +335,30 @@ impl Engine {
                 self.malformed(bytes, m, now, out);
                 Outcome::Malformed
             }
-            Ok(v) => self.accept(v, bytes, now, out),
+            Ok(v) => self.accept(v, bytes, now, out, on_accept),
         };
         if outcome == Outcome::Accepted {
             self.drain(now, out);
         }
         self.count(&out[before..]);
         outcome
+    }
+
+    /// A contract breach of a whole message (an NDJSON batch over 1 MiB or 10,000
+    /// events): one `event.malformed` for the message; none of its events is applied.
+    pub fn malformed_message(&mut self, bytes: &[u8], reason: &str, now: Timestamp, out: &mut Vec<Finding>) {
+        self.stats.received += 1;
+        let before = out.len();
+        let m = Malformed {
+            reason: reason.to_string(),
+            field: None,
+            tx_id: None,
+            realm: None,
+            system: None,
+            seq: None,
+        };
+        self.malformed(bytes, m, now, out);
+        self.count(&out[before..]);
     }
 
     /// End of input: every buffered event is due; gaps between buffered events are
@@ -349,6 +459,7 @@ impl Engine {
         bytes: &[u8],
         now: Timestamp,
         out: &mut Vec<Finding>,
+        on_accept: impl FnOnce(&ValidEvent<'_>),
     ) -> Outcome {
         let (key, check) = tx_key(&v.wire.tx_id);
         if let Some(first) = self.window.get(key, check) {
@@ -396,6 +507,7 @@ impl Engine {
             s.forgotten_through = s.forgotten_through.max(old.seq);
         }
         self.stats.accepted += 1;
+        on_accept(&v);
         self.intrinsic_checks(&v, now, out);
         self.max_ts = self.max_ts.max(v.ts);
         let ev = self.intern_event(v, realm, system);

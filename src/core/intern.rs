@@ -4,9 +4,10 @@
 
 use lasso::{Key, Rodeo, Spur};
 use rustc_hash::FxBuildHasher;
+use serde::{Deserialize, Serialize};
 
 /// An interned string. Only meaningful with the [`Interner`] that made it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Sym(Spur);
 
 impl Sym {
@@ -25,8 +26,11 @@ pub struct Class {
     pub escrow_rule: Option<u8>,
 }
 
+#[derive(Serialize, Deserialize)]
 pub struct Interner {
     rodeo: Rodeo<Spur, FxBuildHasher>,
+    /// Derived from the policy: rebuilt lazily, never snapshotted.
+    #[serde(skip)]
     classes: Vec<Option<Class>>,
 }
 

@@ -7,6 +7,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::finding::{fingerprint, Finding, Invariant};
@@ -15,7 +16,7 @@ use super::policy::Policy;
 use super::time::Timestamp;
 
 /// An accepted event with its identifiers interned.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     pub tx_id: Box<str>,
     pub realm: Sym,
@@ -30,14 +31,14 @@ pub struct Event {
     pub digest: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Posting {
     pub account: Sym,
     pub asset: Sym,
     pub delta: i64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ItemMove {
     pub item: Sym,
     pub from: Sym,
@@ -51,7 +52,7 @@ type BalanceKey = (Sym, Sym, Sym);
 type ItemKey = (Sym, Sym);
 
 /// Where an item's copies are. One word per item in the common case.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum ItemSlot {
     /// Exactly one live copy, at this location.
     At(Sym),
@@ -61,6 +62,7 @@ enum ItemSlot {
     Burned,
 }
 
+#[derive(Serialize, Deserialize)]
 struct EscrowHold {
     since: Timestamp,
     opened_by: Box<str>,
@@ -69,6 +71,7 @@ struct EscrowHold {
     holdings: u32,
 }
 
+#[derive(Serialize, Deserialize)]
 struct VelocityTrack {
     inflows: VecDeque<(Timestamp, i64)>,
     sum: i128,
@@ -76,6 +79,7 @@ struct VelocityTrack {
 }
 
 /// Memory of redeemed grants, bounded FIFO (policy `stream.grant_memory_max`).
+#[derive(Serialize, Deserialize)]
 struct GrantMemory {
     by_key: FxHashMap<u128, Box<str>>,
     order: VecDeque<u128>,
@@ -111,7 +115,7 @@ impl GrantMemory {
 }
 
 /// Counters of what the ledger did, for summaries and metrics.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LedgerStats {
     pub applied: u64,
     pub postings: u64,
@@ -119,6 +123,7 @@ pub struct LedgerStats {
     pub grants_forgotten: u64,
 }
 
+#[derive(Serialize, Deserialize)]
 pub struct Ledger {
     balances: FxHashMap<BalanceKey, i128>,
     items: FxHashMap<ItemKey, ItemSlot>,
@@ -127,6 +132,8 @@ pub struct Ledger {
     escrow: FxHashMap<(Sym, Sym), EscrowHold>,
     escrow_deadlines: BinaryHeap<Reverse<(Timestamp, Sym, Sym, Timestamp)>>,
     velocity: FxHashMap<(Sym, Sym, u8), VelocityTrack>,
+    /// Derived from the policy (its velocity rules' assets); rebuilt on restore.
+    #[serde(skip)]
     velocity_assets: Vec<Option<Sym>>,
     stats: LedgerStats,
 }
@@ -208,6 +215,17 @@ impl Ledger {
         }
     }
 
+    /// Re-derives what comes from the policy after a restore from a snapshot, so a
+    /// policy change between runs takes effect.
+    pub fn rebind(&mut self, policy: &Policy, interner: &mut Interner) {
+        self.velocity_assets = policy
+            .velocity
+            .iter()
+            .map(|r| Some(interner.intern(&r.asset)))
+            .collect();
+        self.grants.max = policy.stream.grant_memory_max;
+    }
+
     pub fn stats(&self) -> LedgerStats {
         let mut s = self.stats.clone();
         s.grants_forgotten = self.grants.forgotten;
@@ -243,6 +261,23 @@ impl Ledger {
         self.balances.iter().filter(|(_, v)| **v != 0).map(|((r, a, s), v)| {
             (interner.resolve(*r), interner.resolve(*a), interner.resolve(*s), *v)
         })
+    }
+
+    /// Every live item copy, as (realm, item, location) — sorted, so two ledgers can be
+    /// compared.
+    pub fn item_copies(&self, interner: &Interner) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for (&(realm, item), _) in self.items.iter() {
+            for loc in self.locations((realm, item)) {
+                out.push((
+                    interner.resolve(realm).to_string(),
+                    interner.resolve(item).to_string(),
+                    interner.resolve(*loc).to_string(),
+                ));
+            }
+        }
+        out.sort();
+        out
     }
 
     pub fn live_items(&self) -> usize {

@@ -126,13 +126,13 @@ impl Policy {
             }
         };
         let raw: RawPolicy = toml::from_str(text).map_err(|e| {
-            let key = e
-                .message()
-                .split('`')
-                .nth(1)
-                .map(str::to_string)
-                .unwrap_or_else(|| "-".into());
-            invalid(e.span(), &key, e.message().trim().to_string())
+            let (line, key, message) = describe_toml_error(text, &e);
+            PolicyError::Invalid {
+                file: file.to_string(),
+                line,
+                key,
+                message,
+            }
         })?;
 
         let s = raw.stream;
@@ -240,7 +240,21 @@ impl Policy {
     }
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+/// (line, key, message) of a TOML parse error; the key is the first `quoted` name in
+/// serde's message (`unknown field `x``), or `-`.
+pub fn describe_toml_error(text: &str, e: &toml::de::Error) -> (usize, String, String) {
+    let key = e
+        .message()
+        .split('`')
+        .nth(1)
+        .map(str::to_string)
+        .unwrap_or_else(|| "-".into());
+    let line = e.span().map_or(1, |s| line_of(text, s.start));
+    (line, key, e.message().trim().to_string())
+}
+
+/// The 1-based line of a byte offset in `text` (for errors that name the line).
+pub fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]
         .iter()
         .filter(|&&b| b == b'\n')

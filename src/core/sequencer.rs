@@ -12,6 +12,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 
 use super::intern::Sym;
 use super::ledger::Event;
@@ -52,11 +53,13 @@ pub enum Slot {
     Passed,
 }
 
+#[derive(Serialize, Deserialize)]
 struct Pending {
     ev: Event,
     due: bool,
 }
 
+#[derive(Serialize, Deserialize)]
 pub struct StreamState {
     pub realm: Sym,
     pub system: Sym,
@@ -76,13 +79,16 @@ impl StreamState {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 enum Lane {
     Seq,
     Loose,
 }
 
+#[derive(Serialize, Deserialize)]
 pub struct Sequencer {
+    /// From the policy; rebound on restore.
+    #[serde(skip, default = "default_start")]
     start: StreamStart,
     streams: Vec<StreamState>,
     index: FxHashMap<(Sym, Sym), StreamId>,
@@ -94,7 +100,15 @@ pub struct Sequencer {
     buffered: usize,
 }
 
+fn default_start() -> StreamStart {
+    StreamStart::FirstSeen
+}
+
 impl Sequencer {
+    pub fn rebind(&mut self, start: StreamStart) {
+        self.start = start;
+    }
+
     pub fn new(start: StreamStart) -> Sequencer {
         Sequencer {
             start,

@@ -1,0 +1,474 @@
+//! PostgreSQL (sqlx): the journal, engine checkpoints and findings. The only module that
+//! imports sqlx. Queries are runtime-checked (no live database at build time); batches
+//! are written with `UNNEST` arrays, one round-trip per table per batch.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row, Transaction};
+
+use crate::core::finding::Finding;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("PostgreSQL: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("PostgreSQL migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("another daemon of group `{group}` advanced the journal to {found} (expected {expected}); resynchronising")]
+    HeadMoved {
+        group: String,
+        expected: i64,
+        found: i64,
+    },
+    #[error("PostgreSQL did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// What the journal records, per accepted (or malformed) input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Event,
+    Malformed,
+}
+
+impl EntryKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Event => "event",
+            EntryKind::Malformed => "malformed",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct JournalEntry {
+    pub position: i64,
+    pub kind: EntryKind,
+    pub tx_id: Option<String>,
+    pub realm: Option<String>,
+    pub system: Option<String>,
+    pub seq: Option<i64>,
+    /// Microseconds since the epoch.
+    pub ts_us: Option<i64>,
+    pub event_kind: Option<String>,
+    pub actor: Option<String>,
+    pub body: Vec<u8>,
+    /// (item, from, to)
+    pub items: Vec<(String, String, String)>,
+    /// (account, asset, delta)
+    pub postings: Vec<(String, String, i64)>,
+}
+
+/// One durable step: everything the daemon did since the last commit.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub entries: Vec<JournalEntry>,
+    pub findings: Vec<Finding>,
+    /// The journal head before this batch (optimistic concurrency between daemons of
+    /// the same group).
+    pub expected_head: i64,
+    pub new_head: i64,
+    pub snapshot: Option<Snapshot>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub position: i64,
+    pub format: i32,
+    pub bytes: Vec<u8>,
+    pub events_accepted: i64,
+}
+
+#[derive(Clone)]
+pub struct Pg {
+    pool: PgPool,
+    group: String,
+}
+
+pub struct ConnectOptions<'a> {
+    pub url: &'a str,
+    pub pool_size_max: u32,
+    pub connect_timeout: Duration,
+    pub statement_timeout: Duration,
+}
+
+impl Pg {
+    pub async fn connect(o: &ConnectOptions<'_>, group: &str) -> Result<Pg, StoreError> {
+        let opts = PgConnectOptions::from_str(o.url)?
+            .application_name("assayer")
+            .options([(
+                "statement_timeout",
+                format!("{}ms", o.statement_timeout.as_millis()),
+            )]);
+        let pool = PgPoolOptions::new()
+            .max_connections(o.pool_size_max)
+            .acquire_timeout(o.connect_timeout)
+            .connect_with(opts)
+            .await?;
+        Ok(Pg {
+            pool,
+            group: group.to_string(),
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Applies `migrations/` (embedded at build time).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn load_checkpoint(&self) -> Result<Option<Snapshot>, StoreError> {
+        let row = sqlx::query(
+            "SELECT journal_position, snapshot_format, snapshot, events_accepted
+               FROM checkpoints WHERE group_name = $1",
+        )
+        .bind(&self.group)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| Snapshot {
+            position: r.get(0),
+            format: r.get(1),
+            bytes: r.get(2),
+            events_accepted: r.get(3),
+        }))
+    }
+
+    pub async fn head(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT position FROM journal_heads WHERE group_name = $1")
+            .bind(&self.group)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map_or(0, |r| r.get(0)))
+    }
+
+    /// Journal bodies after `position`, in order, at most `limit`: (position, kind,
+    /// body).
+    pub async fn journal_after(
+        &self,
+        position: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, EntryKind, Vec<u8>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT position, entry_kind, body FROM journal
+              WHERE group_name = $1 AND position > $2 ORDER BY position LIMIT $3",
+        )
+        .bind(&self.group)
+        .bind(position)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let kind: String = r.get(1);
+                let kind = if kind == "event" {
+                    EntryKind::Event
+                } else {
+                    EntryKind::Malformed
+                };
+                (r.get(0), kind, r.get(2))
+            })
+            .collect())
+    }
+
+    /// Writes a batch in one transaction: journal rows, their item and posting index
+    /// rows, findings (stored once per fingerprint), the new head, and a snapshot when
+    /// one is due. Nothing is acked before this returns Ok.
+    pub async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "INSERT INTO journal_heads (group_name, position) VALUES ($1, $3)
+             ON CONFLICT (group_name) DO UPDATE SET position = $3, updated_at = now()
+               WHERE journal_heads.position = $2
+             RETURNING position",
+        )
+        .bind(&self.group)
+        .bind(batch.expected_head)
+        .bind(batch.new_head)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if moved.is_none() {
+            let found = sqlx::query("SELECT position FROM journal_heads WHERE group_name = $1")
+                .bind(&self.group)
+                .fetch_one(&mut *tx)
+                .await?
+                .get(0);
+            return Err(StoreError::HeadMoved {
+                group: self.group.clone(),
+                expected: batch.expected_head,
+                found,
+            });
+        }
+        if !batch.entries.is_empty() {
+            self.insert_journal(&mut tx, &batch.entries).await?;
+        }
+        if !batch.findings.is_empty() {
+            upsert_findings(&mut tx, &batch.findings).await?;
+        }
+        if let Some(s) = &batch.snapshot {
+            sqlx::query(
+                "INSERT INTO checkpoints (group_name, journal_position, snapshot_format, snapshot, events_accepted)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (group_name) DO UPDATE SET journal_position = $2, snapshot_format = $3,
+                   snapshot = $4, events_accepted = $5, taken_at = now()",
+            )
+            .bind(&self.group)
+            .bind(s.position)
+            .bind(s.format)
+            .bind(&s.bytes)
+            .bind(s.events_accepted)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_journal(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        entries: &[JournalEntry],
+    ) -> Result<(), StoreError> {
+        let n = entries.len();
+        let mut position = Vec::with_capacity(n);
+        let mut kind = Vec::with_capacity(n);
+        let mut tx_id = Vec::with_capacity(n);
+        let mut realm = Vec::with_capacity(n);
+        let mut system = Vec::with_capacity(n);
+        let mut seq = Vec::with_capacity(n);
+        let mut ts = Vec::with_capacity(n);
+        let mut ekind = Vec::with_capacity(n);
+        let mut actor = Vec::with_capacity(n);
+        let mut body = Vec::with_capacity(n);
+        let (mut i_pos, mut i_realm, mut i_item, mut i_from, mut i_to, mut i_ord) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut p_pos, mut p_realm, mut p_acct, mut p_asset, mut p_delta, mut p_ord) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for e in entries {
+            position.push(e.position);
+            kind.push(e.kind.as_str());
+            tx_id.push(e.tx_id.as_deref());
+            realm.push(e.realm.as_deref());
+            system.push(e.system.as_deref());
+            seq.push(e.seq);
+            ts.push(e.ts_us);
+            ekind.push(e.event_kind.as_deref());
+            actor.push(e.actor.as_deref());
+            body.push(e.body.as_slice());
+            let r = e.realm.as_deref().unwrap_or("default");
+            for (o, (item, from, to)) in e.items.iter().enumerate() {
+                i_pos.push(e.position);
+                i_realm.push(r);
+                i_item.push(item.as_str());
+                i_from.push(from.as_str());
+                i_to.push(to.as_str());
+                i_ord.push(o as i32);
+            }
+            for (o, (acct, asset, delta)) in e.postings.iter().enumerate() {
+                p_pos.push(e.position);
+                p_realm.push(r);
+                p_acct.push(acct.as_str());
+                p_asset.push(asset.as_str());
+                p_delta.push(*delta);
+                p_ord.push(o as i32);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO journal (group_name, position, entry_kind, tx_id, realm, system, seq, ts, kind, actor, body)
+             SELECT $1, u.position, u.kind, u.tx_id, u.realm, u.system, u.seq,
+                    CASE WHEN u.ts_us IS NULL THEN NULL
+                         ELSE timestamptz 'epoch' + u.ts_us * interval '1 microsecond' END,
+                    u.ekind, u.actor, u.body
+               FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                           $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::bytea[])
+                    AS u(position, kind, tx_id, realm, system, seq, ts_us, ekind, actor, body)",
+        )
+        .bind(&self.group)
+        .bind(&position)
+        .bind(&kind)
+        .bind(&tx_id)
+        .bind(&realm)
+        .bind(&system)
+        .bind(&seq)
+        .bind(&ts)
+        .bind(&ekind)
+        .bind(&actor)
+        .bind(&body)
+        .execute(&mut **tx)
+        .await?;
+        if !i_pos.is_empty() {
+            sqlx::query(
+                "INSERT INTO journal_items (group_name, position, realm, item, from_loc, to_loc, ord)
+                 SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[])",
+            )
+            .bind(&self.group)
+            .bind(&i_pos)
+            .bind(&i_realm)
+            .bind(&i_item)
+            .bind(&i_from)
+            .bind(&i_to)
+            .bind(&i_ord)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !p_pos.is_empty() {
+            sqlx::query(
+                "INSERT INTO journal_postings (group_name, position, realm, account, asset, delta, ord)
+                 SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::int[])",
+            )
+            .bind(&self.group)
+            .bind(&p_pos)
+            .bind(&p_realm)
+            .bind(&p_acct)
+            .bind(&p_asset)
+            .bind(&p_delta)
+            .bind(&p_ord)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Findings stored but not yet published to the findings exchange (the outbox).
+    pub async fn unpublished_findings(&self, limit: i64) -> Result<Vec<Finding>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT fingerprint, invariant, severity, realm, system, tx_id, seq, subject, message,
+                    evidence, (extract(epoch from detected_at) * 1000000)::bigint
+               FROM findings WHERE published_at IS NULL ORDER BY first_seen LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(|r| finding_from_row(&r)).collect()
+    }
+
+    pub async fn mark_published(&self, fingerprints: &[String]) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE findings SET published_at = now() WHERE fingerprint = ANY($1) AND published_at IS NULL",
+        )
+        .bind(fingerprints)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes journal rows older than `retention` that the checkpoint no longer needs.
+    pub async fn prune_journal(&self, retention: Duration) -> Result<u64, StoreError> {
+        let cutoff_s = retention.as_secs() as f64;
+        let mut deleted = 0;
+        for table in ["journal_items", "journal_postings"] {
+            let q = format!(
+                "DELETE FROM {table} t USING journal j, checkpoints c
+                  WHERE t.group_name = $1 AND j.group_name = t.group_name AND j.position = t.position
+                    AND c.group_name = t.group_name AND t.position <= c.journal_position
+                    AND j.received_at < now() - make_interval(secs => $2)"
+            );
+            deleted += sqlx::query(sqlx::AssertSqlSafe(q))
+                .bind(&self.group)
+                .bind(cutoff_s)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        deleted += sqlx::query(
+            "DELETE FROM journal j USING checkpoints c
+              WHERE j.group_name = $1 AND c.group_name = j.group_name
+                AND j.position <= c.journal_position
+                AND j.received_at < now() - make_interval(secs => $2)",
+        )
+        .bind(&self.group)
+        .bind(cutoff_s)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(deleted)
+    }
+}
+
+async fn upsert_findings(
+    tx: &mut Transaction<'_, Postgres>,
+    findings: &[Finding],
+) -> Result<(), StoreError> {
+    // One row per fingerprint per statement (ON CONFLICT cannot touch a row twice).
+    let mut seen = std::collections::HashMap::<&str, i64>::new();
+    let mut uniq: Vec<&Finding> = Vec::new();
+    for f in findings {
+        let n = seen.entry(&f.fingerprint).or_insert(0);
+        if *n == 0 {
+            uniq.push(f);
+        }
+        *n += 1;
+    }
+    let fp: Vec<&str> = uniq.iter().map(|f| f.fingerprint.as_str()).collect();
+    let inv: Vec<&str> = uniq.iter().map(|f| f.invariant.id()).collect();
+    let sev: Vec<&str> = uniq.iter().map(|f| f.severity.as_str()).collect();
+    let realm: Vec<&str> = uniq.iter().map(|f| f.realm.as_str()).collect();
+    let system: Vec<Option<&str>> = uniq.iter().map(|f| f.system.as_deref()).collect();
+    let tx_id: Vec<Option<&str>> = uniq.iter().map(|f| f.tx_id.as_deref()).collect();
+    let seq: Vec<Option<i64>> = uniq.iter().map(|f| f.seq.map(|s| s as i64)).collect();
+    let subject: Vec<Option<&str>> = uniq.iter().map(|f| f.subject.as_deref()).collect();
+    let message: Vec<&str> = uniq.iter().map(|f| f.message.as_str()).collect();
+    let evidence: Vec<serde_json::Value> = uniq.iter().map(|f| f.evidence.clone()).collect();
+    let detected: Vec<i64> = uniq.iter().map(|f| f.detected_at.0 / 1_000).collect();
+    let count: Vec<i64> = uniq.iter().map(|f| seen[f.fingerprint.as_str()]).collect();
+    sqlx::query(
+        "INSERT INTO findings (fingerprint, invariant, severity, realm, system, tx_id, seq, subject,
+                               message, evidence, detected_at, occurrences)
+         SELECT u.fp, u.inv, u.sev, u.realm, u.system, u.tx_id, u.seq, u.subject, u.message, u.evidence,
+                timestamptz 'epoch' + u.detected_us * interval '1 microsecond', u.n
+           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                       $7::bigint[], $8::text[], $9::text[], $10::jsonb[], $11::bigint[], $12::bigint[])
+                AS u(fp, inv, sev, realm, system, tx_id, seq, subject, message, evidence, detected_us, n)
+         ON CONFLICT (fingerprint) DO UPDATE
+           SET last_seen = now(), occurrences = findings.occurrences + EXCLUDED.occurrences",
+    )
+    .bind(&fp)
+    .bind(&inv)
+    .bind(&sev)
+    .bind(&realm)
+    .bind(&system)
+    .bind(&tx_id)
+    .bind(&seq)
+    .bind(&subject)
+    .bind(&message)
+    .bind(&evidence)
+    .bind(&detected)
+    .bind(&count)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn finding_from_row(r: &sqlx::postgres::PgRow) -> Result<Finding, StoreError> {
+    let inv: String = r.get(1);
+    let sev: String = r.get(2);
+    let decode_err = |what: String| StoreError::Db(sqlx::Error::Decode(what.into()));
+    Ok(Finding {
+        fingerprint: r.get(0),
+        invariant: inv.parse().map_err(|e: crate::core::finding::UnknownInvariant| decode_err(e.to_string()))?,
+        severity: sev.parse().map_err(decode_err)?,
+        realm: r.get(3),
+        system: r.get(4),
+        tx_id: r.get(5),
+        seq: r.get::<Option<i64>, _>(6).map(|s| s as u64),
+        subject: r.get(7),
+        message: r.get(8),
+        evidence: r.get(9),
+        detected_at: crate::core::time::Timestamp(r.get::<i64, _>(10).saturating_mul(1_000)),
+    })
+}

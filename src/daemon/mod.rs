@@ -1,0 +1,547 @@
+//! The shadow-audit daemon: RabbitMQ in, the pure engine in the middle, PostgreSQL for
+//! durable state and findings, AMQP and HTTP out.
+//!
+//! Exactly-once effect by event sourcing: every input that changes the engine (an
+//! accepted or malformed event) is appended to the journal in the same PostgreSQL
+//! transaction as the findings it raised; deliveries are acked only after that commit.
+//! On (re)start the engine is rebuilt from the last snapshot plus the journal after it,
+//! so a redelivered message is recognised by its `tx_id` and changes nothing. Any
+//! broker or database error ends the session: the in-memory engine (which may be ahead
+//! of what is durable) is dropped, and the next session rebuilds it from PostgreSQL.
+
+pub mod config;
+pub mod health;
+pub mod metrics;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::adapters::amqp::{self, Amqp, BusError, Topology};
+use crate::adapters::http::{self, AppState};
+use crate::adapters::postgres::{self, Batch, EntryKind, JournalEntry, Pg, StoreError};
+use crate::core::engine::{Engine, Outcome, SNAPSHOT_FORMAT};
+use crate::core::event::{MAX_EVENT_BYTES, ValidEvent};
+use crate::core::finding::{Finding, Invariant};
+use crate::core::policy::Policy;
+use crate::core::time::Timestamp;
+
+use config::Config;
+use health::Health;
+use metrics::Metrics;
+
+/// events-v1: a batch message is at most 1 MiB and 10,000 events.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+pub const MAX_EVENTS_PER_MESSAGE: usize = 10_000;
+/// A session that ran this long before failing was healthy: retry it fast.
+const RESET_BACKOFF_AFTER: Duration = Duration::from_secs(30);
+/// Journal rows replayed per query when rebuilding the engine.
+const REPLAY_CHUNK: i64 = 20_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the broker closed the consumer")]
+    ConsumerClosed,
+    #[error("cannot rebuild the engine: {0}")]
+    Restore(String),
+}
+
+/// Runs until `shutdown` is cancelled: reconnecting with bounded backoff after any
+/// failure, serving HTTP throughout.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let policy = match &config.policy.dir {
+        Some(dir) => Policy::load_dir(dir)?,
+        None => Policy::builtin(),
+    };
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new(
+        config.readiness.checkpoint_age_max,
+        config.readiness.lag_max,
+    ));
+    let http_stop = shutdown.child_token();
+    let http = http::serve(
+        config.http.listen,
+        AppState {
+            metrics: metrics.clone(),
+            health: health.clone(),
+        },
+        http_stop.clone(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http.listen))?;
+    info!(listen = %config.http.listen, group = %config.daemon.group, queue = %config.amqp.queue, "assayer daemon starting");
+
+    let mut backoff = config.amqp.reconnect_backoff_min;
+    loop {
+        let session = Session::new(&config, &policy, &metrics, &health);
+        let started = Instant::now();
+        match session.run(shutdown.child_token()).await {
+            Ok(()) => break,
+            Err(e) => {
+                if started.elapsed() > RESET_BACKOFF_AFTER {
+                    backoff = config.amqp.reconnect_backoff_min;
+                }
+                metrics.reconnects.inc();
+                metrics.broker_connected.set(0);
+                metrics.database_connected.set(0);
+                health.failed(e.to_string());
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "session ended; reconnecting");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(config.amqp.reconnect_backoff_max);
+            }
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
+    http_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
+    info!("assayer daemon stopped");
+    Ok(())
+}
+
+/// The engine rebuilt from PostgreSQL, and where it stands in the journal.
+pub struct Restored {
+    pub engine: Engine,
+    pub position: i64,
+    pub events_at_snapshot: i64,
+}
+
+/// Rebuilds the engine: last snapshot, then every journal entry after it.
+pub async fn restore(pg: &Pg, policy: &Policy) -> Result<Restored, DaemonError> {
+    let (mut engine, mut position) = match pg.load_checkpoint().await? {
+        Some(s) if s.format == SNAPSHOT_FORMAT as i32 => {
+            let e = Engine::restore(policy.clone(), &s.bytes)
+                .map_err(|e| DaemonError::Restore(e.to_string()))?;
+            (e, s.position)
+        }
+        Some(s) => {
+            warn!(found = s.format, "snapshot format changed; rebuilding from the whole journal");
+            (Engine::new(policy.clone()), 0)
+        }
+        None => (Engine::new(policy.clone()), 0),
+    };
+    let events_at_snapshot = position;
+    let now = Timestamp::now();
+    let mut scratch = Vec::new();
+    loop {
+        let rows = pg.journal_after(position, REPLAY_CHUNK).await?;
+        if rows.is_empty() {
+            break;
+        }
+        for (p, _, body) in rows {
+            if p != position + 1 {
+                return Err(DaemonError::Restore(format!(
+                    "journal of group `{}` jumps from {position} to {p}: rows were pruned past the snapshot",
+                    pg.group()
+                )));
+            }
+            engine.ingest(&body, now, &mut scratch);
+            scratch.clear(); // already stored when first raised
+            position = p;
+        }
+    }
+    Ok(Restored {
+        engine,
+        position,
+        events_at_snapshot,
+    })
+}
+
+struct Session<'a> {
+    config: &'a Config,
+    policy: &'a Policy,
+    metrics: &'a Metrics,
+    health: &'a Health,
+    topology: Topology,
+}
+
+/// What has been done since the last commit.
+struct Pending {
+    batch: Batch,
+    /// Delivery tag to ack through once the batch is durable.
+    last_tag: Option<u64>,
+    /// When the oldest uncommitted delivery arrived.
+    since: Option<Instant>,
+    /// Receipt time of the delivery that raised each finding (detection latency).
+    raised_at: Vec<Instant>,
+    events: usize,
+    newest_ts: Option<Timestamp>,
+}
+
+impl Pending {
+    fn new(head: i64) -> Pending {
+        Pending {
+            batch: Batch {
+                expected_head: head,
+                new_head: head,
+                ..Batch::default()
+            },
+            last_tag: None,
+            since: None,
+            raised_at: Vec::new(),
+            events: 0,
+            newest_ts: None,
+        }
+    }
+}
+
+impl<'a> Session<'a> {
+    fn new(config: &'a Config, policy: &'a Policy, metrics: &'a Metrics, health: &'a Health) -> Self {
+        let a = &config.amqp;
+        Session {
+            config,
+            policy,
+            metrics,
+            health,
+            topology: Topology {
+                exchange: a.exchange.clone(),
+                queue: a.queue.clone(),
+                binding_keys: config.binding_keys(),
+                dead_letter_exchange: a.dead_letter_exchange.clone(),
+                dead_letter_queue: a.dead_letter_queue.clone(),
+                findings_exchange: a.findings_exchange.clone(),
+                declare: a.declare,
+            },
+        }
+    }
+
+    async fn run(&self, shutdown: CancellationToken) -> Result<(), DaemonError> {
+        let c = self.config;
+        let pg = Pg::connect(
+            &postgres::ConnectOptions {
+                url: &c.database.url,
+                pool_size_max: c.database.pool_size_max,
+                connect_timeout: c.database.connect_timeout,
+                statement_timeout: c.database.statement_timeout,
+            },
+            &c.daemon.group,
+        )
+        .await?;
+        pg.migrate().await?;
+        self.metrics.database_connected.set(1);
+        let bus = Amqp::connect(&c.amqp.url, &format!("assayer {}", c.daemon.group), c.amqp.operation_timeout).await?;
+        bus.declare(&self.topology).await?;
+        self.metrics.broker_connected.set(1);
+        let restored = restore(&pg, self.policy).await?;
+        let mut engine = restored.engine;
+        let mut snapshot_at = (restored.events_at_snapshot, Instant::now());
+        info!(position = restored.position, "engine restored from PostgreSQL");
+        self.publish_outbox(&pg, &bus).await?;
+
+        let tag = format!("assayer-{}-{}", c.daemon.group, std::process::id());
+        let mut consumer = bus.consume(&c.amqp.queue, c.amqp.prefetch_count_max, &tag).await?;
+        self.health.connected(true, true);
+        self.health.durable(Duration::ZERO);
+        let mut pending = Pending::new(restored.position);
+        let mut tick = tokio::time::interval(c.checkpoint.batch_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    // Stop consuming, make the batch durable, ack, close.
+                    let deadline = c.daemon.shutdown_deadline;
+                    let flushed = tokio::time::timeout(
+                        deadline,
+                        self.flush(&pg, &bus, &mut engine, &mut pending, &mut snapshot_at, true),
+                    )
+                    .await;
+                    match flushed {
+                        Ok(r) => r?,
+                        Err(_) => warn!(deadline_ms = deadline.as_millis() as u64, "shutdown deadline passed; unacked work will be redelivered"),
+                    }
+                    bus.close().await;
+                    return Ok(());
+                }
+                d = consumer.next() => {
+                    let d = match d {
+                        Some(Ok(d)) => d,
+                        Some(Err(e)) => return Err(BusError::from(e).into()),
+                        None => return Err(DaemonError::ConsumerClosed),
+                    };
+                    if pending.since.is_none() {
+                        self.catch_up(&pg, &mut engine, &mut pending).await?;
+                        pending.since = Some(Instant::now());
+                    }
+                    self.handle(&bus, &mut engine, &mut pending, d).await?;
+                    if pending.events >= c.checkpoint.batch_events_max {
+                        self.flush(&pg, &bus, &mut engine, &mut pending, &mut snapshot_at, false).await?;
+                    }
+                }
+                _ = tick.tick() => {
+                    if pending.since.is_some_and(|s| s.elapsed() >= c.checkpoint.batch_interval) {
+                        self.flush(&pg, &bus, &mut engine, &mut pending, &mut snapshot_at, false).await?;
+                    } else if pending.since.is_none() {
+                        self.health.durable(Duration::ZERO);
+                    }
+                }
+            }
+        }
+    }
+
+    /// If another daemon of the group (the previously active one) advanced the journal,
+    /// replay what it wrote before touching anything.
+    async fn catch_up(&self, pg: &Pg, engine: &mut Engine, pending: &mut Pending) -> Result<(), DaemonError> {
+        let head = pg.head().await?;
+        let mut position = pending.batch.expected_head;
+        if head == position {
+            return Ok(());
+        }
+        info!(from = position, to = head, "journal advanced by another daemon of this group; catching up");
+        let now = Timestamp::now();
+        let mut scratch = Vec::new();
+        while position < head {
+            let rows = pg.journal_after(position, REPLAY_CHUNK).await?;
+            if rows.is_empty() {
+                break;
+            }
+            for (p, _, body) in rows {
+                engine.ingest(&body, now, &mut scratch);
+                scratch.clear();
+                position = p;
+            }
+        }
+        *pending = Pending::new(position);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        bus: &Amqp,
+        engine: &mut Engine,
+        pending: &mut Pending,
+        d: lapin::message::Delivery,
+    ) -> Result<(), DaemonError> {
+        let received = Instant::now();
+        self.metrics.messages_received.inc();
+        let content_type = d.properties.content_type().as_ref().map(|c| c.as_str().to_string());
+        let ndjson = amqp::is_ndjson(content_type.as_deref());
+        let now = Timestamp::now();
+        let mut out: Vec<Finding> = Vec::new();
+        let limit = if ndjson { MAX_MESSAGE_BYTES } else { MAX_EVENT_BYTES };
+        let lines: Vec<&[u8]> = if ndjson {
+            d.data
+                .split(|b| *b == b'\n')
+                .map(trim)
+                .filter(|l| !l.is_empty())
+                .collect()
+        } else {
+            vec![trim(&d.data)]
+        };
+        let message_problem = if d.data.len() > limit {
+            Some(format!(
+                "message is {} bytes; events-v1 allows at most {limit} for {}",
+                d.data.len(),
+                if ndjson { "an NDJSON batch" } else { "one event" }
+            ))
+        } else if lines.len() > MAX_EVENTS_PER_MESSAGE {
+            Some(format!(
+                "message holds {} events; events-v1 allows at most {MAX_EVENTS_PER_MESSAGE}",
+                lines.len()
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = message_problem {
+            // The whole message is set aside: one finding, one dead letter.
+            engine.malformed_message(&d.data, &reason, now, &mut out);
+            bus.dead_letter(&self.topology, &d.data, content_type.as_deref().unwrap_or(amqp::CONTENT_JSON), &reason)
+                .await?;
+            self.metrics.dead_lettered.inc();
+            self.metrics.outcome(Outcome::Malformed);
+        } else {
+            for line in lines {
+                let position = pending.batch.new_head + 1;
+                let mut entry = None;
+                let before = out.len();
+                let outcome = engine.ingest_inspect(line, now, &mut out, |v| {
+                    entry = Some(journal_entry(position, v, line));
+                });
+                self.metrics.outcome(outcome);
+                pending.events += 1;
+                match outcome {
+                    Outcome::Accepted => {
+                        let e = entry.expect("accepted events are inspected");
+                        if let Some(ts) = e.ts_us {
+                            let ts = Timestamp(ts.saturating_mul(1_000));
+                            pending.newest_ts = Some(pending.newest_ts.map_or(ts, |t| t.max(ts)));
+                        }
+                        pending.batch.entries.push(e);
+                        pending.batch.new_head = position;
+                    }
+                    Outcome::Malformed => {
+                        let f = out[before..]
+                            .iter()
+                            .find(|f| f.invariant == Invariant::Malformed)
+                            .expect("a malformed outcome raises event.malformed");
+                        let reason = f.evidence["reason"].as_str().unwrap_or("malformed").to_string();
+                        pending.batch.entries.push(JournalEntry {
+                            position,
+                            kind: EntryKind::Malformed,
+                            tx_id: f.tx_id.clone(),
+                            realm: Some(f.realm.clone()),
+                            system: f.system.clone(),
+                            seq: f.seq.map(|s| s as i64),
+                            ts_us: None,
+                            event_kind: None,
+                            actor: None,
+                            body: line.to_vec(),
+                            items: Vec::new(),
+                            postings: Vec::new(),
+                        });
+                        pending.batch.new_head = position;
+                        bus.dead_letter(&self.topology, line, amqp::CONTENT_JSON, &reason).await?;
+                        self.metrics.dead_lettered.inc();
+                    }
+                    Outcome::Redelivered | Outcome::Conflict | Outcome::Stale => {}
+                }
+            }
+        }
+        for f in &out {
+            self.metrics.finding(f);
+            warn!(
+                invariant = %f.invariant, severity = %f.severity, realm = %f.realm,
+                system = f.system.as_deref().unwrap_or("-"), tx_id = f.tx_id.as_deref().unwrap_or("-"),
+                subject = f.subject.as_deref().unwrap_or("-"), fingerprint = %f.fingerprint,
+                "{}", f.message
+            );
+        }
+        pending.raised_at.extend(std::iter::repeat_n(received, out.len()));
+        pending.batch.findings.extend(out);
+        pending.last_tag = Some(d.delivery_tag);
+        Ok(())
+    }
+
+    /// Commits the pending batch, then acks, then publishes its findings.
+    async fn flush(
+        &self,
+        pg: &Pg,
+        bus: &Amqp,
+        engine: &mut Engine,
+        pending: &mut Pending,
+        snapshot_at: &mut (i64, Instant),
+        final_flush: bool,
+    ) -> Result<(), DaemonError> {
+        let Some(last_tag) = pending.last_tag else {
+            return Ok(());
+        };
+        let cp = &self.config.checkpoint;
+        let head = pending.batch.new_head;
+        let due = (head - snapshot_at.0) as u64 >= cp.snapshot_interval_events
+            || (head > snapshot_at.0 && snapshot_at.1.elapsed() >= cp.snapshot_interval)
+            || (final_flush && head > snapshot_at.0);
+        if due {
+            let bytes = engine.snapshot();
+            self.metrics.snapshot_bytes.set(bytes.len() as i64);
+            pending.batch.snapshot = Some(postgres::Snapshot {
+                position: head,
+                format: SNAPSHOT_FORMAT as i32,
+                bytes,
+                events_accepted: engine.stats().accepted as i64,
+            });
+        }
+        let started = Instant::now();
+        let has_writes = !pending.batch.entries.is_empty()
+            || !pending.batch.findings.is_empty()
+            || pending.batch.snapshot.is_some();
+        if has_writes {
+            pg.commit(&pending.batch).await?;
+        }
+        self.metrics.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
+        bus.ack_through(last_tag).await?;
+        if due {
+            *snapshot_at = (head, Instant::now());
+        }
+        self.metrics.batch_events.observe(pending.events as f64);
+        self.metrics.journal_position.set(head);
+        self.metrics.reorder_buffer_events.set(engine.reorder_depth() as i64);
+        let wall = Timestamp::now();
+        for (realm, system, _, last_ts) in engine.streams() {
+            self.metrics
+                .stream_lag_seconds
+                .get_or_create(&metrics::StreamLabels {
+                    realm: realm.to_string(),
+                    system: system.to_string(),
+                })
+                .set(wall.since(last_ts).as_secs_f64());
+        }
+        let lag = pending.newest_ts.map_or(Duration::ZERO, |t| wall.since(t));
+        self.metrics.processing_lag_seconds.set(lag.as_secs_f64());
+        self.health.durable(lag);
+
+        let findings = std::mem::take(&mut pending.batch.findings);
+        let raised_at = std::mem::take(&mut pending.raised_at);
+        *pending = Pending::new(head);
+        if !findings.is_empty() {
+            let mut published = Vec::with_capacity(findings.len());
+            for (f, at) in findings.iter().zip(raised_at) {
+                bus.publish_finding(&self.topology.findings_exchange, f).await?;
+                self.metrics.detection_latency_seconds.observe(at.elapsed().as_secs_f64());
+                published.push(f.fingerprint.clone());
+            }
+            pg.mark_published(&published).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes findings that were stored but not published (a crash between commit
+    /// and publish).
+    async fn publish_outbox(&self, pg: &Pg, bus: &Amqp) -> Result<(), DaemonError> {
+        loop {
+            let findings = pg.unpublished_findings(1_000).await?;
+            if findings.is_empty() {
+                return Ok(());
+            }
+            let mut done = Vec::with_capacity(findings.len());
+            for f in &findings {
+                bus.publish_finding(&self.topology.findings_exchange, f).await?;
+                done.push(f.fingerprint.clone());
+            }
+            pg.mark_published(&done).await?;
+        }
+    }
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(0, |i| i + 1);
+    let start = b[..end].iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(end);
+    &b[start..end]
+}
+
+fn journal_entry(position: i64, v: &ValidEvent<'_>, body: &[u8]) -> JournalEntry {
+    let w = &v.wire;
+    JournalEntry {
+        position,
+        kind: EntryKind::Event,
+        tx_id: Some(w.tx_id.to_string()),
+        realm: Some(v.realm().to_string()),
+        system: Some(w.system.to_string()),
+        seq: Some(w.seq as i64),
+        ts_us: Some(v.ts.0 / 1_000),
+        event_kind: Some(w.kind.to_string()),
+        actor: w.actor.as_deref().map(str::to_string),
+        body: body.to_vec(),
+        items: w
+            .items
+            .iter()
+            .map(|m| (m.item.to_string(), m.from.to_string(), m.to.to_string()))
+            .collect(),
+        postings: w
+            .postings
+            .iter()
+            .map(|p| (p.account.to_string(), p.asset.to_string(), p.delta))
+            .collect(),
+    }
+}

@@ -1,0 +1,346 @@
+//! The daemon against the real RabbitMQ and PostgreSQL: findings end to end, crash
+//! safety under SIGKILL, recovery from killed connections, dead-lettering.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use assayer::core::finding::Invariant;
+use assayer::core::policy::Policy;
+use assayer::sim::{self, SimConfig};
+use common::*;
+
+fn world(cfg: &SimConfig) -> (Vec<Vec<u8>>, sim::AnswerKey) {
+    let mut lines = Vec::new();
+    let key = sim::generate(cfg, &mut |l: &[u8]| lines.push(l.to_vec()));
+    lines.extend(closing_heartbeats(&lines));
+    (lines, key)
+}
+
+async fn stored_fingerprints(db: &TestDb) -> BTreeSet<String> {
+    let mut c = db.connect().await;
+    sqlx::query_scalar::<_, String>("SELECT fingerprint FROM findings")
+        .fetch_all(&mut c)
+        .await
+        .expect("findings")
+        .into_iter()
+        .collect()
+}
+
+async fn journal_tx_ids(db: &TestDb) -> (i64, BTreeSet<String>) {
+    let mut c = db.connect().await;
+    let rows: Vec<Option<String>> = sqlx::query_scalar("SELECT tx_id FROM journal WHERE entry_kind = 'event'")
+        .fetch_all(&mut c)
+        .await
+        .expect("journal");
+    let n = rows.len() as i64;
+    (n, rows.into_iter().flatten().collect())
+}
+
+/// Final engine state as the daemon left it in PostgreSQL.
+async fn durable_state(db: &TestDb, group: &str) -> (Vec<(String, String, String, i128)>, Vec<(String, String, String)>) {
+    let pg = assayer::adapters::postgres::Pg::connect(
+        &assayer::adapters::postgres::ConnectOptions {
+            url: &db.url,
+            pool_size_max: 2,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(60),
+        },
+        group,
+    )
+    .await
+    .expect("pg");
+    let r = assayer::daemon::restore(&pg, &Policy::builtin()).await.expect("restore");
+    state_of(&r.engine)
+}
+
+fn state_of(e: &assayer::core::engine::Engine) -> (Vec<(String, String, String, i128)>, Vec<(String, String, String)>) {
+    let mut b: Vec<_> = e
+        .ledger()
+        .balances(e.interner())
+        .map(|(r, a, s, v)| (r.to_string(), a.to_string(), s.to_string(), v))
+        .collect();
+    b.sort();
+    (b, e.ledger().item_copies(e.interner()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faulty_world_published_to_rabbitmq_yields_exactly_its_findings_in_postgres() {
+    let db = TestDb::create().await;
+    let bus = TestBus::new();
+    bus.declare().await;
+    let cfg = SimConfig {
+        seed: 21,
+        events: 4_000,
+        players: 60,
+        inject: Invariant::STREAM.iter().map(|i| (*i, 1)).collect(),
+        ..SimConfig::default()
+    };
+    let (lines, key) = world(&cfg);
+    let (_, expected, journaled) = offline(&lines);
+    let s = sim::score(&key.faults, &expected);
+    assert!(s.missed.is_empty() && s.unexpected.is_empty(), "offline engine disagrees with the answer key: {s:?}");
+    bus.publish(lines, 1).await;
+
+    let dir = tempdir();
+    let config = write_config(&dir, &db, &bus, free_port(), "");
+    let mut daemon = DaemonProc::start(&config, dir.join("daemon.log"));
+    wait_for_head(&db, &bus.queue, journaled, Duration::from_secs(120), Some(&daemon)).await;
+    let status = daemon.terminate();
+    assert!(status.success(), "daemon exit {status:?}\n{}", daemon.log_text());
+
+    let want: BTreeSet<String> = expected.iter().map(|f| f.fingerprint.clone()).collect();
+    assert_eq!(stored_fingerprints(&db).await, want);
+    // Every finding was published to the findings exchange (the outbox is empty).
+    let mut c = db.connect().await;
+    let unpublished: i64 = sqlx::query_scalar("SELECT count(*) FROM findings WHERE published_at IS NULL")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(unpublished, 0);
+    // Nothing is left unacked or ready in the queue.
+    assert_eq!(bus.ready(&bus.queue).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_three_times_mid_stream_loses_nothing_and_counts_nothing_twice() {
+    let db = TestDb::create().await;
+    let bus = TestBus::new();
+    bus.declare().await;
+    let cfg = SimConfig {
+        seed: 99,
+        events: 200_000,
+        players: 2_000,
+        realms: 2,
+        inject: Invariant::STREAM.iter().map(|i| (*i, 2)).collect(),
+        ..SimConfig::default()
+    };
+    let (lines, _) = world(&cfg);
+    let (engine, expected, journaled) = offline(&lines);
+    let expected_state = state_of(&engine);
+    let expected_tx: BTreeSet<String> = {
+        let mut e = assayer::core::engine::Engine::new(Policy::builtin());
+        let mut set = BTreeSet::new();
+        let mut out = Vec::new();
+        for l in &lines {
+            e.ingest_inspect(l, assayer::core::time::Timestamp(0), &mut out, |v| {
+                set.insert(v.wire.tx_id.to_string());
+            });
+        }
+        set
+    };
+    bus.publish(lines, 1).await;
+
+    let dir = tempdir();
+    // Small batches and frequent snapshots so kills land between every kind of write.
+    let config = write_config(
+        &dir,
+        &db,
+        &bus,
+        free_port(),
+        "[checkpoint]\nbatch_events_max = 1000\nsnapshot_interval_events = 30000\n",
+    );
+    let log = dir.join("daemon.log");
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut kills = 0;
+    for fraction in [0.15, 0.4, 0.65, 0.85] {
+        let mut daemon = DaemonProc::start(&config, log.clone());
+        // A pseudo-random point past `fraction` of the stream.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let jitter = (seed % 5_000) as i64;
+        let target = (journaled as f64 * fraction) as i64 + jitter;
+        wait_for_head(&db, &bus.queue, target, Duration::from_secs(240), Some(&daemon)).await;
+        daemon.kill9();
+        kills += 1;
+    }
+    assert!(kills >= 3);
+    let mut daemon = DaemonProc::start(&config, log.clone());
+    wait_for_head(&db, &bus.queue, journaled, Duration::from_secs(300), Some(&daemon)).await;
+    let status = daemon.terminate();
+    assert!(status.success(), "{}", daemon.log_text());
+
+    let (n, txs) = journal_tx_ids(&db).await;
+    assert_eq!(n as usize, expected_tx.len(), "journal rows: nothing twice, nothing lost");
+    assert_eq!(txs, expected_tx);
+    let want: BTreeSet<String> = expected.iter().map(|f| f.fingerprint.clone()).collect();
+    assert_eq!(stored_fingerprints(&db).await, want);
+    assert_eq!(durable_state(&db, &bus.queue).await, expected_state);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_amqp_and_postgres_connections_recover_with_the_same_result() {
+    let db = TestDb::create().await;
+    let bus = TestBus::new();
+    bus.declare().await;
+    let cfg = SimConfig {
+        seed: 7,
+        events: 60_000,
+        players: 500,
+        inject: Invariant::STREAM.iter().map(|i| (*i, 1)).collect(),
+        ..SimConfig::default()
+    };
+    let (lines, _) = world(&cfg);
+    let (engine, expected, journaled) = offline(&lines);
+    bus.publish(lines, 1).await;
+
+    let dir = tempdir();
+    let config = write_config(&dir, &db, &bus, free_port(), "[checkpoint]\nbatch_events_max = 500\n");
+    let mut daemon = DaemonProc::start(&config, dir.join("daemon.log"));
+    wait_for_head(&db, &bus.queue, journaled / 4, Duration::from_secs(120), Some(&daemon)).await;
+    // Close the daemon's AMQP connection from the broker side.
+    let closed = close_amqp_connections(&format!("assayer {}", bus.queue));
+    assert!(closed > 0, "found no AMQP connection of the daemon to close");
+    wait_for_head(&db, &bus.queue, journaled / 2, Duration::from_secs(120), Some(&daemon)).await;
+    // Terminate its PostgreSQL backends.
+    let mut c = db.connect().await;
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name = 'assayer') t",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert!(killed > 0, "found no PostgreSQL backend of the daemon to terminate");
+    wait_for_head(&db, &bus.queue, journaled, Duration::from_secs(180), Some(&daemon)).await;
+    let status = daemon.terminate();
+    assert!(status.success(), "{}", daemon.log_text());
+    let log = daemon.log_text();
+    assert!(log.contains("reconnecting"), "the daemon should have logged its recoveries:\n{log}");
+
+    let want: BTreeSet<String> = expected.iter().map(|f| f.fingerprint.clone()).collect();
+    assert_eq!(stored_fingerprints(&db).await, want);
+    assert_eq!(durable_state(&db, &bus.queue).await, state_of(&engine));
+    let (n, txs) = journal_tx_ids(&db).await;
+    assert_eq!(n as usize, txs.len(), "no tx journaled twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_messages_are_dead_lettered_with_reasons_while_the_rest_flows() {
+    let db = TestDb::create().await;
+    let bus = TestBus::new();
+    bus.declare().await;
+    let good = |seq: u64| {
+        serde_json::to_vec(&serde_json::json!({
+            "v": 1, "tx_id": format!("ok-{seq}"), "realm": "eu-1", "system": "loot", "seq": seq,
+            "ts": assayer::core::time::Timestamp(1_795_000_000_000_000_000 + seq as i64 * 1_000_000).to_rfc3339(),
+            "kind": "loot.drop",
+            "postings": [{"account": "world:loot", "asset": "gold", "delta": -5},
+                         {"account": "player:1", "asset": "gold", "delta": 5}]
+        }))
+        .unwrap()
+    };
+    let bad_ts = String::from_utf8(good(2)).unwrap().replace("\"ts\":\"", "\"ts\":\"x").into_bytes();
+    let oversized_event = {
+        let mut v: serde_json::Value = serde_json::from_slice(&good(3)).unwrap();
+        v["pad"] = serde_json::json!("x".repeat(70 * 1024));
+        serde_json::to_vec(&v).unwrap()
+    };
+    let amqp_bus = TestBus::connect().await;
+    let publish = |body: Vec<u8>, ct: &'static str| {
+        let chan = amqp_bus.publisher().clone();
+        let exchange = bus.exchange.clone();
+        async move {
+            chan.basic_publish(
+                exchange.as_str().into(),
+                "eu-1.loot".into(),
+                lapin::options::BasicPublishOptions::default(),
+                &body,
+                lapin::BasicProperties::default().with_content_type(ct.into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
+    };
+    publish(good(1), "application/json").await;
+    publish(bad_ts, "application/json").await; // seq 2: malformed event
+    publish(oversized_event, "application/json").await; // seq 3: > 64 KiB
+    // A batch with one bad line among good ones (seq 4..6, the middle one broken).
+    let mut batch = good(4);
+    batch.extend_from_slice(b"\n{\"v\":1,\"tx_id\":\"bad line\"}\n");
+    batch.extend_from_slice(&good(6));
+    publish(batch, "application/x-ndjson").await;
+    // A batch over 1 MiB.
+    let mut huge = Vec::new();
+    while huge.len() <= 1024 * 1024 {
+        huge.extend_from_slice(&good(7));
+        huge.push(b'\n');
+    }
+    publish(huge, "application/x-ndjson").await;
+    publish(good(8), "application/json").await;
+    amqp_bus.close().await;
+
+    let dir = tempdir();
+    let config = write_config(&dir, &db, &bus, free_port(), "");
+    let mut daemon = DaemonProc::start(&config, dir.join("daemon.log"));
+    // Journal: good 1, 4, 6, 8 accepted + 2 malformed events (seq 2, the bad line). The
+    // oversized messages are set aside whole, before any event of them is read.
+    wait_for_head(&db, &bus.queue, 6, Duration::from_secs(60), Some(&daemon)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.terminate();
+
+    // The dead-letter queue holds the four set-aside messages, each with its reason.
+    let reader = TestBus::connect().await;
+    let mut reasons = Vec::new();
+    while let Some(m) = reader
+        .channel()
+        .basic_get(bus.dead_letter_queue.as_str().into(), lapin::options::BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        reasons.push(assayer::adapters::amqp::reason_header(&m.delivery.properties).unwrap_or_default());
+    }
+    reader.close().await;
+    reasons.sort();
+    assert_eq!(reasons.len(), 4, "{reasons:#?}");
+    assert!(reasons.iter().any(|r| r.contains("RFC 3339")), "{reasons:#?}");
+    assert!(reasons.iter().any(|r| r.contains("65536")), "{reasons:#?}");
+    assert!(reasons.iter().any(|r| r.contains("tx_id")), "{reasons:#?}");
+    assert!(reasons.iter().any(|r| r.contains("1048576")), "{reasons:#?}");
+
+    let mut c = db.connect().await;
+    let malformed: i64 = sqlx::query_scalar("SELECT count(*) FROM findings WHERE invariant = 'event.malformed'")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(malformed, 4);
+    let accepted: Vec<String> = sqlx::query_scalar("SELECT tx_id FROM journal WHERE entry_kind = 'event' ORDER BY position")
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(accepted, vec!["ok-1", "ok-4", "ok-6", "ok-8"]);
+    assert_eq!(bus.ready(&bus.queue).await, 0);
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(unique("assayer-test"));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Closes (broker side) every AMQP connection whose client-given name is `name`.
+fn close_amqp_connections(name: &str) -> usize {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl (is RabbitMQ installed? start it with `rabbitmq-server -detached`)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut closed = 0;
+    for line in text.lines().filter(|l| l.contains(name)) {
+        if let Some(pid) = line.split_whitespace().next() {
+            let ok = std::process::Command::new("rabbitmqctl")
+                .args(["-q", "close_connection", pid, "assayer test: forced close"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                closed += 1;
+            }
+        }
+    }
+    closed
+}
