@@ -299,7 +299,7 @@ async fn malformed_and_oversized_messages_are_dead_lettered_with_reasons_while_t
     assert_eq!(reasons.len(), 4, "{reasons:#?}");
     assert!(reasons.iter().any(|r| r.contains("RFC 3339")), "{reasons:#?}");
     assert!(reasons.iter().any(|r| r.contains("65536")), "{reasons:#?}");
-    assert!(reasons.iter().any(|r| r.contains("tx_id")), "{reasons:#?}");
+    assert!(reasons.iter().any(|r| r.contains("missing field `system`")), "{reasons:#?}");
     assert!(reasons.iter().any(|r| r.contains("1048576")), "{reasons:#?}");
 
     let mut c = db.connect().await;

@@ -101,6 +101,7 @@ impl World {
         expected: impl FnOnce(&SimEvent) -> Expected,
     ) -> SimEvent {
         let (ev, _ix) = self.stamp(d, mode);
+        self.mark_valid(&ev);
         let exp = expected(&ev);
         out.push_fault(ev.ts.0, ev.stream(), ev.seq, ev.canonical(), exp);
         ev
@@ -171,9 +172,10 @@ impl World {
         self.realms[r].grants.pop_back().expect("loot_one_item remembers its grant")
     }
 
-    /// A system of realm `r` that has used at least one `seq`.
+    /// A system of realm `r` that has published at least one valid event (so its
+    /// stream has started, and has a valid `seq` to re-use).
     fn ensure_stream(&mut self, r: usize, out: &mut Delivery) -> Sys {
-        let live: Vec<Sys> = Sys::ALL.into_iter().filter(|&s| self.realms[r].seq[s as usize] >= 1).collect();
+        let live: Vec<Sys> = Sys::ALL.into_iter().filter(|&s| self.realms[r].valid_seq[s as usize] >= 1).collect();
         if let Some(&s) = live.choose(&mut self.rng) {
             return s;
         }
@@ -442,8 +444,9 @@ impl World {
         });
     }
 
-    /// A heartbeat with a new `tx_id` that re-uses its stream's last `seq`. Delivered
-    /// after the original (pinned), with a later `ts`, so it is unambiguously the re-use.
+    /// A heartbeat with a new `tx_id` that re-uses the last `seq` a valid event of its
+    /// stream carried. Delivered after the original (pinned), with a later `ts`, so it
+    /// is unambiguously the re-use.
     fn fault_seq_reuse(&mut self, r: usize, out: &mut Delivery) {
         let sys = self.ensure_stream(r, out);
         self.commit_fault(Draft::new(r, sys, "heartbeat"), SeqMode::Reuse, out, |ev| Expected {

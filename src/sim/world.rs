@@ -271,6 +271,10 @@ pub(super) struct Realm {
     pub guilds: Vec<Guild>,
     /// Last `seq` used per system.
     pub seq: [u64; 12],
+    /// Last `seq` per system carried by a valid event. A malformed event consumes its
+    /// `seq` but the engine may let a later event fill it, so `stream.seq_reuse` only
+    /// ever re-uses a valid event's `seq`.
+    pub valid_seq: [u64; 12],
     pub next_tx: u64,
     pub next_item: u64,
     pub next_trade: u64,
@@ -325,7 +329,7 @@ pub(super) enum SeqMode {
     Next,
     /// Skip one (`stream.seq_gap`).
     SkipOne,
-    /// The last one again (`stream.seq_reuse`).
+    /// The last one a valid event carried, again (`stream.seq_reuse`).
     Reuse,
 }
 
@@ -493,6 +497,7 @@ impl World {
                 players: vec![Player::default(); players],
                 guilds: vec![Guild::default(); guilds],
                 seq: [0; 12],
+                valid_seq: [0; 12],
                 next_tx: 0,
                 next_item: 0,
                 next_trade: 0,
@@ -549,18 +554,27 @@ impl World {
         self.next_ix += 1;
         let realm = &mut self.realms[d.realm];
         let s = d.sys as usize;
-        match mode {
-            SeqMode::Next => realm.seq[s] += 1,
-            SeqMode::SkipOne => realm.seq[s] += 2,
-            SeqMode::Reuse => debug_assert!(realm.seq[s] >= 1, "reuse needs a used seq"),
-        }
+        let seq = match mode {
+            SeqMode::Next => {
+                realm.seq[s] += 1;
+                realm.seq[s]
+            }
+            SeqMode::SkipOne => {
+                realm.seq[s] += 2;
+                realm.seq[s]
+            }
+            SeqMode::Reuse => {
+                debug_assert!(realm.valid_seq[s] >= 1, "reuse needs a used seq");
+                realm.valid_seq[s]
+            }
+        };
         realm.next_tx += 1;
         let ev = SimEvent {
             tx_id: format!("tx-r{}-{:08}", realm.number, realm.next_tx),
             realm_idx: d.realm,
             realm: Rc::clone(&realm.name),
             sys: d.sys,
-            seq: realm.seq[s],
+            seq,
             ts: Timestamp(self.clock),
             kind: d.kind,
             actor: d.actor,
@@ -571,6 +585,12 @@ impl World {
         (ev, ix)
     }
 
+    /// Records that a valid (decodable) event carries `ev.seq`.
+    pub fn mark_valid(&mut self, ev: &SimEvent) {
+        let v = &mut self.realms[ev.realm_idx].valid_seq[ev.sys as usize];
+        *v = (*v).max(ev.seq);
+    }
+
     /// Commits a clean event.
     pub fn commit(&mut self, d: Draft, out: &mut Delivery) {
         debug_assert!(
@@ -579,6 +599,7 @@ impl World {
         );
         let dep = d.dep;
         let (ev, ix) = self.stamp(d, SeqMode::Next);
+        self.mark_valid(&ev);
         self.clean_commits += 1;
         out.push_clean(ev, ix, dep);
     }
