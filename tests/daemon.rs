@@ -344,3 +344,150 @@ fn close_amqp_connections(name: &str) -> usize {
     }
     closed
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics_over_http() {
+    let db = TestDb::create().await;
+    let bus = TestBus::new();
+    bus.declare().await;
+    let cfg = SimConfig {
+        seed: 3,
+        events: 2_000,
+        players: 40,
+        inject: vec![(Invariant::ItemDuplicated, 1), (Invariant::TxUnbalanced, 1)],
+        ..SimConfig::default()
+    };
+    let (lines, _) = world(&cfg);
+    let (_, _, journaled) = offline(&lines);
+    bus.publish(lines, 50).await;
+    let dir = tempdir();
+    let port = free_port();
+    let config = write_config(&dir, &db, &bus, port, "");
+    let mut daemon = DaemonProc::start(&config, dir.join("daemon.log"));
+    wait_for_head(&db, &bus.queue, journaled, Duration::from_secs(60), Some(&daemon)).await;
+
+    let (code, body) = wait_http(port, "/healthz", Duration::from_secs(10), |c, _| c == 200).await;
+    assert_eq!((code, body.trim()), (200, "ok"));
+    let (code, body) = wait_http(port, "/readyz", Duration::from_secs(10), |c, _| c == 200).await;
+    assert_eq!(code, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["broker_connected"], true);
+    assert_eq!(ready["database_connected"], true);
+
+    let (code, metrics) = wait_http(port, "/metrics", Duration::from_secs(10), |c, _| c == 200).await;
+    assert_eq!(code, 200);
+    for name in [
+        "assayer_messages_received_total",
+        "assayer_events_total{outcome=\"accepted\"}",
+        "assayer_events_total{outcome=\"redelivered\"}",
+        "assayer_findings_total{invariant=\"item.duplicated\",severity=\"critical\"} 1",
+        "assayer_findings_total{invariant=\"tx.unbalanced\",severity=\"critical\"} 1",
+        "assayer_stream_lag_seconds{realm=\"realm-1\",system=\"loot\"}",
+        "assayer_checkpoint_duration_seconds_bucket",
+        "assayer_reorder_buffer_events",
+        "assayer_detection_latency_seconds_bucket",
+        "assayer_journal_position",
+        "# EOF",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in\n{metrics}");
+    }
+    // No player, account or item id ever appears in a label.
+    for forbidden in ["player:", "itm:", "trade:", "guild:"] {
+        assert!(!metrics.contains(forbidden), "{forbidden} in a metric label:\n{metrics}");
+    }
+    let status = daemon.terminate();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_broker_keeps_the_daemon_alive_retrying_and_not_ready() {
+    let db = TestDb::create().await;
+    let bus = TestBus::new();
+    let dir = tempdir();
+    let port = free_port();
+    let config = write_config(&dir, &db, &bus, port, "");
+    // Point it at a port where no broker listens.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("127.0.0.1:5672", &format!("127.0.0.1:{}", free_port()));
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = DaemonProc::start(&config, dir.join("daemon.log"));
+    let (code, _) = wait_http(port, "/healthz", Duration::from_secs(10), |c, _| c == 200).await;
+    assert_eq!(code, 200);
+    let (code, body) = wait_http(port, "/readyz", Duration::from_secs(10), |_, b| b.contains("last_error\":\"")).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("RabbitMQ"), "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = daemon.terminate();
+    assert!(status.success(), "SIGTERM while retrying exits cleanly");
+    assert!(daemon.log_text().contains("reconnecting"));
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_secrets_masked_and_rejects_typos() {
+    let dir = tempdir();
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "[amqp]\nurl = \"amqp://guest:s3cret@127.0.0.1:5672/%2f\"\nrealms = [\"eu-1\"]\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_assayer"))
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .env_remove("ASSAYER_AMQP_URL")
+        .env("ASSAYER_DATABASE_URL", "postgres://app:pa55@db/assayer")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("guest:****@127.0.0.1") && !stdout.contains("s3cret"), "{stdout}");
+    assert!(stdout.contains("app:****@db") && !stdout.contains("pa55"), "{stdout}");
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[amqp]\nqueue = \"q\"\nprefetch = 10\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_assayer"))
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("bad.toml:3: prefetch: unknown field `prefetch`"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_on_the_same_queue_takes_over_from_the_shared_journal() {
+    let db = TestDb::create().await;
+    let bus = TestBus::new();
+    bus.declare().await;
+    let cfg = SimConfig {
+        seed: 17,
+        events: 40_000,
+        players: 300,
+        inject: Invariant::STREAM.iter().map(|i| (*i, 1)).collect(),
+        ..SimConfig::default()
+    };
+    let (lines, _) = world(&cfg);
+    let (engine, expected, journaled) = offline(&lines);
+    let dir = tempdir();
+    let active_cfg = write_config(&dir, &db, &bus, free_port(), "[checkpoint]\nbatch_events_max = 500\n");
+    let standby_dir = dir.join("standby");
+    std::fs::create_dir_all(&standby_dir).unwrap();
+    let standby_cfg = write_config(&standby_dir, &db, &bus, free_port(), "[checkpoint]\nbatch_events_max = 500\n");
+    let mut active = DaemonProc::start(&active_cfg, dir.join("active.log"));
+    wait_for_head(&db, &bus.queue, 0, Duration::from_secs(5), None).await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // the first consumer becomes the active one
+    let mut standby = DaemonProc::start(&standby_cfg, dir.join("standby.log"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    bus.publish(lines, 1).await;
+    wait_for_head(&db, &bus.queue, journaled / 3, Duration::from_secs(120), Some(&active)).await;
+    active.kill9();
+    wait_for_head(&db, &bus.queue, journaled, Duration::from_secs(180), Some(&standby)).await;
+    let status = standby.terminate();
+    assert!(status.success(), "{}", standby.log_text());
+    assert!(
+        standby.log_text().contains("catching up") || standby.log_text().contains("engine restored"),
+        "{}",
+        standby.log_text()
+    );
+    let want: BTreeSet<String> = expected.iter().map(|f| f.fingerprint.clone()).collect();
+    assert_eq!(stored_fingerprints(&db).await, want);
+    assert_eq!(durable_state(&db, &bus.queue).await, state_of(&engine));
+}

@@ -276,7 +276,9 @@ impl<'a> Session<'a> {
                         pending.since = Some(Instant::now());
                     }
                     self.handle(&bus, &mut engine, &mut pending, d).await?;
-                    if pending.events >= c.checkpoint.batch_events_max {
+                    // A finding is flushed at once: detection latency is commit time, not
+                    // the batch interval (findings are rare; batches stay large).
+                    if pending.events >= c.checkpoint.batch_events_max || !pending.batch.findings.is_empty() {
                         self.flush(&pg, &bus, &mut engine, &mut pending, &mut snapshot_at, false).await?;
                     }
                 }
@@ -463,6 +465,12 @@ impl<'a> Session<'a> {
         bus.ack_through(last_tag).await?;
         if due {
             *snapshot_at = (head, Instant::now());
+            // Retention: journal rows the new snapshot covers and that are old enough.
+            match pg.prune_journal(cp.journal_retention).await {
+                Ok(0) => {}
+                Ok(n) => info!(rows = n, "pruned journal rows past retention"),
+                Err(e) => warn!(error = %e, "journal pruning failed; will retry at the next snapshot"),
+            }
         }
         self.metrics.batch_events.observe(pending.events as f64);
         self.metrics.journal_position.set(head);

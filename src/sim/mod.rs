@@ -68,7 +68,9 @@ pub struct SimConfig {
     /// Realms, named `realm-1`, `realm-2`, … (at least 1 is used).
     pub realms: usize,
     /// Faults to plant: stream-level classes only. `recon.*` entries (which
-    /// [`parse_inject`] rejects) are ignored.
+    /// [`parse_inject`] rejects) are ignored. At most one `economy.velocity` per player
+    /// and one `balance.overdraft` per player balance (7 each) can be planted; the
+    /// answer key lists what was.
     pub inject: Vec<(Invariant, usize)>,
     pub noise: Noise,
     /// The `ts` of the first committed event; each later one is 2–20 ms after the
@@ -102,7 +104,11 @@ impl Default for Noise {
 impl Noise {
     /// No redelivery, no reordering: the stream exactly as committed.
     pub fn none() -> Noise {
-        Noise { redelivery_per_mille: 0, reorder: false, ..Noise::default() }
+        Noise {
+            redelivery_per_mille: 0,
+            reorder: false,
+            ..Noise::default()
+        }
     }
 }
 
@@ -130,10 +136,19 @@ pub fn parse_inject(s: &str) -> Result<(Invariant, usize), String> {
         Some((n, c)) => (n.trim(), Some(c.trim())),
         None => (s.trim(), None),
     };
-    let known = || Invariant::STREAM.iter().map(|i| i.id()).collect::<Vec<_>>().join(", ");
-    let inv: Invariant = name
-        .parse()
-        .map_err(|_| format!("unknown fault class `{name}` in `{s}`; the simulator injects: {}", known()))?;
+    let known = || {
+        Invariant::STREAM
+            .iter()
+            .map(|i| i.id())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let inv: Invariant = name.parse().map_err(|_| {
+        format!(
+            "unknown fault class `{name}` in `{s}`; the simulator injects: {}",
+            known()
+        )
+    })?;
     if !Invariant::STREAM.contains(&inv) {
         return Err(format!(
             "`{name}` is found by reconciliation against a store, not in the event stream, so the \
@@ -143,9 +158,9 @@ pub fn parse_inject(s: &str) -> Result<(Invariant, usize), String> {
     }
     let n = match count {
         None => 1,
-        Some(c) => c
-            .parse::<usize>()
-            .map_err(|_| format!("`{s}`: the count after `=` must be a whole number ≥ 0, got `{c}`"))?,
+        Some(c) => c.parse::<usize>().map_err(|_| {
+            format!("`{s}`: the count after `=` must be a whole number ≥ 0, got `{c}`")
+        })?,
     };
     Ok((inv, n))
 }

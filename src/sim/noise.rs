@@ -136,20 +136,42 @@ impl<'e> Delivery<'e> {
             ts: ev.ts.0,
             stream: ev.stream(),
             seq: ev.seq,
-            body: Body::Clean { ev: Rc::new(ev), line },
+            body: Body::Clean {
+                ev: Rc::new(ev),
+                line,
+            },
         };
         self.push(p, dep);
     }
 
     /// A fault carrier (a whole line, possibly malformed on purpose).
-    pub fn push_fault(&mut self, ev_ts: i64, stream: u32, seq: u64, line: Vec<u8>, expected: Expected) {
-        let p = Pending { ix: u64::MAX, ts: ev_ts, stream, seq, body: Body::Fault { line, expected } };
+    pub fn push_fault(
+        &mut self,
+        ev_ts: i64,
+        stream: u32,
+        seq: u64,
+        line: Vec<u8>,
+        expected: Expected,
+    ) {
+        let p = Pending {
+            ix: u64::MAX,
+            ts: ev_ts,
+            stream,
+            seq,
+            body: Body::Fault { line, expected },
+        };
         self.push(p, None);
     }
 
     /// A conflicting re-use of an earlier `tx_id`, realised when this point is delivered.
     pub fn push_conflict(&mut self, now_ns: i64) {
-        let p = Pending { ix: u64::MAX, ts: now_ns, stream: u32::MAX, seq: 0, body: Body::Conflict };
+        let p = Pending {
+            ix: u64::MAX,
+            ts: now_ns,
+            stream: u32::MAX,
+            seq: 0,
+            body: Body::Conflict,
+        };
         self.push(p, None);
     }
 
@@ -167,7 +189,8 @@ impl<'e> Delivery<'e> {
             }
         }
         while let Some(front) = self.buf.front() {
-            if front.ts > newest.saturating_sub(self.half_window_ns) && self.buf.len() <= BUFFER_MAX {
+            if front.ts > newest.saturating_sub(self.half_window_ns) && self.buf.len() <= BUFFER_MAX
+            {
                 break;
             }
             if let Some(p) = self.buf.pop_front() {
@@ -180,7 +203,9 @@ impl<'e> Delivery<'e> {
     /// of its own stream except (when `same_stream_at_j`) the one at `j`, and every one
     /// of them less than half a window older than it.
     fn may_jump_to(&self, j: usize, same_stream_at_j: bool) -> bool {
-        let Some(e) = self.buf.back() else { return false };
+        let Some(e) = self.buf.back() else {
+            return false;
+        };
         let last = self.buf.len() - 1;
         (j..last).all(|k| {
             let o = &self.buf[k];
@@ -235,7 +260,11 @@ impl<'e> Delivery<'e> {
                 if self.redelivery_p > 0.0 && self.rng.random_bool(self.redelivery_p) {
                     let due = self.lines + self.redelivery_delay();
                     self.scheduled += 1;
-                    self.redeliveries.push(Reverse(Scheduled { due, order: self.scheduled, ev: Rc::clone(&ev) }));
+                    self.redeliveries.push(Reverse(Scheduled {
+                        due,
+                        order: self.scheduled,
+                        ev: Rc::clone(&ev),
+                    }));
                 }
                 if self.conflict_sources.len() == CONFLICT_SOURCES_MAX {
                     self.conflict_sources.pop_front();
@@ -262,7 +291,11 @@ impl<'e> Delivery<'e> {
     }
 
     fn flush_due_redeliveries(&mut self) {
-        while self.redeliveries.peek().is_some_and(|Reverse(s)| s.due <= self.lines) {
+        while self
+            .redeliveries
+            .peek()
+            .is_some_and(|Reverse(s)| s.due <= self.lines)
+        {
             if let Some(Reverse(s)) = self.redeliveries.pop() {
                 self.redeliver(&s.ev);
             }
@@ -295,7 +328,9 @@ impl<'e> Delivery<'e> {
             pick = self.rng.random_range(0..n);
         }
         // Taken out, so that two conflicts never target (and duplicate) the same tx_id.
-        let Some(src) = self.conflict_sources.remove(pick) else { return };
+        let Some(src) = self.conflict_sources.remove(pick) else {
+            return;
+        };
         let mut ev = SimEvent::clone(&src);
         if ev.postings.is_empty() {
             ev.actor = Some(match ev.actor.take() {

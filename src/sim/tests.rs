@@ -23,7 +23,13 @@ fn run(cfg: &SimConfig) -> (Vec<Vec<u8>>, AnswerKey) {
 }
 
 fn cfg(seed: u64, events: usize, players: usize, realms: usize) -> SimConfig {
-    SimConfig { seed, events, players, realms, ..SimConfig::default() }
+    SimConfig {
+        seed,
+        events,
+        players,
+        realms,
+        ..SimConfig::default()
+    }
 }
 
 fn every_fault(n: usize) -> Vec<(Invariant, usize)> {
@@ -78,6 +84,11 @@ struct Stats {
     max_escrow_hold_ns: BTreeMap<String, i64>,
 }
 
+/// (realm, system or account).
+type Key = (String, String);
+/// Inflows inside the velocity window: (ts, amount).
+type Window = VecDeque<(i64, i64)>;
+
 fn audit(lines: &[Vec<u8>]) -> (Vec<Found>, Stats) {
     let policy = Policy::builtin();
     let mut found = Vec::new();
@@ -85,7 +96,7 @@ fn audit(lines: &[Vec<u8>]) -> (Vec<Found>, Stats) {
     let mut seen: HashMap<String, u64> = HashMap::new();
     let mut events = Vec::new();
     // (realm, system) -> [(seq, ts, tx_id)]
-    let mut streams: BTreeMap<(String, String), Vec<(u64, i64, String)>> = BTreeMap::new();
+    let mut streams: BTreeMap<Key, Vec<(u64, i64, String)>> = BTreeMap::new();
     for (order, line) in lines.iter().enumerate() {
         match decode(line) {
             Ok(ev) => {
@@ -107,7 +118,10 @@ fn audit(lines: &[Vec<u8>]) -> (Vec<Found>, Stats) {
                 }
                 seen.insert(tx.clone(), ev.digest);
                 let key = (ev.realm().to_string(), ev.wire.system.to_string());
-                streams.entry(key).or_default().push((ev.wire.seq, ev.ts.0, tx.clone()));
+                streams
+                    .entry(key)
+                    .or_default()
+                    .push((ev.wire.seq, ev.ts.0, tx.clone()));
                 events.push(Applied {
                     ts: ev.ts.0,
                     order,
@@ -116,17 +130,37 @@ fn audit(lines: &[Vec<u8>]) -> (Vec<Found>, Stats) {
                     seq: ev.wire.seq,
                     tx_id: tx,
                     grant: ev.wire.grant.as_deref().map(str::to_string),
-                    postings: ev.wire.postings.iter().map(|p| (p.account.to_string(), p.asset.to_string(), p.delta)).collect(),
-                    items: ev.wire.items.iter().map(|m| (m.item.to_string(), m.from.to_string(), m.to.to_string())).collect(),
+                    postings: ev
+                        .wire
+                        .postings
+                        .iter()
+                        .map(|p| (p.account.to_string(), p.asset.to_string(), p.delta))
+                        .collect(),
+                    items: ev
+                        .wire
+                        .items
+                        .iter()
+                        .map(|m| (m.item.to_string(), m.from.to_string(), m.to.to_string()))
+                        .collect(),
                     unbalanced: !residuals(&ev.wire.postings).is_empty(),
                 });
             }
             Err(m) => {
                 let realm = m.realm.clone().unwrap_or_else(|| "default".into());
                 if let (Some(sys), Some(seq), Some(tx)) = (&m.system, m.seq, &m.tx_id) {
-                    streams.entry((realm.clone(), sys.clone())).or_default().push((seq, i64::MAX, tx.clone()));
+                    streams
+                        .entry((realm.clone(), sys.clone()))
+                        .or_default()
+                        .push((seq, i64::MAX, tx.clone()));
                 }
-                found.push(Found { inv: Invariant::Malformed, realm, system: m.system, tx_id: m.tx_id, seq: m.seq, subject: None });
+                found.push(Found {
+                    inv: Invariant::Malformed,
+                    realm,
+                    system: m.system,
+                    tx_id: m.tx_id,
+                    seq: m.seq,
+                    subject: None,
+                });
             }
         }
     }
@@ -159,7 +193,11 @@ fn audit(lines: &[Vec<u8>]) -> (Vec<Found>, Stats) {
     }
 
     events.sort_by_key(|e| (e.ts, e.order));
-    let vel = policy.velocity.iter().find(|v| v.asset == "gold").expect("the shipped policy limits gold");
+    let vel = policy
+        .velocity
+        .iter()
+        .find(|v| v.asset == "gold")
+        .expect("the shipped policy limits gold");
     let window = vel.window.as_nanos() as i64;
     let mut bal: HashMap<(String, String, String), i64> = HashMap::new();
     let mut live: HashMap<(String, String), Vec<String>> = HashMap::new();
@@ -168,8 +206,8 @@ fn audit(lines: &[Vec<u8>]) -> (Vec<Found>, Stats) {
     let mut escrow_items: HashMap<(String, String), i64> = HashMap::new();
     let mut escrow_since: BTreeMap<(String, String), (i64, String)> = BTreeMap::new();
     let mut stuck_reported: HashSet<(String, String)> = HashSet::new();
-    let mut inflow: HashMap<(String, String), (VecDeque<(i64, i64)>, i64, bool)> = HashMap::new();
-    let mut player_inflow: HashMap<(String, String), (VecDeque<(i64, i64)>, i64)> = HashMap::new();
+    let mut inflow: HashMap<Key, (Window, i64, bool)> = HashMap::new();
+    let mut player_inflow: HashMap<Key, (Window, i64)> = HashMap::new();
     for e in &events {
         if e.unbalanced {
             found.push(Found::tx(Invariant::TxUnbalanced, e, None));
@@ -189,18 +227,24 @@ fn audit(lines: &[Vec<u8>]) -> (Vec<Found>, Stats) {
         }
         for w in worlds {
             if !policy.faucet_allows(w, &e.system) {
-                found.push(Found::tx(Invariant::UnauthorizedFaucet, e, Some(w.to_string())));
+                found.push(Found::tx(
+                    Invariant::UnauthorizedFaucet,
+                    e,
+                    Some(w.to_string()),
+                ));
             }
         }
-        if let Some(g) = &e.grant {
-            if !grants.insert((e.realm.clone(), g.clone())) {
-                found.push(Found::tx(Invariant::GrantReused, e, Some(g.clone())));
-            }
+        if let Some(g) = &e.grant
+            && !grants.insert((e.realm.clone(), g.clone()))
+        {
+            found.push(Found::tx(Invariant::GrantReused, e, Some(g.clone())));
         }
         let mut touched_escrows: BTreeSet<String> = BTreeSet::new();
         let mut overdrawn_here: BTreeSet<String> = BTreeSet::new();
         for (a, asset, delta) in &e.postings {
-            let b = bal.entry((e.realm.clone(), a.clone(), asset.clone())).or_default();
+            let b = bal
+                .entry((e.realm.clone(), a.clone(), asset.clone()))
+                .or_default();
             let old = *b;
             *b += delta;
             if !is_world(a) && old >= 0 && *b < 0 && overdrawn_here.insert(a.clone()) {
@@ -258,7 +302,9 @@ fn audit(lines: &[Vec<u8>]) -> (Vec<Found>, Stats) {
                     locs.clear();
                 }
                 if policy.escrow_rule(from).is_some() {
-                    *escrow_items.entry((e.realm.clone(), from.clone())).or_default() -= 1;
+                    *escrow_items
+                        .entry((e.realm.clone(), from.clone()))
+                        .or_default() -= 1;
                     touched_escrows.insert(from.clone());
                 }
             }
@@ -270,7 +316,9 @@ fn audit(lines: &[Vec<u8>]) -> (Vec<Found>, Stats) {
                 locs.push(to.clone());
                 burned.remove(&key);
                 if policy.escrow_rule(to).is_some() {
-                    *escrow_items.entry((e.realm.clone(), to.clone())).or_default() += 1;
+                    *escrow_items
+                        .entry((e.realm.clone(), to.clone()))
+                        .or_default() += 1;
                     touched_escrows.insert(to.clone());
                 }
             }
@@ -278,17 +326,24 @@ fn audit(lines: &[Vec<u8>]) -> (Vec<Found>, Stats) {
         for acct in touched_escrows {
             let k = (e.realm.clone(), acct.clone());
             let holds = escrow_items.get(&k).is_some_and(|&n| n != 0)
-                || bal.iter().any(|((r, a, _), v)| r == &e.realm && a == &acct && *v != 0);
+                || bal
+                    .iter()
+                    .any(|((r, a, _), v)| r == &e.realm && a == &acct && *v != 0);
             if holds {
                 escrow_since.entry(k).or_insert((e.ts, e.tx_id.clone()));
             } else if let Some((since, _)) = escrow_since.remove(&k) {
-                let prefix = policy.escrow_rule(&acct).map(|r| r.prefix.clone()).unwrap_or_default();
+                let prefix = policy
+                    .escrow_rule(&acct)
+                    .map(|r| r.prefix.clone())
+                    .unwrap_or_default();
                 let h = stats.max_escrow_hold_ns.entry(prefix).or_default();
                 *h = (*h).max(e.ts - since);
             }
         }
         for ((realm, acct), (since, tx)) in &escrow_since {
-            let max = policy.escrow_rule(acct).map_or(i64::MAX, |r| r.max_hold.as_nanos() as i64);
+            let max = policy
+                .escrow_rule(acct)
+                .map_or(i64::MAX, |r| r.max_hold.as_nanos() as i64);
             if e.ts - since > max && stuck_reported.insert((realm.clone(), acct.clone())) {
                 found.push(Found {
                     inv: Invariant::EscrowStuck,
@@ -360,7 +415,12 @@ fn noise_settings_do_not_change_what_the_world_commits() {
     quiet.noise = Noise::none();
     let (q, _) = run(&quiet);
     let (n, _) = run(&cfg(3, 2_000, 30, 1));
-    let set = |lines: &[Vec<u8>]| lines.iter().map(|l| decode(l).unwrap().digest).collect::<BTreeSet<_>>();
+    let set = |lines: &[Vec<u8>]| {
+        lines
+            .iter()
+            .map(|l| decode(l).unwrap().digest)
+            .collect::<BTreeSet<_>>()
+    };
     assert_eq!(set(&q), set(&n));
 }
 
@@ -371,7 +431,11 @@ fn every_clean_line_decodes_balanced() {
     assert!(key.faults.is_empty());
     for l in &lines {
         let ev = decode(l).unwrap_or_else(|m| panic!("{}: {m:?}", String::from_utf8_lossy(l)));
-        assert!(residuals(&ev.wire.postings).is_empty(), "{}", String::from_utf8_lossy(l));
+        assert!(
+            residuals(&ev.wire.postings).is_empty(),
+            "{}",
+            String::from_utf8_lossy(l)
+        );
         assert!(!l.contains(&b'\n'));
     }
 }
@@ -402,7 +466,10 @@ fn all_twelve_systems_and_their_kinds_appear() {
     let mut kinds: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for l in &lines {
         let ev = decode(l).unwrap();
-        kinds.entry(ev.wire.system.to_string()).or_default().insert(ev.wire.kind.to_string());
+        kinds
+            .entry(ev.wire.system.to_string())
+            .or_default()
+            .insert(ev.wire.kind.to_string());
     }
     let policy = Policy::builtin();
     for sys in &policy.expected_systems {
@@ -434,26 +501,53 @@ fn all_twelve_systems_and_their_kinds_appear() {
         "character.discard",
         "heartbeat",
     ] {
-        assert!(kinds.values().any(|s| s.contains(k)), "{k} never happened: {kinds:?}");
+        assert!(
+            kinds.values().any(|s| s.contains(k)),
+            "{k} never happened: {kinds:?}"
+        );
     }
 }
 
 #[test]
 fn parse_inject_accepts_and_rejects() {
-    assert_eq!(parse_inject("item.duplicated=3"), Ok((Invariant::ItemDuplicated, 3)));
-    assert_eq!(parse_inject(" stream.seq_gap = 0 "), Ok((Invariant::SeqGap, 0)));
-    assert_eq!(parse_inject("economy.velocity"), Ok((Invariant::Velocity, 1)));
+    assert_eq!(
+        parse_inject("item.duplicated=3"),
+        Ok((Invariant::ItemDuplicated, 3))
+    );
+    assert_eq!(
+        parse_inject(" stream.seq_gap = 0 "),
+        Ok((Invariant::SeqGap, 0))
+    );
+    assert_eq!(
+        parse_inject("economy.velocity"),
+        Ok((Invariant::Velocity, 1))
+    );
     for inv in Invariant::STREAM {
         assert_eq!(parse_inject(&format!("{}=2", inv.id())), Ok((inv, 2)));
     }
     let e = parse_inject("item.dupe=1").unwrap_err();
-    assert!(e.contains("unknown fault class `item.dupe`") && e.contains("item.duplicated"), "{e}");
-    for recon in ["recon.missing=1", "recon.unexpected", "recon.value_mismatch=2"] {
+    assert!(
+        e.contains("unknown fault class `item.dupe`") && e.contains("item.duplicated"),
+        "{e}"
+    );
+    for recon in [
+        "recon.missing=1",
+        "recon.unexpected",
+        "recon.value_mismatch=2",
+    ] {
         let e = parse_inject(recon).unwrap_err();
         assert!(e.contains("reconciliation"), "{e}");
     }
-    for bad in ["tx.unbalanced=", "tx.unbalanced=-1", "tx.unbalanced=x", "tx.unbalanced=1.5"] {
-        assert!(parse_inject(bad).unwrap_err().contains("whole number"), "{bad}");
+    for bad in [
+        "tx.unbalanced=",
+        "tx.unbalanced=-1",
+        "tx.unbalanced=x",
+        "tx.unbalanced=1.5",
+    ] {
+        assert!(
+            parse_inject(bad).unwrap_err().contains("whole number"),
+            "{bad}"
+        );
     }
 }
 
@@ -464,12 +558,20 @@ fn answer_key_has_exactly_the_requested_faults() {
     c.inject.push((Invariant::ItemDuplicated, 2));
     let (lines, key) = run(&c);
     for inv in Invariant::STREAM {
-        let want = if inv == Invariant::ItemDuplicated { 5 } else { 3 };
+        let want = if inv == Invariant::ItemDuplicated {
+            5
+        } else {
+            3
+        };
         let got = key.faults.iter().filter(|f| f.invariant == inv).count();
         assert_eq!(got, want, "{inv}");
     }
     assert_eq!(key.lines, lines.len());
-    let conflicts = key.faults.iter().filter(|f| f.invariant == Invariant::TxConflict).count();
+    let conflicts = key
+        .faults
+        .iter()
+        .filter(|f| f.invariant == Invariant::TxConflict)
+        .count();
     assert_eq!(key.lines, key.transactions + key.redeliveries + conflicts);
     let json = serde_json::to_string(&key).unwrap();
     let back: AnswerKey = serde_json::from_str(&json).unwrap();
@@ -482,7 +584,11 @@ fn faults_are_spread_and_never_in_the_first_fifty() {
     c.noise = Noise::none();
     c.inject = vec![(Invariant::TxUnbalanced, 40)];
     let (lines, key) = run(&c);
-    let fault_txs: HashSet<&str> = key.faults.iter().filter_map(|f| f.tx_id.as_deref()).collect();
+    let fault_txs: HashSet<&str> = key
+        .faults
+        .iter()
+        .filter_map(|f| f.tx_id.as_deref())
+        .collect();
     let positions: Vec<usize> = lines
         .iter()
         .enumerate()
@@ -491,7 +597,10 @@ fn faults_are_spread_and_never_in_the_first_fifty() {
         .collect();
     assert_eq!(positions.len(), 40);
     assert!(positions[0] >= 50, "{positions:?}");
-    assert!(positions.iter().any(|&p| p < 2_500) && positions.iter().any(|&p| p > 2_500), "{positions:?}");
+    assert!(
+        positions.iter().any(|&p| p < 2_500) && positions.iter().any(|&p| p > 2_500),
+        "{positions:?}"
+    );
 }
 
 #[test]
@@ -523,7 +632,10 @@ fn redeliveries_are_the_same_event_and_counted() {
     assert_eq!(same, key.redeliveries);
     assert_eq!(different, 2);
     assert!(key.redeliveries > 100, "{}", key.redeliveries);
-    assert!(respelled > key.redeliveries / 4 && respelled < key.redeliveries, "{respelled}");
+    assert!(
+        respelled > key.redeliveries / 4 && respelled < key.redeliveries,
+        "{respelled}"
+    );
 }
 
 #[test]
@@ -542,7 +654,10 @@ fn redelivery_distance_is_bounded() {
             }
         }
     }
-    assert!(max_gap > 2_000, "some redeliveries come much later: {max_gap}");
+    assert!(
+        max_gap > 2_000,
+        "some redeliveries come much later: {max_gap}"
+    );
     assert!(max_gap < 25_000, "{max_gap}");
 }
 
@@ -565,7 +680,11 @@ fn reordering_stays_strictly_inside_half_the_window_and_happens() {
             }
             if ev.ts.0 < newest {
                 inversions += 1;
-                assert!(newest - ev.ts.0 < half, "displaced by {} ns", newest - ev.ts.0);
+                assert!(
+                    newest - ev.ts.0 < half,
+                    "displaced by {} ns",
+                    newest - ev.ts.0
+                );
             }
             newest = newest.max(ev.ts.0);
             let k = (ev.realm().to_string(), ev.wire.system.to_string());
@@ -614,8 +733,15 @@ fn alternate_notations_are_the_same_instant_and_event() {
         let ev = sim_event_from(&a);
         for _ in 0..3 {
             let alt = reserialize(&ev, &mut world_rng);
-            let b = decode(&alt).unwrap_or_else(|m| panic!("{}: {m:?}", String::from_utf8_lossy(&alt)));
-            assert_eq!(a.digest, b.digest, "{}\n{}", String::from_utf8_lossy(l), String::from_utf8_lossy(&alt));
+            let b =
+                decode(&alt).unwrap_or_else(|m| panic!("{}: {m:?}", String::from_utf8_lossy(&alt)));
+            assert_eq!(
+                a.digest,
+                b.digest,
+                "{}\n{}",
+                String::from_utf8_lossy(l),
+                String::from_utf8_lossy(&alt)
+            );
         }
     }
 }
@@ -628,7 +754,10 @@ fn sim_event_from(v: &crate::core::event::ValidEvent<'_>) -> super::wire::SimEve
         tx_id: v.wire.tx_id.to_string(),
         realm_idx: 0,
         realm: std::rc::Rc::from(v.realm()),
-        sys: Sys::ALL.into_iter().find(|s| s.name() == v.wire.system).unwrap(),
+        sys: Sys::ALL
+            .into_iter()
+            .find(|s| s.name() == v.wire.system)
+            .unwrap(),
         seq: v.wire.seq,
         ts: v.ts,
         kind: leak(&v.wire.kind),
@@ -638,7 +767,11 @@ fn sim_event_from(v: &crate::core::event::ValidEvent<'_>) -> super::wire::SimEve
             .wire
             .postings
             .iter()
-            .map(|p| super::wire::Posting { account: p.account.to_string(), asset: leak(&p.asset), delta: p.delta })
+            .map(|p| super::wire::Posting {
+                account: p.account.to_string(),
+                asset: leak(&p.asset),
+                delta: p.delta,
+            })
             .collect(),
         items: v
             .wire
@@ -658,24 +791,41 @@ fn sim_event_from(v: &crate::core::event::ValidEvent<'_>) -> super::wire::SimEve
 fn clean_worlds_raise_nothing_and_stay_far_inside_the_limits() {
     let policy = Policy::builtin();
     let budget = policy.velocity[0].max_inflow / 2;
-    for (seed, events, players, realms) in [(1, 8_000, 200, 1), (2, 8_000, 3, 1), (3, 6_000, 1, 2), (4, 6_000, 40, 3), (5, 20_000, 2, 1)] {
+    for (seed, events, players, realms) in [
+        (1, 8_000, 200, 1),
+        (2, 8_000, 3, 1),
+        (3, 6_000, 1, 2),
+        (4, 6_000, 40, 3),
+        (5, 20_000, 2, 1),
+    ] {
         let (lines, key) = run(&cfg(seed, events, players, realms));
         let (found, stats) = audit(&lines);
         assert!(found.is_empty(), "seed {seed}: {found:#?}");
         assert!(key.faults.is_empty());
-        assert!(stats.max_player_inflow <= budget, "seed {seed}: inflow {}", stats.max_player_inflow);
+        assert!(
+            stats.max_player_inflow <= budget,
+            "seed {seed}: inflow {}",
+            stats.max_player_inflow
+        );
         for (prefix, hold) in &stats.max_escrow_hold_ns {
             let rule = policy.escrow_rule(prefix).unwrap();
-            assert!(*hold * 10 < rule.max_hold.as_nanos() as i64, "seed {seed}: {prefix} held {hold} ns");
+            assert!(
+                *hold * 10 < rule.max_hold.as_nanos() as i64,
+                "seed {seed}: {prefix} held {hold} ns"
+            );
         }
     }
 }
 
 #[test]
 fn faulted_worlds_raise_exactly_the_answer_key() {
-    for (seed, events, players, realms, each) in
-        [(1, 5_000, 200, 1, 3), (2, 5_000, 20, 2, 3), (3, 3_000, 5, 3, 2), (4, 8_000, 100, 1, 5), (5, 2_000, 2, 1, 1)]
-    {
+    for (seed, events, players, realms, each) in [
+        (1, 5_000, 200, 1, 3),
+        (2, 5_000, 20, 2, 3),
+        (3, 3_000, 5, 3, 2),
+        (4, 8_000, 100, 1, 5),
+        (5, 2_000, 2, 1, 1),
+    ] {
         let mut c = cfg(seed, events, players, realms);
         c.inject = every_fault(each);
         assert_oracle_agrees(&c);
@@ -688,7 +838,11 @@ fn faults_work_in_tiny_worlds() {
         let mut c = cfg(9, events, players, 1);
         c.inject = every_fault(1);
         let (_, key) = run(&c);
-        assert_eq!(key.faults.len(), Invariant::STREAM.len(), "events {events} players {players}");
+        assert_eq!(
+            key.faults.len(),
+            Invariant::STREAM.len(),
+            "events {events} players {players}"
+        );
         assert_oracle_agrees(&c);
     }
 }
@@ -698,13 +852,17 @@ fn escrow_stuck_runs_the_stream_past_the_limit() {
     let mut c = cfg(51, 1_000, 20, 2);
     c.inject = vec![(Invariant::EscrowStuck, 2)];
     let (lines, key) = run(&c);
-    let last = lines.iter().filter_map(|l| decode(l).ok()).map(|e| e.ts.0).max().unwrap();
+    let last = lines
+        .iter()
+        .filter_map(|l| decode(l).ok())
+        .map(|e| e.ts.0)
+        .max()
+        .unwrap();
     let span = last - c.start.0;
     assert!(span > 600 * 1_000_000_000, "stream spans {span} ns");
     assert_eq!(key.faults.len(), 2);
     assert_oracle_agrees(&c);
 }
-
 
 #[test]
 fn score_matches_asserted_fields_only_and_counts_false_alarms() {

@@ -262,7 +262,11 @@ pub(super) fn alternate_ts(ts: Timestamp, rng: &mut ChaCha8Rng) -> String {
         _ => format!(".{nanos:09}").trim_end_matches('0').to_string(),
     };
     let zone = if offset_min == 0 {
-        if rng.random_bool(0.5) { "Z".to_string() } else { "+00:00".to_string() }
+        if rng.random_bool(0.5) {
+            "Z".to_string()
+        } else {
+            "+00:00".to_string()
+        }
     } else {
         let sign = if offset_min < 0 { '-' } else { '+' };
         let m = offset_min.unsigned_abs();

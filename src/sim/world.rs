@@ -102,7 +102,12 @@ impl Sys {
 pub(super) const GOLD: &str = "gold";
 pub(super) const GEMS: &str = "gems";
 /// Stackable goods, held as assets on `player:N`.
-pub(super) const STACKS: [&str; 4] = ["potion_minor", "iron_ore", "herb_silverleaf", "arrow_bundle"];
+pub(super) const STACKS: [&str; 4] = [
+    "potion_minor",
+    "iron_ore",
+    "herb_silverleaf",
+    "arrow_bundle",
+];
 const POTION: usize = 0;
 const ORE: usize = 1;
 const HERB: usize = 2;
@@ -129,9 +134,19 @@ pub(super) const LOOT_TEMPLATES: &[&str] = &[
     "dagger_of_dusk",
     "ember_staff",
 ];
-const VENDOR_TEMPLATES: &[&str] = &["apprentice_wand", "traveler_cloak", "fishing_rod", "lantern"];
-const CRAFT_TEMPLATES: &[&str] = &["forged_blade", "iron_gauntlets", "silverleaf_elixir_flask", "rune_band"];
-const STORE_TEMPLATES: &[&str] = &["mount_griffin", "pet_fox", "costume_pirate"];
+const VENDOR_TEMPLATES: &[&str] = &[
+    "apprentice_wand",
+    "traveler_cloak",
+    "fishing_rod",
+    "lantern",
+];
+const CRAFT_TEMPLATES: &[&str] = &[
+    "forged_blade",
+    "iron_gauntlets",
+    "silverleaf_elixir_flask",
+    "rune_band",
+];
+pub(super) const STORE_TEMPLATES: &[&str] = &["mount_griffin", "pet_fox", "costume_pirate"];
 
 /// The global clock advances 2–20 ms per committed event (the brief), in µs so that `ts`
 /// carries sub-millisecond digits like real commit times.
@@ -215,9 +230,9 @@ pub(super) struct Player {
     pub inflow: Inflow,
     /// Commit index of the last event that credited this player's wallet.
     pub last_credit: Option<u64>,
-    /// Accounts that already crossed below zero by an injected overdraft (wallet, bank):
-    /// never chosen again, so each overdraft fault is exactly one crossing.
-    pub overdrawn: [bool; 2],
+    /// Balances an injected overdraft already took below zero, one bit per
+    /// [`Overdrawable`]: never chosen again, so each overdraft fault is one crossing.
+    pub overdrawn: u8,
     /// Already pushed over the velocity limit by a fault: the engine reports a player
     /// once, so a second fault on the same player would be invisible.
     pub velocity_hit: bool,
@@ -227,6 +242,37 @@ pub(super) struct Player {
 pub(super) struct Guild {
     pub gold: i64,
     pub items: Vec<Item>,
+}
+
+/// A player balance that an overdraft fault can take below zero (a bit of
+/// [`Player::overdrawn`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Overdrawable {
+    Wallet,
+    Bank,
+    Gems,
+    Stack(usize),
+}
+
+impl Overdrawable {
+    pub const ALL: [Overdrawable; 7] = [
+        Overdrawable::Wallet,
+        Overdrawable::Bank,
+        Overdrawable::Gems,
+        Overdrawable::Stack(0),
+        Overdrawable::Stack(1),
+        Overdrawable::Stack(2),
+        Overdrawable::Stack(3),
+    ];
+
+    pub fn bit(self) -> u8 {
+        match self {
+            Overdrawable::Wallet => 1,
+            Overdrawable::Bank => 2,
+            Overdrawable::Gems => 4,
+            Overdrawable::Stack(s) => 8 << s,
+        }
+    }
 }
 
 /// Where in a player's possession an item is.
@@ -347,18 +393,52 @@ pub(super) struct Draft {
 
 impl Draft {
     pub fn new(realm: usize, sys: Sys, kind: &'static str) -> Draft {
-        Draft { realm, sys, kind, actor: None, grant: None, postings: Vec::new(), items: Vec::new(), dep: None }
+        Draft {
+            realm,
+            sys,
+            kind,
+            actor: None,
+            grant: None,
+            postings: Vec::new(),
+            items: Vec::new(),
+            dep: None,
+        }
     }
 
     /// A balanced pair of legs.
-    pub fn transfer(&mut self, from: impl Into<String>, to: impl Into<String>, asset: &'static str, amount: i64) {
+    pub fn transfer(
+        &mut self,
+        from: impl Into<String>,
+        to: impl Into<String>,
+        asset: &'static str,
+        amount: i64,
+    ) {
         debug_assert!(amount > 0, "a transfer moves a positive amount");
-        self.postings.push(Posting { account: from.into(), asset, delta: -amount });
-        self.postings.push(Posting { account: to.into(), asset, delta: amount });
+        self.postings.push(Posting {
+            account: from.into(),
+            asset,
+            delta: -amount,
+        });
+        self.postings.push(Posting {
+            account: to.into(),
+            asset,
+            delta: amount,
+        });
     }
 
-    pub fn mv(&mut self, item: String, from: impl Into<String>, to: impl Into<String>, template: &'static str) {
-        self.items.push(Move { item, from: from.into(), to: to.into(), template });
+    pub fn mv(
+        &mut self,
+        item: String,
+        from: impl Into<String>,
+        to: impl Into<String>,
+        template: &'static str,
+    ) {
+        self.items.push(Move {
+            item,
+            from: from.into(),
+            to: to.into(),
+            template,
+        });
     }
 
     pub fn depends_on(&mut self, ix: Option<u64>) {
@@ -399,7 +479,11 @@ fn auction_acct(l: u64) -> String {
 }
 
 /// A random index into `items` whose item may be burned (not a duplicated id).
-pub(super) fn pick_burnable(rng: &mut ChaCha8Rng, items: &[Item], dup: &FxHashSet<u64>) -> Option<usize> {
+pub(super) fn pick_burnable(
+    rng: &mut ChaCha8Rng,
+    items: &[Item],
+    dup: &FxHashSet<u64>,
+) -> Option<usize> {
     if items.is_empty() {
         return None;
     }
@@ -515,13 +599,16 @@ impl World {
             .filter(|v| v.asset == GOLD && "player:1".starts_with(&v.account_prefix))
             .min_by_key(|v| v.max_inflow);
         let (max_inflow, window_ns) = match velocity {
-            Some(v) => (v.max_inflow, i64::try_from(v.window.as_nanos()).unwrap_or(i64::MAX)),
+            Some(v) => (
+                v.max_inflow,
+                i64::try_from(v.window.as_nanos()).unwrap_or(i64::MAX),
+            ),
             // No rule: nothing to stay under; the fault still uses the shipped figure.
             None => (5_000_000, ms(3_600_000)),
         };
-        let trade_hold_max_ns = policy
-            .escrow_rule("trade:1")
-            .map_or(ms(600_000), |r| i64::try_from(r.max_hold.as_nanos()).unwrap_or(i64::MAX));
+        let trade_hold_max_ns = policy.escrow_rule("trade:1").map_or(ms(600_000), |r| {
+            i64::try_from(r.max_hold.as_nanos()).unwrap_or(i64::MAX)
+        });
         World {
             rng,
             clock: cfg.start.0,
@@ -535,9 +622,14 @@ impl World {
             inflow_bucket_ns: (window_ns / INFLOW_BUCKETS_PER_WINDOW).max(1),
             max_inflow,
             trade_hold_max_ns,
-            reorder_window_ns: i64::try_from(policy.stream.reorder_window.as_nanos()).unwrap_or(i64::MAX),
+            reorder_window_ns: i64::try_from(policy.stream.reorder_window.as_nanos())
+                .unwrap_or(i64::MAX),
             stuck_until: None,
-            faucets: policy.faucets.iter().map(|(a, s)| (a.clone(), s.clone())).collect(),
+            faucets: policy
+                .faucets
+                .iter()
+                .map(|(a, s)| (a.clone(), s.clone()))
+                .collect(),
         }
     }
 
@@ -594,7 +686,7 @@ impl World {
     /// Commits a clean event.
     pub fn commit(&mut self, d: Draft, out: &mut Delivery) {
         debug_assert!(
-            crate::core::event::residuals(&d_wire_postings(&d.postings)).is_empty(),
+            crate::core::event::residuals(&as_wire_postings(&d.postings)).is_empty(),
             "clean events balance"
         );
         let dep = d.dep;
@@ -617,11 +709,26 @@ impl World {
     }
 
     /// Mints a fresh item from `world` into `p`'s bag.
-    pub fn mint_to_bag(&mut self, d: &mut Draft, r: usize, p: usize, world: &str, templates: &[&'static str], ix: u64) {
+    pub fn mint_to_bag(
+        &mut self,
+        d: &mut Draft,
+        r: usize,
+        p: usize,
+        world: &str,
+        templates: &[&'static str],
+        ix: u64,
+    ) {
         let id = self.new_item_id(r);
-        let template = templates.choose(&mut self.rng).copied().unwrap_or("trinket");
+        let template = templates
+            .choose(&mut self.rng)
+            .copied()
+            .unwrap_or("trinket");
         d.mv(self.item_name(r, id), world, bag(p), template);
-        self.realms[r].players[p].bag.push(Item { id, template, last: ix });
+        self.realms[r].players[p].bag.push(Item {
+            id,
+            template,
+            last: ix,
+        });
     }
 
     /// How much more gold `p` may receive now without risking the velocity limit.
@@ -658,7 +765,11 @@ impl World {
         if ring.len() == RING_MAX {
             ring.pop_front();
         }
-        ring.push_back(Redeemed { sys, grant, player: p });
+        ring.push_back(Redeemed {
+            sys,
+            grant,
+            player: p,
+        });
     }
 
     pub fn remember_burned(&mut self, r: usize, item: Item, owner: usize) {
@@ -688,13 +799,13 @@ impl World {
     /// escrows need every remaining transaction to resolve, no new one opens, so the
     /// world ends with every legitimate escrow empty.
     pub fn step(&mut self, remaining: usize, out: &mut Delivery) {
-        if let Some((&(deadline, _), _)) = self.escrows.first_key_value() {
-            if deadline <= self.clock || self.escrows.len() >= remaining {
-                if let Some((_, e)) = self.escrows.pop_first() {
-                    self.resolve(e, out);
-                }
-                return;
+        if let Some((&(deadline, _), _)) = self.escrows.first_key_value()
+            && (deadline <= self.clock || self.escrows.len() >= remaining)
+        {
+            if let Some((_, e)) = self.escrows.pop_first() {
+                self.resolve(e, out);
             }
+            return;
         }
         let may_open = self.escrows.len() + 1 < remaining;
         let r = self.rng.random_range(0..self.realms.len());
@@ -831,7 +942,11 @@ impl World {
         d.actor = Some(player(p));
         d.depends_on(last_credit);
         if self.rng.random_bool(0.5) {
-            let s = if self.rng.random_bool(0.5) { POTION } else { ARROWS };
+            let s = if self.rng.random_bool(0.5) {
+                POTION
+            } else {
+                ARROWS
+            };
             let qty = self.rng.random_range(1..=5);
             let cost = qty * self.rng.random_range(2..=10);
             if gold < cost {
@@ -879,7 +994,10 @@ impl World {
             self.remember_burned(r, it, p);
         } else {
             let pl = &realm.players[p];
-            let Some(s) = [POTION, ARROWS, ORE, HERB].into_iter().find(|&s| pl.stacks[s] > 0) else {
+            let Some(s) = [POTION, ARROWS, ORE, HERB]
+                .into_iter()
+                .find(|&s| pl.stacks[s] > 0)
+            else {
                 return false;
             };
             let qty = self.rng.random_range(1..=pl.stacks[s].min(5));
@@ -915,7 +1033,12 @@ impl World {
         d.depends_on(Some(it.last));
         it.last = ix;
         pl.container(to).push(it);
-        d.mv(self.item_name(r, it.id), place_loc(p, from), place_loc(p, to), it.template);
+        d.mv(
+            self.item_name(r, it.id),
+            place_loc(p, from),
+            place_loc(p, to),
+            it.template,
+        );
         self.commit(d, out);
         true
     }
@@ -932,7 +1055,14 @@ impl World {
 
     fn bank_deposit(&mut self, r: usize, p: usize, out: &mut Delivery) -> bool {
         if self.rng.random_bool(0.5) {
-            return self.shuffle_item(r, p, (Place::Bag, Place::Bank), BANK_MAX, (Sys::Bank, "bank.deposit"), out);
+            return self.shuffle_item(
+                r,
+                p,
+                (Place::Bag, Place::Bank),
+                BANK_MAX,
+                (Sys::Bank, "bank.deposit"),
+                out,
+            );
         }
         let ix = self.next_ix;
         let gold = self.realms[r].players[p].gold;
@@ -959,7 +1089,14 @@ impl World {
 
     fn bank_withdraw(&mut self, r: usize, p: usize, out: &mut Delivery) -> bool {
         if self.rng.random_bool(0.5) {
-            return self.shuffle_item(r, p, (Place::Bank, Place::Bag), usize::MAX, (Sys::Bank, "bank.withdraw"), out);
+            return self.shuffle_item(
+                r,
+                p,
+                (Place::Bank, Place::Bag),
+                usize::MAX,
+                (Sys::Bank, "bank.withdraw"),
+                out,
+            );
         }
         let ix = self.next_ix;
         let in_bank = self.realms[r].players[p].bank_gold;
@@ -986,13 +1123,29 @@ impl World {
             let pl = &self.realms[r].players[p];
             (pl.gold, pl.bag.len())
         };
-        let g = if gold >= 1 && self.rng.random_bool(0.6) { self.rng.random_range(1..=gold.min(300)) } else { 0 };
-        let n = if bag_len > 0 && self.rng.random_bool(0.4) { self.rng.random_range(1..=bag_len.min(2)) } else { 0 };
+        let g = if gold >= 1 && self.rng.random_bool(0.6) {
+            self.rng.random_range(1..=gold.min(300))
+        } else {
+            0
+        };
+        let n = if bag_len > 0 && self.rng.random_bool(0.4) {
+            self.rng.random_range(1..=bag_len.min(2))
+        } else {
+            0
+        };
         (g, n)
     }
 
     /// Takes `n` random items out of `p`'s bag into an escrow location.
-    pub fn bag_to_escrow(&mut self, d: &mut Draft, r: usize, p: usize, n: usize, escrow: &str, ix: u64) -> Vec<Item> {
+    pub fn bag_to_escrow(
+        &mut self,
+        d: &mut Draft,
+        r: usize,
+        p: usize,
+        n: usize,
+        escrow: &str,
+        ix: u64,
+    ) -> Vec<Item> {
         let mut taken = Vec::with_capacity(n);
         for _ in 0..n {
             let bag_items = &mut self.realms[r].players[p].bag;
@@ -1018,7 +1171,11 @@ impl World {
             return false;
         }
         let settle = self.rng.random_bool(0.9);
-        let (a_gets, b_gets) = if settle { (gold_b, gold_a) } else { (gold_a, gold_b) };
+        let (a_gets, b_gets) = if settle {
+            (gold_b, gold_a)
+        } else {
+            (gold_a, gold_b)
+        };
         if self.room(r, a) < a_gets || self.room(r, b) < b_gets {
             return false;
         }
@@ -1040,7 +1197,18 @@ impl World {
         let items_a = self.bag_to_escrow(&mut d, r, a, n_a, &acct, ix);
         let items_b = self.bag_to_escrow(&mut d, r, b, n_b, &acct, ix);
         let deadline = self.clock + ms(self.rng.random_range(TRADE_HOLD_MS));
-        let e = Escrow::Trade { realm: r, id, a, b, gold_a, gold_b, items_a, items_b, settle, open_ix: ix };
+        let e = Escrow::Trade {
+            realm: r,
+            id,
+            a,
+            b,
+            gold_a,
+            gold_b,
+            items_a,
+            items_b,
+            settle,
+            open_ix: ix,
+        };
         self.add_escrow(deadline, e);
         self.commit(d, out);
         true
@@ -1053,7 +1221,11 @@ impl World {
             let pl = &self.realms[r].players[p];
             (pl.gold, pl.bag.len())
         };
-        let g = if gold >= 1 && self.rng.random_bool(0.6) { self.rng.random_range(1..=gold.min(200)) } else { 0 };
+        let g = if gold >= 1 && self.rng.random_bool(0.6) {
+            self.rng.random_range(1..=gold.min(200))
+        } else {
+            0
+        };
         let with_item = bag_len > 0 && (g == 0 || self.rng.random_bool(0.4));
         if (g == 0 && !with_item) || self.room(r, to) < g {
             return false;
@@ -1070,9 +1242,23 @@ impl World {
             pl.gold -= g;
             d.transfer(player(p), acct.clone(), GOLD, g);
         }
-        let item = if with_item { self.bag_to_escrow(&mut d, r, p, 1, &acct, ix).pop() } else { None };
+        let item = if with_item {
+            self.bag_to_escrow(&mut d, r, p, 1, &acct, ix).pop()
+        } else {
+            None
+        };
         let deadline = self.clock + ms(self.rng.random_range(MAIL_HOLD_MS));
-        self.add_escrow(deadline, Escrow::Mail { realm: r, id, to, gold: g, item, open_ix: ix });
+        self.add_escrow(
+            deadline,
+            Escrow::Mail {
+                realm: r,
+                id,
+                to,
+                gold: g,
+                item,
+                open_ix: ix,
+            },
+        );
         self.commit(d, out);
         true
     }
@@ -1104,7 +1290,17 @@ impl World {
             return false;
         };
         let deadline = self.clock + ms(self.rng.random_range(AUCTION_HOLD_MS));
-        self.add_escrow(deadline, Escrow::Auction { realm: r, id, seller: p, item, price, open_ix: ix });
+        self.add_escrow(
+            deadline,
+            Escrow::Auction {
+                realm: r,
+                id,
+                seller: p,
+                item,
+                price,
+                open_ix: ix,
+            },
+        );
         self.commit(d, out);
         true
     }
@@ -1114,9 +1310,24 @@ impl World {
     fn resolve(&mut self, e: Escrow, out: &mut Delivery) {
         let ix = self.next_ix;
         match e {
-            Escrow::Trade { realm: r, id, a, b, gold_a, gold_b, items_a, items_b, settle, open_ix } => {
+            Escrow::Trade {
+                realm: r,
+                id,
+                a,
+                b,
+                gold_a,
+                gold_b,
+                items_a,
+                items_b,
+                settle,
+                open_ix,
+            } => {
                 let acct = trade_acct(id);
-                let kind = if settle { "trade.settle" } else { "trade.cancel" };
+                let kind = if settle {
+                    "trade.settle"
+                } else {
+                    "trade.cancel"
+                };
                 let mut d = Draft::new(r, Sys::Trade, kind);
                 d.actor = Some(player(a));
                 d.depends_on(Some(open_ix));
@@ -1129,14 +1340,26 @@ impl World {
                         pl.last_credit = Some(ix);
                     }
                     for mut it in items {
-                        d.mv(self.item_name(r, it.id), acct.clone(), bag(dest), it.template);
+                        d.mv(
+                            self.item_name(r, it.id),
+                            acct.clone(),
+                            bag(dest),
+                            it.template,
+                        );
                         it.last = ix;
                         self.realms[r].players[dest].bag.push(it);
                     }
                 }
                 self.commit(d, out);
             }
-            Escrow::Mail { realm: r, id, to, gold, item, open_ix } => {
+            Escrow::Mail {
+                realm: r,
+                id,
+                to,
+                gold,
+                item,
+                open_ix,
+            } => {
                 let acct = mail_acct(id);
                 let mut d = Draft::new(r, Sys::Mail, "mail.receive");
                 d.actor = Some(player(to));
@@ -1154,7 +1377,14 @@ impl World {
                 }
                 self.commit(d, out);
             }
-            Escrow::Auction { realm: r, id, seller, mut item, price, open_ix } => {
+            Escrow::Auction {
+                realm: r,
+                id,
+                seller,
+                mut item,
+                price,
+                open_ix,
+            } => {
                 let acct = auction_acct(id);
                 let mut buyer = None;
                 if self.players > 1 && self.rng.random_bool(0.75) {
@@ -1174,10 +1404,22 @@ impl World {
                     d.actor = Some(player(q));
                     d.depends_on(Some(open_ix));
                     d.depends_on(self.realms[r].players[q].last_credit);
-                    d.postings.push(Posting { account: player(q), asset: GOLD, delta: -price });
-                    d.postings.push(Posting { account: player(seller), asset: GOLD, delta: price - cut });
+                    d.postings.push(Posting {
+                        account: player(q),
+                        asset: GOLD,
+                        delta: -price,
+                    });
+                    d.postings.push(Posting {
+                        account: player(seller),
+                        asset: GOLD,
+                        delta: price - cut,
+                    });
                     if cut > 0 {
-                        d.postings.push(Posting { account: WORLD_AUCTION_FEE.to_string(), asset: GOLD, delta: cut });
+                        d.postings.push(Posting {
+                            account: WORLD_AUCTION_FEE.to_string(),
+                            asset: GOLD,
+                            delta: cut,
+                        });
                     }
                     d.mv(name, acct, bag(q), item.template);
                     let players = &mut self.realms[r].players;
@@ -1203,13 +1445,22 @@ impl World {
         let ix = self.next_ix;
         let (ore, herb, bag_len, last_credit) = {
             let pl = &self.realms[r].players[p];
-            (pl.stacks[ORE], pl.stacks[HERB], pl.bag.len(), pl.last_credit)
+            (
+                pl.stacks[ORE],
+                pl.stacks[HERB],
+                pl.bag.len(),
+                pl.last_credit,
+            )
         };
         if ore < 3 || bag_len >= BAG_MAX {
             return false;
         }
         let use_ore = self.rng.random_range(3..=ore.min(6));
-        let use_herb = if herb >= 1 && self.rng.random_bool(0.5) { self.rng.random_range(1..=herb.min(3)) } else { 0 };
+        let use_herb = if herb >= 1 && self.rng.random_bool(0.5) {
+            self.rng.random_range(1..=herb.min(3))
+        } else {
+            0
+        };
         let mut d = Draft::new(r, Sys::Crafting, "craft.make");
         d.actor = Some(player(p));
         d.depends_on(last_credit);
@@ -1366,7 +1617,9 @@ impl World {
     /// publishes a heartbeat past it, and again a reorder window later so that the first
     /// round is surely applied before the auditor finishes.
     pub fn close(&mut self, out: &mut Delivery) {
-        let Some(until) = self.stuck_until else { return };
+        let Some(until) = self.stuck_until else {
+            return;
+        };
         if self.clock >= until {
             return;
         }
@@ -1385,7 +1638,7 @@ impl World {
 }
 
 /// Borrowed postings for [`crate::core::event::residuals`] (debug checks only).
-fn d_wire_postings(ps: &[Posting]) -> Vec<crate::core::event::WirePosting<'_>> {
+fn as_wire_postings(ps: &[Posting]) -> Vec<crate::core::event::WirePosting<'_>> {
     ps.iter()
         .map(|p| crate::core::event::WirePosting {
             account: std::borrow::Cow::Borrowed(&p.account),

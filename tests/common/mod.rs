@@ -388,3 +388,32 @@ pub fn offline(lines: &[Vec<u8>]) -> (assayer::core::engine::Engine, Vec<assayer
     out.retain(|f| seen.insert(f.fingerprint.clone()));
     (engine, out, journaled)
 }
+
+/// A plain HTTP/1.0 GET against loopback: (status, body). Test-only: the daemon's
+/// endpoints are tiny and the suite should not pull in an HTTP client stack.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Polls `path` until `ok` accepts the response or `timeout` passes.
+pub async fn wait_http(port: u16, path: &str, timeout: Duration, ok: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some((code, body)) = http_get(port, path) {
+            if ok(code, &body) || Instant::now() > deadline {
+                return (code, body);
+            }
+        } else if Instant::now() > deadline {
+            panic!("nothing answers on 127.0.0.1:{port}{path}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

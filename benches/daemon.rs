@@ -1,0 +1,350 @@
+//! The daemon end to end against the real RabbitMQ and PostgreSQL, next to the raw
+//! broker baseline measured in the same run.
+//!
+//! `cargo bench --bench daemon` (env `ASSAYER_BENCH_EVENTS`, default 1,000,000).
+//!
+//! 1. publishes N simulated events, one per message, to an exchange feeding two queues;
+//! 2. baseline: a bare lapin consumer drains one queue (consume + ack, nothing else);
+//! 3. the daemon drains the other (decode, audit, journal + checkpoint, ack);
+//! 4. the same N events as NDJSON batches of 100 events per message, daemon again;
+//! 5. at a steady 10,000 events/s with planted `tx.unbalanced` faults (no reorder wait),
+//!    the latency from publish to the finding arriving on the findings exchange — an
+//!    upper bound of the daemon's receipt → publish latency.
+//!
+//! Targets (issue #3): single events ≥ 80 % of the raw consume rate; batches ≥ 200,000
+//! events/s; p99 detection latency < 10 ms.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use assayer::adapters::amqp::{self, Amqp, PublishOptions, Topology};
+use assayer::core::finding::Invariant;
+use assayer::daemon::config::Config;
+use assayer::sim::{self, SimConfig};
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, ExchangeDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use sqlx::{Connection, Executor, PgConnection};
+use tokio_util::sync::CancellationToken;
+
+const PG_ADMIN: &str = "postgres://root@127.0.0.1:5432/test";
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn main() {
+    let n: usize = std::env::var("ASSAYER_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(bench(n));
+}
+
+struct Names {
+    prefix: String,
+}
+
+impl Names {
+    fn topology(&self, tag: &str) -> Topology {
+        let p = format!("{}-{tag}", self.prefix);
+        Topology {
+            exchange: format!("{p}.events"),
+            queue: format!("{p}.audit"),
+            binding_keys: vec!["#".into()],
+            dead_letter_exchange: format!("{p}.dead"),
+            dead_letter_queue: format!("{p}.audit.dead"),
+            findings_exchange: format!("{p}.findings"),
+            declare: true,
+        }
+    }
+}
+
+async fn bench(n: usize) {
+    let id = format!("{}", std::process::id());
+    let names = Names { prefix: format!("assayer-bench-{id}") };
+    let db_name = format!("assayer_bench_{id}");
+    let mut admin = PgConnection::connect(PG_ADMIN).await.expect("PostgreSQL at 127.0.0.1:5432 (pg_ctlcluster ... main start)");
+    admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}"))).await.expect("create db");
+    let db_url = format!("postgres://root@127.0.0.1:5432/{db_name}");
+    let bus = Amqp::connect(AMQP_URL, "assayer bench", Duration::from_secs(10)).await.expect("RabbitMQ at 127.0.0.1:5672");
+
+    let t = Instant::now();
+    let cfg = SimConfig { seed: 42, events: n, players: 20_000, realms: 2, ..SimConfig::default() };
+    let mut lines = Vec::with_capacity(n + n / 50);
+    let key = sim::generate(&cfg, &mut |l: &[u8]| lines.push(l.to_vec()));
+    println!("world: {} lines ({} redeliveries) generated in {:.1} s", key.lines, key.redeliveries, t.elapsed().as_secs_f64());
+
+    // ---- single events: one exchange, the daemon's queue plus a raw baseline queue
+    let single = names.topology("single");
+    bus.declare(&single).await.expect("declare");
+    let raw_queue = format!("{}-single.raw", names.prefix);
+    declare_raw_queue(&bus, &raw_queue, &single.exchange).await;
+    let t = Instant::now();
+    publish(&bus, &single.exchange, &lines, 1, None).await;
+    let publish_rate = lines.len() as f64 / t.elapsed().as_secs_f64();
+    println!("published {} single-event messages at {:.0} msg/s (publisher confirms)", lines.len(), publish_rate);
+
+    let raw_rate = raw_consume(&bus, &raw_queue, lines.len()).await;
+    let (daemon_rate, _) = run_daemon(&db_url, &single, "single", &lines, None).await;
+
+    // ---- NDJSON batches of 100
+    let batched = names.topology("batch");
+    bus.declare(&batched).await.expect("declare");
+    let t = Instant::now();
+    publish(&bus, &batched.exchange, &lines, 100, None).await;
+    println!("published {} events as NDJSON batches of 100 in {:.1} s", lines.len(), t.elapsed().as_secs_f64());
+    let (batch_rate, _) = run_daemon(&db_url, &batched, "batch", &lines, None).await;
+
+    // ---- latency at a steady 10,000 events/s
+    let lat = names.topology("latency");
+    bus.declare(&lat).await.expect("declare");
+    let lat_cfg = SimConfig {
+        seed: 7,
+        events: 100_000,
+        players: 2_000,
+        inject: vec![(Invariant::TxUnbalanced, 300)],
+        noise: sim::Noise { redelivery_per_mille: 0, reorder: false, ..sim::Noise::default() },
+        ..SimConfig::default()
+    };
+    let mut lat_lines = Vec::new();
+    let lat_key = sim::generate(&lat_cfg, &mut |l: &[u8]| lat_lines.push(l.to_vec()));
+    let faulty: std::collections::HashSet<String> = lat_key.faults.iter().filter_map(|f| f.tx_id.clone()).collect();
+    let latencies = run_daemon(&db_url, &lat, "latency", &lat_lines, Some((10_000, faulty))).await.1;
+
+    println!("\n{:<58} {:>12} {:>9}", "pass", "events/s", "ratio");
+    println!("{:<58} {:>12.0} {:>9}", "raw lapin consume + ack, 1 event/message (baseline)", raw_rate, "1.00x");
+    println!(
+        "{:<58} {:>12.0} {:>8.2}x   target >= 0.80x",
+        "daemon end to end, 1 event/message",
+        daemon_rate,
+        daemon_rate / raw_rate
+    );
+    println!(
+        "{:<58} {:>12.0} {:>8.2}x   target >= 200,000/s",
+        "daemon end to end, NDJSON 100 events/message",
+        batch_rate,
+        batch_rate / raw_rate
+    );
+    if let Some(mut l) = latencies.filter(|l| !l.is_empty()) {
+        l.sort();
+        let pct = |p: f64| l[((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1];
+        println!(
+            "detection latency at 10,000 events/s, publish -> finding received ({} findings): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms   target p99 < 10 ms",
+            l.len(),
+            pct(0.50).as_secs_f64() * 1e3,
+            pct(0.99).as_secs_f64() * 1e3,
+            l[l.len() - 1].as_secs_f64() * 1e3
+        );
+    }
+
+    // ---- clean up
+    for t in [&single, &batched, &lat] {
+        for q in [&t.queue, &t.dead_letter_queue] {
+            let _ = bus.channel().queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+        for e in [&t.exchange, &t.dead_letter_exchange, &t.findings_exchange] {
+            let _ = bus.channel().exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default()).await;
+        }
+    }
+    let _ = bus.channel().queue_delete(raw_queue.as_str().into(), QueueDeleteOptions::default()).await;
+    bus.close().await;
+    let _ = admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))).await;
+}
+
+async fn declare_raw_queue(bus: &Amqp, queue: &str, exchange: &str) {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    bus.channel()
+        .queue_declare(queue.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
+        .await
+        .expect("raw queue");
+    bus.channel()
+        .queue_bind(queue.into(), exchange.into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
+        .await
+        .expect("bind raw queue");
+}
+
+/// Publishes `lines`; with `rate`, records the publish instant of each tx in `faulty`.
+async fn publish(bus: &Amqp, exchange: &str, lines: &[Vec<u8>], batch: usize, rate: Option<u64>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(8192);
+    let owned: Vec<Vec<u8>> = lines.to_vec();
+    let feeder = tokio::spawn(async move {
+        for l in owned {
+            if tx.send(l).await.is_err() {
+                break;
+            }
+        }
+    });
+    let opts = PublishOptions { exchange: exchange.to_string(), rate, batch, confirms_in_flight_max: 2048 };
+    amqp::publish_stream(bus, &opts, rx).await.expect("publish");
+    feeder.await.expect("feeder");
+}
+
+/// A bare consumer: consume with prefetch 2000, ack every 100 deliveries (multiple).
+async fn raw_consume(bus: &Amqp, queue: &str, expect: usize) -> f64 {
+    let chan = bus.channel();
+    chan.basic_qos(2000, BasicQosOptions::default()).await.expect("qos");
+    let mut consumer = chan
+        .basic_consume(queue.into(), "raw-bench".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect("consume");
+    let t = Instant::now();
+    let mut got = 0usize;
+    while got < expect {
+        let d = consumer.next().await.expect("stream").expect("delivery");
+        got += 1;
+        if got % 100 == 0 || got == expect {
+            chan.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true }).await.expect("ack");
+        }
+    }
+    let rate = got as f64 / t.elapsed().as_secs_f64();
+    let _ = chan.basic_cancel("raw-bench".into(), lapin::options::BasicCancelOptions::default()).await;
+    rate
+}
+
+/// Runs the daemon in-process on `t` until it has journaled every input of `lines`.
+/// With `steady`, the lines are published at that rate while the daemon runs, and the
+/// publish → finding-received latency of each faulty tx is returned.
+async fn run_daemon(
+    db_url: &str,
+    t: &Topology,
+    group: &str,
+    lines: &[Vec<u8>],
+    steady: Option<(u64, std::collections::HashSet<String>)>,
+) -> (f64, Option<Vec<Duration>>) {
+    let (_, _, journaled) = offline(lines);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let text = format!(
+        "[daemon]\ngroup = \"{group}\"\n[database]\nurl = \"{db_url}\"\n[amqp]\nurl = \"{AMQP_URL}\"\nexchange = \"{}\"\nqueue = \"{}\"\ndead_letter_exchange = \"{}\"\ndead_letter_queue = \"{}\"\nfindings_exchange = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
+        t.exchange, t.queue, t.dead_letter_exchange, t.dead_letter_queue, t.findings_exchange
+    );
+    let config = Config::parse(&text, "bench", |_| None).expect("config");
+    let pg = assayer::adapters::postgres::Pg::connect(
+        &assayer::adapters::postgres::ConnectOptions {
+            url: db_url,
+            pool_size_max: 2,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+        },
+        group,
+    )
+    .await
+    .expect("pg");
+    pg.migrate().await.expect("migrate");
+
+    // A findings listener for the latency pass.
+    let listener = Amqp::connect(AMQP_URL, "assayer bench findings", Duration::from_secs(10)).await.expect("amqp");
+    let fq = format!("{}.findings-listener", t.queue);
+    listener
+        .channel()
+        .queue_declare(fq.as_str().into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+        .await
+        .expect("findings queue");
+    listener.channel().exchange_declare(t.findings_exchange.as_str().into(), lapin::ExchangeKind::Topic, lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await.expect("fx");
+    listener
+        .channel()
+        .queue_bind(fq.as_str().into(), t.findings_exchange.as_str().into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
+        .await
+        .expect("bind");
+    let mut findings = listener
+        .channel()
+        .basic_consume(fq.as_str().into(), "lat".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .await
+        .expect("consume findings");
+
+    let token = CancellationToken::new();
+    let daemon = tokio::spawn(assayer::daemon::run(config, token.clone()));
+    let mut latencies = None;
+    let t0 = Instant::now();
+    if let Some((rate, faulty)) = steady {
+        // Wait for the daemon to be consuming, then publish at the steady rate.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let sent: std::sync::Arc<std::sync::Mutex<HashMap<String, Instant>>> = Default::default();
+        let bus = Amqp::connect(AMQP_URL, "assayer bench steady", Duration::from_secs(10)).await.expect("amqp");
+        let exchange = t.exchange.clone();
+        let owned: Vec<Vec<u8>> = lines.to_vec();
+        let sent2 = sent.clone();
+        let publisher = tokio::spawn(async move {
+            let start = Instant::now();
+            for (i, l) in owned.iter().enumerate() {
+                let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                tokio::time::sleep_until(due.into()).await;
+                let (realm, system) = amqp::routing_key(l);
+                let txid = serde_json::from_slice::<serde_json::Value>(l).ok().and_then(|v| v["tx_id"].as_str().map(str::to_string));
+                if let Some(tx) = txid.filter(|t| faulty.contains(t)) {
+                    sent2.lock().unwrap().insert(tx, Instant::now());
+                }
+                bus.publisher()
+                    .basic_publish(exchange.as_str().into(), format!("{realm}.{system}").as_str().into(), Default::default(), l, lapin::BasicProperties::default().with_content_type("application/json".into()))
+                    .await
+                    .expect("publish");
+            }
+            bus
+        });
+        let mut got = Vec::new();
+        let want = lines.len();
+        let deadline = Instant::now() + Duration::from_secs(want as u64 / rate + 60);
+        while Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_millis(500), findings.next()).await {
+                Ok(Some(Ok(d))) => {
+                    let arrived = Instant::now();
+                    let f: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
+                    if f["invariant"] == "tx.unbalanced" {
+                        if let Some(at) = f["tx_id"].as_str().and_then(|tx| sent.lock().unwrap().get(tx).copied()) {
+                            got.push(arrived - at);
+                        }
+                    }
+                }
+                _ => {
+                    if publisher.is_finished() && pg.head().await.unwrap_or(0) >= journaled {
+                        break;
+                    }
+                }
+            }
+        }
+        publisher.await.expect("publisher").close().await;
+        latencies = Some(got);
+    }
+    // Throughput is timed from the first journaled batch (connect, migrate and restore
+    // are start-up, not throughput).
+    let mut first: Option<(Instant, i64)> = None;
+    loop {
+        let h = pg.head().await.unwrap_or(0);
+        if first.is_none() && h > 0 {
+            first = Some((Instant::now(), h));
+        }
+        if h >= journaled {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(900) {
+            panic!("daemon did not finish in 15 minutes (head {} of {journaled})", pg.head().await.unwrap_or(0));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rate = match first {
+        Some((at, h0)) if journaled > h0 => (journaled - h0) as f64 / at.elapsed().as_secs_f64(),
+        _ => lines.len() as f64 / t0.elapsed().as_secs_f64(),
+    };
+    token.cancel();
+    let _ = daemon.await;
+    listener.close().await;
+    (rate, latencies)
+}
+
+/// Entries the daemon will journal for `lines` (accepted + malformed).
+fn offline(lines: &[Vec<u8>]) -> (assayer::core::engine::Engine, (), i64) {
+    use assayer::core::engine::{Engine, Outcome};
+    let mut engine = Engine::new(assayer::core::policy::Policy::builtin());
+    let mut out = Vec::new();
+    let mut n = 0;
+    for l in lines {
+        if matches!(engine.ingest(l, assayer::core::time::Timestamp(0), &mut out), Outcome::Accepted | Outcome::Malformed) {
+            n += 1;
+        }
+        out.clear();
+    }
+    (engine, (), n)
+}
