@@ -107,13 +107,11 @@ struct RedeliveryWindow {
     forgotten: u64,
 }
 
+/// 64 bits of key and 32 more of check from xxh3-128 of the tx_id: 96 bits in all, so
+/// two distinct tx_ids are taken for one with negligible probability (~n²/2⁹⁷).
 fn tx_key(tx_id: &str) -> (u64, u32) {
-    let h = blake3::hash(tx_id.as_bytes());
-    let b = h.as_bytes();
-    (
-        u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
-        u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
-    )
+    let h = xxhash_rust::xxh3::xxh3_128(tx_id.as_bytes());
+    (h as u64, (h >> 64) as u32)
 }
 
 impl RedeliveryWindow {
@@ -527,8 +525,6 @@ impl Engine {
             system,
             seq: w.seq,
             ts: v.ts,
-            kind: i.intern(&w.kind),
-            actor: w.actor.as_deref().map(|a| i.intern(a)),
             grant: w.grant.map(|g| g.into_owned().into_boxed_str()),
             postings: w
                 .postings
@@ -546,7 +542,6 @@ impl Engine {
                     item: i.intern(&m.item),
                     from: i.intern(&m.from),
                     to: i.intern(&m.to),
-                    template: m.template.as_deref().map(|t| i.intern(t)),
                 })
                 .collect(),
             digest: v.digest,

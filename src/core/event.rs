@@ -370,9 +370,14 @@ pub fn residuals<'a>(postings: &'a [WirePosting<'_>]) -> Vec<(&'a str, i128)> {
 /// A digest of what the event *means*, so that a redelivery re-serialized with other
 /// key order, whitespace, escapes, timestamp notation or posting order is recognised as
 /// the same event. Item moves keep their order (a chain A→B→C in one event is not the
-/// same as C→B→A); postings are a multiset. Unknown fields are not content.
+/// same as C→B→A); postings are a multiset (their hashes are summed, which is
+/// order-free and counts duplicates). Unknown fields are not content.
+///
+/// xxh3 rather than blake3: this runs on every event, and a 64-bit non-cryptographic
+/// digest is enough to tell a redelivery from a changed re-send of the *same* tx_id.
 pub fn content_digest(w: &WireEvent<'_>, ts: Timestamp) -> u64 {
-    let mut h = blake3::Hasher::new();
+    use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+    let mut h = Xxh3::new();
     let mut put = |b: &[u8]| {
         h.update(&(b.len() as u32).to_le_bytes());
         h.update(b);
@@ -386,16 +391,33 @@ pub fn content_digest(w: &WireEvent<'_>, ts: Timestamp) -> u64 {
     put(w.kind.as_bytes());
     put(w.actor.as_deref().unwrap_or("\u{0}none").as_bytes());
     put(w.grant.as_deref().unwrap_or("\u{0}none").as_bytes());
-    let mut postings: Vec<&WirePosting<'_>> = w.postings.iter().collect();
-    postings.sort_unstable_by(|a, b| {
-        (&a.account, &a.asset, a.delta).cmp(&(&b.account, &b.asset, b.delta))
-    });
-    put(&(postings.len() as u64).to_le_bytes());
-    for p in postings {
-        put(p.account.as_bytes());
-        put(p.asset.as_bytes());
-        put(&p.delta.to_le_bytes());
+    let mut postings: u64 = 0;
+    let mut buf = [0u8; 512];
+    for p in &w.postings {
+        let (a, s) = (p.account.as_bytes(), p.asset.as_bytes());
+        let n = a.len() + s.len() + 16;
+        let one = if n <= buf.len() {
+            buf[..4].copy_from_slice(&(a.len() as u32).to_le_bytes());
+            buf[4..4 + a.len()].copy_from_slice(a);
+            let o = 4 + a.len();
+            buf[o..o + 4].copy_from_slice(&(s.len() as u32).to_le_bytes());
+            buf[o + 4..o + 4 + s.len()].copy_from_slice(s);
+            let o = o + 4 + s.len();
+            buf[o..o + 8].copy_from_slice(&p.delta.to_le_bytes());
+            xxh3_64(&buf[..o + 8])
+        } else {
+            let mut v = Vec::with_capacity(n);
+            v.extend_from_slice(&(a.len() as u32).to_le_bytes());
+            v.extend_from_slice(a);
+            v.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            v.extend_from_slice(s);
+            v.extend_from_slice(&p.delta.to_le_bytes());
+            xxh3_64(&v)
+        };
+        postings = postings.wrapping_add(one);
     }
+    put(&(w.postings.len() as u64).to_le_bytes());
+    put(&postings.to_le_bytes());
     put(&(w.items.len() as u64).to_le_bytes());
     for m in &w.items {
         put(m.item.as_bytes());
@@ -403,8 +425,7 @@ pub fn content_digest(w: &WireEvent<'_>, ts: Timestamp) -> u64 {
         put(m.to.as_bytes());
         put(m.template.as_deref().unwrap_or("\u{0}none").as_bytes());
     }
-    let out = h.finalize();
-    u64::from_le_bytes(out.as_bytes()[..8].try_into().expect("8 bytes"))
+    h.digest()
 }
 
 /// `world:` accounts are the economy's faucets and sinks.

@@ -24,6 +24,8 @@ pub struct Class {
     pub world: bool,
     /// Index into the policy's escrow rules when the string matches an escrow prefix.
     pub escrow_rule: Option<u8>,
+    /// Bit i set when velocity rule i's account prefix matches (rules 0..8).
+    pub velocity_rules: u8,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -105,6 +107,7 @@ mod tests {
         let c = i.class(a, |s| Class {
             world: s.starts_with("world:"),
             escrow_rule: None,
+            velocity_rules: 0,
         });
         assert!(!c.world);
     }

@@ -15,7 +15,8 @@ use super::intern::{Class, Interner, Sym};
 use super::policy::Policy;
 use super::time::Timestamp;
 
-/// An accepted event with its identifiers interned.
+/// An accepted event with the identifiers the ledger uses interned (`kind`, `actor` and
+/// item `template` are journaled by the daemon but play no part in any invariant).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     pub tx_id: Box<str>,
@@ -23,8 +24,6 @@ pub struct Event {
     pub system: Sym,
     pub seq: u64,
     pub ts: Timestamp,
-    pub kind: Sym,
-    pub actor: Option<Sym>,
     pub grant: Option<Box<str>>,
     pub postings: Vec<Posting>,
     pub items: Vec<ItemMove>,
@@ -43,7 +42,6 @@ pub struct ItemMove {
     pub item: Sym,
     pub from: Sym,
     pub to: Sym,
-    pub template: Option<Sym>,
 }
 
 /// (realm, account, asset).
@@ -156,6 +154,12 @@ impl Ctx<'_> {
                 .iter()
                 .position(|r| s.starts_with(&r.prefix))
                 .map(|i| i as u8),
+            velocity_rules: policy
+                .velocity
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| s.starts_with(&r.account_prefix))
+                .fold(0u8, |bits, (i, _)| if i < 8 { bits | (1 << i) } else { bits }),
         })
     }
 
@@ -371,16 +375,14 @@ impl Ledger {
         if class.escrow_rule.is_some() && (before == 0) != (after == 0) {
             self.escrow_change(ev, p.account, if after == 0 { -1 } else { 1 }, class, cx);
         }
-        if p.delta > 0 && !self.velocity_assets.is_empty() {
-            self.velocity_inflow(ev, p, cx);
+        if p.delta > 0 && class.velocity_rules != 0 {
+            self.velocity_inflow(ev, p, class.velocity_rules, cx);
         }
     }
 
-    fn velocity_inflow(&mut self, ev: &Event, p: &Posting, cx: &mut Ctx<'_>) {
-        for (i, rule) in cx.policy.velocity.iter().enumerate() {
-            if self.velocity_assets[i] != Some(p.asset)
-                || !cx.interner.resolve(p.account).starts_with(&rule.account_prefix)
-            {
+    fn velocity_inflow(&mut self, ev: &Event, p: &Posting, rules: u8, cx: &mut Ctx<'_>) {
+        for (i, rule) in cx.policy.velocity.iter().enumerate().take(8) {
+            if rules & (1 << i) == 0 || self.velocity_assets[i] != Some(p.asset) {
                 continue;
             }
             let track = self

@@ -201,6 +201,13 @@ impl Policy {
         }
 
         let mut velocity = Vec::new();
+        if raw.velocity.len() > 8 {
+            return Err(invalid(
+                Some(raw.velocity[8].window_ms.span()),
+                "velocity",
+                "at most 8 velocity rules (each account caches which rules apply in 8 bits)".into(),
+            ));
+        }
         for r in raw.velocity {
             if *r.window_ms.get_ref() == 0 || *r.max_inflow.get_ref() <= 0 {
                 return Err(invalid(
