@@ -96,7 +96,12 @@ fn main() {
     let state = mem.interner_bytes + mem.ledger_bytes;
 
     println!("\n{:<44} {:>14} {:>10}", "pass", "events/s", "vs parse");
-    println!("{:<44} {:>14} {:>10}", "parse to IgnoredAny (baseline)", fmt(parse), "1.00x");
+    println!(
+        "{:<44} {:>14} {:>10}",
+        "parse to IgnoredAny (baseline)",
+        fmt(parse),
+        "1.00x"
+    );
     println!(
         "{:<44} {:>14} {:>9.2}x",
         "decode + validate events-v1",
@@ -109,9 +114,7 @@ fn main() {
         fmt(audit),
         audit / parse
     );
-    println!(
-        "\nvalid events: {valid}, findings: {findings} (a clean world: expected 0)"
-    );
+    println!("\nvalid events: {valid}, findings: {findings} (a clean world: expected 0)");
     println!(
         "live items: {}, live balances: {}, remembered tx_ids: {}",
         mem.live_items, mem.live_balances, mem.remembered_tx_ids

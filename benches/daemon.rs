@@ -22,7 +22,10 @@ use assayer::core::finding::Invariant;
 use assayer::daemon::config::Config;
 use assayer::sim::{self, SimConfig};
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, ExchangeDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use sqlx::{Connection, Executor, PgConnection};
 use tokio_util::sync::CancellationToken;
@@ -64,18 +67,38 @@ impl Names {
 
 async fn bench(n: usize) {
     let id = format!("{}", std::process::id());
-    let names = Names { prefix: format!("assayer-bench-{id}") };
+    let names = Names {
+        prefix: format!("assayer-bench-{id}"),
+    };
     let db_name = format!("assayer_bench_{id}");
-    let mut admin = PgConnection::connect(PG_ADMIN).await.expect("PostgreSQL at 127.0.0.1:5432 (pg_ctlcluster ... main start)");
-    admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}"))).await.expect("create db");
+    let mut admin = PgConnection::connect(PG_ADMIN)
+        .await
+        .expect("PostgreSQL at 127.0.0.1:5432 (pg_ctlcluster ... main start)");
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+        .await
+        .expect("create db");
     let db_url = format!("postgres://root@127.0.0.1:5432/{db_name}");
-    let bus = Amqp::connect(AMQP_URL, "assayer bench", Duration::from_secs(10)).await.expect("RabbitMQ at 127.0.0.1:5672");
+    let bus = Amqp::connect(AMQP_URL, "assayer bench", Duration::from_secs(10))
+        .await
+        .expect("RabbitMQ at 127.0.0.1:5672");
 
     let t = Instant::now();
-    let cfg = SimConfig { seed: 42, events: n, players: 20_000, realms: 2, ..SimConfig::default() };
+    let cfg = SimConfig {
+        seed: 42,
+        events: n,
+        players: 20_000,
+        realms: 2,
+        ..SimConfig::default()
+    };
     let mut lines = Vec::with_capacity(n + n / 50);
     let key = sim::generate(&cfg, &mut |l: &[u8]| lines.push(l.to_vec()));
-    println!("world: {} lines ({} redeliveries) generated in {:.1} s", key.lines, key.redeliveries, t.elapsed().as_secs_f64());
+    println!(
+        "world: {} lines ({} redeliveries) generated in {:.1} s",
+        key.lines,
+        key.redeliveries,
+        t.elapsed().as_secs_f64()
+    );
 
     // ---- single events: one exchange, the daemon's queue plus a raw baseline queue
     let single = names.topology("single");
@@ -85,7 +108,11 @@ async fn bench(n: usize) {
     let t = Instant::now();
     publish(&bus, &single.exchange, &lines, 1, None).await;
     let publish_rate = lines.len() as f64 / t.elapsed().as_secs_f64();
-    println!("published {} single-event messages at {:.0} msg/s (publisher confirms)", lines.len(), publish_rate);
+    println!(
+        "published {} single-event messages at {:.0} msg/s (publisher confirms)",
+        lines.len(),
+        publish_rate
+    );
 
     let raw_rate = raw_consume(&bus, &raw_queue, lines.len()).await;
     let (daemon_rate, _) = run_daemon(&db_url, &single, "single", &lines, None).await;
@@ -95,7 +122,11 @@ async fn bench(n: usize) {
     bus.declare(&batched).await.expect("declare");
     let t = Instant::now();
     publish(&bus, &batched.exchange, &lines, 100, None).await;
-    println!("published {} events as NDJSON batches of 100 in {:.1} s", lines.len(), t.elapsed().as_secs_f64());
+    println!(
+        "published {} events as NDJSON batches of 100 in {:.1} s",
+        lines.len(),
+        t.elapsed().as_secs_f64()
+    );
     let (batch_rate, _) = run_daemon(&db_url, &batched, "batch", &lines, None).await;
 
     // ---- latency at a steady 10,000 events/s
@@ -106,16 +137,29 @@ async fn bench(n: usize) {
         events: 100_000,
         players: 2_000,
         inject: vec![(Invariant::TxUnbalanced, 300)],
-        noise: sim::Noise { redelivery_per_mille: 0, reorder: false, ..sim::Noise::default() },
+        noise: sim::Noise {
+            redelivery_per_mille: 0,
+            reorder: false,
+            ..sim::Noise::default()
+        },
         ..SimConfig::default()
     };
     let mut lat_lines = Vec::new();
     let lat_key = sim::generate(&lat_cfg, &mut |l: &[u8]| lat_lines.push(l.to_vec()));
-    let faulty: std::collections::HashSet<String> = lat_key.faults.iter().filter_map(|f| f.tx_id.clone()).collect();
-    let latencies = run_daemon(&db_url, &lat, "latency", &lat_lines, Some((10_000, faulty))).await.1;
+    let faulty: std::collections::HashSet<String> = lat_key
+        .faults
+        .iter()
+        .filter_map(|f| f.tx_id.clone())
+        .collect();
+    let latencies = run_daemon(&db_url, &lat, "latency", &lat_lines, Some((10_000, faulty)))
+        .await
+        .1;
 
     println!("\n{:<58} {:>12} {:>9}", "pass", "events/s", "ratio");
-    println!("{:<58} {:>12.0} {:>9}", "raw lapin consume + ack, 1 event/message (baseline)", raw_rate, "1.00x");
+    println!(
+        "{:<58} {:>12.0} {:>9}",
+        "raw lapin consume + ack, 1 event/message (baseline)", raw_rate, "1.00x"
+    );
     println!(
         "{:<58} {:>12.0} {:>8.2}x   target >= 0.80x",
         "daemon end to end, 1 event/message",
@@ -143,26 +187,55 @@ async fn bench(n: usize) {
     // ---- clean up
     for t in [&single, &batched, &lat] {
         for q in [&t.queue, &t.dead_letter_queue] {
-            let _ = bus.channel().queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = bus
+                .channel()
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
         for e in [&t.exchange, &t.dead_letter_exchange, &t.findings_exchange] {
-            let _ = bus.channel().exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default()).await;
+            let _ = bus
+                .channel()
+                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
         }
     }
-    let _ = bus.channel().queue_delete(raw_queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = bus
+        .channel()
+        .queue_delete(raw_queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
     bus.close().await;
-    let _ = admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))).await;
+    let _ = admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
+        )))
+        .await;
 }
 
 async fn declare_raw_queue(bus: &Amqp, queue: &str, exchange: &str) {
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     bus.channel()
-        .queue_declare(queue.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
         .await
         .expect("raw queue");
     bus.channel()
-        .queue_bind(queue.into(), exchange.into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .expect("bind raw queue");
 }
@@ -178,7 +251,12 @@ async fn publish(bus: &Amqp, exchange: &str, lines: &[Vec<u8>], batch: usize, ra
             }
         }
     });
-    let opts = PublishOptions { exchange: exchange.to_string(), rate, batch, confirms_in_flight_max: 2048 };
+    let opts = PublishOptions {
+        exchange: exchange.to_string(),
+        rate,
+        batch,
+        confirms_in_flight_max: 2048,
+    };
     amqp::publish_stream(bus, &opts, rx).await.expect("publish");
     feeder.await.expect("feeder");
 }
@@ -186,9 +264,16 @@ async fn publish(bus: &Amqp, exchange: &str, lines: &[Vec<u8>], batch: usize, ra
 /// A bare consumer: consume with prefetch 2000, ack every 100 deliveries (multiple).
 async fn raw_consume(bus: &Amqp, queue: &str, expect: usize) -> f64 {
     let chan = bus.channel();
-    chan.basic_qos(2000, BasicQosOptions::default()).await.expect("qos");
+    chan.basic_qos(2000, BasicQosOptions::default())
+        .await
+        .expect("qos");
     let mut consumer = chan
-        .basic_consume(queue.into(), "raw-bench".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.into(),
+            "raw-bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .expect("consume");
     let t = Instant::now();
@@ -197,11 +282,18 @@ async fn raw_consume(bus: &Amqp, queue: &str, expect: usize) -> f64 {
         let d = consumer.next().await.expect("stream").expect("delivery");
         got += 1;
         if got % 100 == 0 || got == expect {
-            chan.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true }).await.expect("ack");
+            chan.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true })
+                .await
+                .expect("ack");
         }
     }
     let rate = got as f64 / t.elapsed().as_secs_f64();
-    let _ = chan.basic_cancel("raw-bench".into(), lapin::options::BasicCancelOptions::default()).await;
+    let _ = chan
+        .basic_cancel(
+            "raw-bench".into(),
+            lapin::options::BasicCancelOptions::default(),
+        )
+        .await;
     rate
 }
 
@@ -216,7 +308,11 @@ async fn run_daemon(
     steady: Option<(u64, std::collections::HashSet<String>)>,
 ) -> (f64, Option<Vec<Duration>>) {
     let (_, _, journaled) = offline(lines);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let text = format!(
         "[daemon]\ngroup = \"{group}\"\n[database]\nurl = \"{db_url}\"\n[amqp]\nurl = \"{AMQP_URL}\"\nexchange = \"{}\"\nqueue = \"{}\"\ndead_letter_exchange = \"{}\"\ndead_letter_queue = \"{}\"\nfindings_exchange = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
         t.exchange, t.queue, t.dead_letter_exchange, t.dead_letter_queue, t.findings_exchange
@@ -236,22 +332,58 @@ async fn run_daemon(
     pg.migrate().await.expect("migrate");
 
     // A findings listener for the latency pass.
-    let listener = Amqp::connect(AMQP_URL, "assayer bench findings", Duration::from_secs(10)).await.expect("amqp");
+    let listener = Amqp::connect(AMQP_URL, "assayer bench findings", Duration::from_secs(10))
+        .await
+        .expect("amqp");
     let fq = format!("{}.findings-listener", t.queue);
     listener
         .channel()
-        .queue_declare(fq.as_str().into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            fq.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .expect("findings queue");
-    listener.channel().exchange_declare(t.findings_exchange.as_str().into(), lapin::ExchangeKind::Topic, lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await.expect("fx");
     listener
         .channel()
-        .queue_bind(fq.as_str().into(), t.findings_exchange.as_str().into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
+        .exchange_declare(
+            t.findings_exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("fx");
+    listener
+        .channel()
+        .queue_bind(
+            fq.as_str().into(),
+            t.findings_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .expect("bind");
     let mut findings = listener
         .channel()
-        .basic_consume(fq.as_str().into(), "lat".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            fq.as_str().into(),
+            "lat".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .expect("consume findings");
 
@@ -263,7 +395,9 @@ async fn run_daemon(
         // Wait for the daemon to be consuming, then publish at the steady rate.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let sent: std::sync::Arc<std::sync::Mutex<HashMap<String, Instant>>> = Default::default();
-        let bus = Amqp::connect(AMQP_URL, "assayer bench steady", Duration::from_secs(10)).await.expect("amqp");
+        let bus = Amqp::connect(AMQP_URL, "assayer bench steady", Duration::from_secs(10))
+            .await
+            .expect("amqp");
         let exchange = t.exchange.clone();
         let owned: Vec<Vec<u8>> = lines.to_vec();
         let sent2 = sent.clone();
@@ -273,12 +407,21 @@ async fn run_daemon(
                 let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
                 tokio::time::sleep_until(due.into()).await;
                 let (realm, system) = amqp::routing_key(l);
-                let txid = serde_json::from_slice::<serde_json::Value>(l).ok().and_then(|v| v["tx_id"].as_str().map(str::to_string));
+                let txid = serde_json::from_slice::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["tx_id"].as_str().map(str::to_string));
                 if let Some(tx) = txid.filter(|t| faulty.contains(t)) {
                     sent2.lock().unwrap().insert(tx, Instant::now());
                 }
                 bus.publisher()
-                    .basic_publish(exchange.as_str().into(), format!("{realm}.{system}").as_str().into(), Default::default(), l, lapin::BasicProperties::default().with_content_type("application/json".into()))
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        format!("{realm}.{system}").as_str().into(),
+                        Default::default(),
+                        l,
+                        lapin::BasicProperties::default()
+                            .with_content_type("application/json".into()),
+                    )
                     .await
                     .expect("publish");
             }
@@ -293,7 +436,10 @@ async fn run_daemon(
                     let arrived = Instant::now();
                     let f: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
                     if f["invariant"] == "tx.unbalanced" {
-                        if let Some(at) = f["tx_id"].as_str().and_then(|tx| sent.lock().unwrap().get(tx).copied()) {
+                        if let Some(at) = f["tx_id"]
+                            .as_str()
+                            .and_then(|tx| sent.lock().unwrap().get(tx).copied())
+                        {
                             got.push(arrived - at);
                         }
                     }
@@ -320,7 +466,10 @@ async fn run_daemon(
             break;
         }
         if t0.elapsed() > Duration::from_secs(900) {
-            panic!("daemon did not finish in 15 minutes (head {} of {journaled})", pg.head().await.unwrap_or(0));
+            panic!(
+                "daemon did not finish in 15 minutes (head {} of {journaled})",
+                pg.head().await.unwrap_or(0)
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -341,7 +490,10 @@ fn offline(lines: &[Vec<u8>]) -> (assayer::core::engine::Engine, (), i64) {
     let mut out = Vec::new();
     let mut n = 0;
     for l in lines {
-        if matches!(engine.ingest(l, assayer::core::time::Timestamp(0), &mut out), Outcome::Accepted | Outcome::Malformed) {
+        if matches!(
+            engine.ingest(l, assayer::core::time::Timestamp(0), &mut out),
+            Outcome::Accepted | Outcome::Malformed
+        ) {
             n += 1;
         }
         out.clear();

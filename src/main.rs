@@ -7,7 +7,18 @@ use clap::Parser;
 use assayer::cli::{self, Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Exit 2 means "blocking findings" (and NO-GO), so usage errors exit 1, not clap's 2.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     init_tracing();
     let result = match cli.command {
         Command::Audit(args) => cli::audit::run(args),

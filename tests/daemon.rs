@@ -30,16 +30,23 @@ async fn stored_fingerprints(db: &TestDb) -> BTreeSet<String> {
 
 async fn journal_tx_ids(db: &TestDb) -> (i64, BTreeSet<String>) {
     let mut c = db.connect().await;
-    let rows: Vec<Option<String>> = sqlx::query_scalar("SELECT tx_id FROM journal WHERE entry_kind = 'event'")
-        .fetch_all(&mut c)
-        .await
-        .expect("journal");
+    let rows: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT tx_id FROM journal WHERE entry_kind = 'event'")
+            .fetch_all(&mut c)
+            .await
+            .expect("journal");
     let n = rows.len() as i64;
     (n, rows.into_iter().flatten().collect())
 }
 
 /// Final engine state as the daemon left it in PostgreSQL.
-async fn durable_state(db: &TestDb, group: &str) -> (Vec<(String, String, String, i128)>, Vec<(String, String, String)>) {
+async fn durable_state(
+    db: &TestDb,
+    group: &str,
+) -> (
+    Vec<(String, String, String, i128)>,
+    Vec<(String, String, String)>,
+) {
     let pg = assayer::adapters::postgres::Pg::connect(
         &assayer::adapters::postgres::ConnectOptions {
             url: &db.url,
@@ -51,11 +58,18 @@ async fn durable_state(db: &TestDb, group: &str) -> (Vec<(String, String, String
     )
     .await
     .expect("pg");
-    let r = assayer::daemon::restore(&pg, &Policy::builtin()).await.expect("restore");
+    let r = assayer::daemon::restore(&pg, &Policy::builtin())
+        .await
+        .expect("restore");
     state_of(&r.engine)
 }
 
-fn state_of(e: &assayer::core::engine::Engine) -> (Vec<(String, String, String, i128)>, Vec<(String, String, String)>) {
+fn state_of(
+    e: &assayer::core::engine::Engine,
+) -> (
+    Vec<(String, String, String, i128)>,
+    Vec<(String, String, String)>,
+) {
     let mut b: Vec<_> = e
         .ledger()
         .balances(e.interner())
@@ -80,24 +94,39 @@ async fn a_faulty_world_published_to_rabbitmq_yields_exactly_its_findings_in_pos
     let (lines, key) = world(&cfg);
     let (_, expected, journaled) = offline(&lines);
     let s = sim::score(&key.faults, &expected);
-    assert!(s.missed.is_empty() && s.unexpected.is_empty(), "offline engine disagrees with the answer key: {s:?}");
+    assert!(
+        s.missed.is_empty() && s.unexpected.is_empty(),
+        "offline engine disagrees with the answer key: {s:?}"
+    );
     bus.publish(lines, 1).await;
 
     let dir = tempdir();
     let config = write_config(&dir, &db, &bus, free_port(), "");
     let mut daemon = DaemonProc::start(&config, dir.join("daemon.log"));
-    wait_for_head(&db, &bus.queue, journaled, Duration::from_secs(120), Some(&daemon)).await;
+    wait_for_head(
+        &db,
+        &bus.queue,
+        journaled,
+        Duration::from_secs(120),
+        Some(&daemon),
+    )
+    .await;
     let status = daemon.terminate();
-    assert!(status.success(), "daemon exit {status:?}\n{}", daemon.log_text());
+    assert!(
+        status.success(),
+        "daemon exit {status:?}\n{}",
+        daemon.log_text()
+    );
 
     let want: BTreeSet<String> = expected.iter().map(|f| f.fingerprint.clone()).collect();
     assert_eq!(stored_fingerprints(&db).await, want);
     // Every finding was published to the findings exchange (the outbox is empty).
     let mut c = db.connect().await;
-    let unpublished: i64 = sqlx::query_scalar("SELECT count(*) FROM findings WHERE published_at IS NULL")
-        .fetch_one(&mut c)
-        .await
-        .unwrap();
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM findings WHERE published_at IS NULL")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
     assert_eq!(unpublished, 0);
     // Nothing is left unacked or ready in the queue.
     assert_eq!(bus.ready(&bus.queue).await, 0);
@@ -152,18 +181,36 @@ async fn sigkill_three_times_mid_stream_loses_nothing_and_counts_nothing_twice()
         seed ^= seed << 17;
         let jitter = (seed % 5_000) as i64;
         let target = (journaled as f64 * fraction) as i64 + jitter;
-        wait_for_head(&db, &bus.queue, target, Duration::from_secs(240), Some(&daemon)).await;
+        wait_for_head(
+            &db,
+            &bus.queue,
+            target,
+            Duration::from_secs(240),
+            Some(&daemon),
+        )
+        .await;
         daemon.kill9();
         kills += 1;
     }
     assert!(kills >= 3);
     let mut daemon = DaemonProc::start(&config, log.clone());
-    wait_for_head(&db, &bus.queue, journaled, Duration::from_secs(300), Some(&daemon)).await;
+    wait_for_head(
+        &db,
+        &bus.queue,
+        journaled,
+        Duration::from_secs(300),
+        Some(&daemon),
+    )
+    .await;
     let status = daemon.terminate();
     assert!(status.success(), "{}", daemon.log_text());
 
     let (n, txs) = journal_tx_ids(&db).await;
-    assert_eq!(n as usize, expected_tx.len(), "journal rows: nothing twice, nothing lost");
+    assert_eq!(
+        n as usize,
+        expected_tx.len(),
+        "journal rows: nothing twice, nothing lost"
+    );
     assert_eq!(txs, expected_tx);
     let want: BTreeSet<String> = expected.iter().map(|f| f.fingerprint.clone()).collect();
     assert_eq!(stored_fingerprints(&db).await, want);
@@ -187,13 +234,36 @@ async fn killed_amqp_and_postgres_connections_recover_with_the_same_result() {
     bus.publish(lines, 1).await;
 
     let dir = tempdir();
-    let config = write_config(&dir, &db, &bus, free_port(), "[checkpoint]\nbatch_events_max = 500\n");
+    let config = write_config(
+        &dir,
+        &db,
+        &bus,
+        free_port(),
+        "[checkpoint]\nbatch_events_max = 500\n",
+    );
     let mut daemon = DaemonProc::start(&config, dir.join("daemon.log"));
-    wait_for_head(&db, &bus.queue, journaled / 4, Duration::from_secs(120), Some(&daemon)).await;
+    wait_for_head(
+        &db,
+        &bus.queue,
+        journaled / 4,
+        Duration::from_secs(120),
+        Some(&daemon),
+    )
+    .await;
     // Close the daemon's AMQP connection from the broker side.
     let closed = close_amqp_connections(&format!("assayer {}", bus.queue));
-    assert!(closed > 0, "found no AMQP connection of the daemon to close");
-    wait_for_head(&db, &bus.queue, journaled / 2, Duration::from_secs(120), Some(&daemon)).await;
+    assert!(
+        closed > 0,
+        "found no AMQP connection of the daemon to close"
+    );
+    wait_for_head(
+        &db,
+        &bus.queue,
+        journaled / 2,
+        Duration::from_secs(120),
+        Some(&daemon),
+    )
+    .await;
     // Terminate its PostgreSQL backends.
     let mut c = db.connect().await;
     let killed: i64 = sqlx::query_scalar(
@@ -203,12 +273,25 @@ async fn killed_amqp_and_postgres_connections_recover_with_the_same_result() {
     .fetch_one(&mut c)
     .await
     .unwrap();
-    assert!(killed > 0, "found no PostgreSQL backend of the daemon to terminate");
-    wait_for_head(&db, &bus.queue, journaled, Duration::from_secs(180), Some(&daemon)).await;
+    assert!(
+        killed > 0,
+        "found no PostgreSQL backend of the daemon to terminate"
+    );
+    wait_for_head(
+        &db,
+        &bus.queue,
+        journaled,
+        Duration::from_secs(180),
+        Some(&daemon),
+    )
+    .await;
     let status = daemon.terminate();
     assert!(status.success(), "{}", daemon.log_text());
     let log = daemon.log_text();
-    assert!(log.contains("reconnecting"), "the daemon should have logged its recoveries:\n{log}");
+    assert!(
+        log.contains("reconnecting"),
+        "the daemon should have logged its recoveries:\n{log}"
+    );
 
     let want: BTreeSet<String> = expected.iter().map(|f| f.fingerprint.clone()).collect();
     assert_eq!(stored_fingerprints(&db).await, want);
@@ -232,7 +315,10 @@ async fn malformed_and_oversized_messages_are_dead_lettered_with_reasons_while_t
         }))
         .unwrap()
     };
-    let bad_ts = String::from_utf8(good(2)).unwrap().replace("\"ts\":\"", "\"ts\":\"x").into_bytes();
+    let bad_ts = String::from_utf8(good(2))
+        .unwrap()
+        .replace("\"ts\":\"", "\"ts\":\"x")
+        .into_bytes();
     let oversized_event = {
         let mut v: serde_json::Value = serde_json::from_slice(&good(3)).unwrap();
         v["pad"] = serde_json::json!("x".repeat(70 * 1024));
@@ -288,30 +374,47 @@ async fn malformed_and_oversized_messages_are_dead_lettered_with_reasons_while_t
     let mut reasons = Vec::new();
     while let Some(m) = reader
         .channel()
-        .basic_get(bus.dead_letter_queue.as_str().into(), lapin::options::BasicGetOptions { no_ack: true })
+        .basic_get(
+            bus.dead_letter_queue.as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
         .await
         .unwrap()
     {
-        reasons.push(assayer::adapters::amqp::reason_header(&m.delivery.properties).unwrap_or_default());
+        reasons.push(
+            assayer::adapters::amqp::reason_header(&m.delivery.properties).unwrap_or_default(),
+        );
     }
     reader.close().await;
     reasons.sort();
     assert_eq!(reasons.len(), 4, "{reasons:#?}");
-    assert!(reasons.iter().any(|r| r.contains("RFC 3339")), "{reasons:#?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("RFC 3339")),
+        "{reasons:#?}"
+    );
     assert!(reasons.iter().any(|r| r.contains("65536")), "{reasons:#?}");
-    assert!(reasons.iter().any(|r| r.contains("missing field `system`")), "{reasons:#?}");
-    assert!(reasons.iter().any(|r| r.contains("1048576")), "{reasons:#?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("missing field `system`")),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("1048576")),
+        "{reasons:#?}"
+    );
 
     let mut c = db.connect().await;
-    let malformed: i64 = sqlx::query_scalar("SELECT count(*) FROM findings WHERE invariant = 'event.malformed'")
-        .fetch_one(&mut c)
-        .await
-        .unwrap();
+    let malformed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM findings WHERE invariant = 'event.malformed'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
     assert_eq!(malformed, 4);
-    let accepted: Vec<String> = sqlx::query_scalar("SELECT tx_id FROM journal WHERE entry_kind = 'event' ORDER BY position")
-        .fetch_all(&mut c)
-        .await
-        .unwrap();
+    let accepted: Vec<String> = sqlx::query_scalar(
+        "SELECT tx_id FROM journal WHERE entry_kind = 'event' ORDER BY position",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
     assert_eq!(accepted, vec!["ok-1", "ok-4", "ok-6", "ok-8"]);
     assert_eq!(bus.ready(&bus.queue).await, 0);
 }
@@ -364,7 +467,14 @@ async fn health_readiness_and_metrics_over_http() {
     let port = free_port();
     let config = write_config(&dir, &db, &bus, port, "");
     let mut daemon = DaemonProc::start(&config, dir.join("daemon.log"));
-    wait_for_head(&db, &bus.queue, journaled, Duration::from_secs(60), Some(&daemon)).await;
+    wait_for_head(
+        &db,
+        &bus.queue,
+        journaled,
+        Duration::from_secs(60),
+        Some(&daemon),
+    )
+    .await;
 
     let (code, body) = wait_http(port, "/healthz", Duration::from_secs(10), |c, _| c == 200).await;
     assert_eq!((code, body.trim()), (200, "ok"));
@@ -374,7 +484,8 @@ async fn health_readiness_and_metrics_over_http() {
     assert_eq!(ready["broker_connected"], true);
     assert_eq!(ready["database_connected"], true);
 
-    let (code, metrics) = wait_http(port, "/metrics", Duration::from_secs(10), |c, _| c == 200).await;
+    let (code, metrics) =
+        wait_http(port, "/metrics", Duration::from_secs(10), |c, _| c == 200).await;
     assert_eq!(code, 200);
     for name in [
         "assayer_messages_received_total",
@@ -393,7 +504,10 @@ async fn health_readiness_and_metrics_over_http() {
     }
     // No player, account or item id ever appears in a label.
     for forbidden in ["player:", "itm:", "trade:", "guild:"] {
-        assert!(!metrics.contains(forbidden), "{forbidden} in a metric label:\n{metrics}");
+        assert!(
+            !metrics.contains(forbidden),
+            "{forbidden} in a metric label:\n{metrics}"
+        );
     }
     let status = daemon.terminate();
     assert!(status.success());
@@ -414,7 +528,10 @@ async fn a_dead_broker_keeps_the_daemon_alive_retrying_and_not_ready() {
     let mut daemon = DaemonProc::start(&config, dir.join("daemon.log"));
     let (code, _) = wait_http(port, "/healthz", Duration::from_secs(10), |c, _| c == 200).await;
     assert_eq!(code, 200);
-    let (code, body) = wait_http(port, "/readyz", Duration::from_secs(10), |_, b| b.contains("last_error\":\"")).await;
+    let (code, body) = wait_http(port, "/readyz", Duration::from_secs(10), |_, b| {
+        b.contains("last_error\":\"")
+    })
+    .await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("RabbitMQ"), "{body}");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -427,7 +544,11 @@ async fn a_dead_broker_keeps_the_daemon_alive_retrying_and_not_ready() {
 fn check_config_prints_the_effective_config_with_secrets_masked_and_rejects_typos() {
     let dir = tempdir();
     let good = dir.join("good.toml");
-    std::fs::write(&good, "[amqp]\nurl = \"amqp://guest:s3cret@127.0.0.1:5672/%2f\"\nrealms = [\"eu-1\"]\n").unwrap();
+    std::fs::write(
+        &good,
+        "[amqp]\nurl = \"amqp://guest:s3cret@127.0.0.1:5672/%2f\"\nrealms = [\"eu-1\"]\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_assayer"))
         .args(["check-config", "--config"])
         .arg(&good)
@@ -436,9 +557,19 @@ fn check_config_prints_the_effective_config_with_secrets_masked_and_rejects_typo
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("guest:****@127.0.0.1") && !stdout.contains("s3cret"), "{stdout}");
-    assert!(stdout.contains("app:****@db") && !stdout.contains("pa55"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("guest:****@127.0.0.1") && !stdout.contains("s3cret"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("app:****@db") && !stdout.contains("pa55"),
+        "{stdout}"
+    );
 
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[amqp]\nqueue = \"q\"\nprefetch = 10\n").unwrap();
@@ -449,7 +580,10 @@ fn check_config_prints_the_effective_config_with_secrets_masked_and_rejects_typo
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("bad.toml:3: prefetch: unknown field `prefetch`"), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml:3: prefetch: unknown field `prefetch`"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -467,23 +601,50 @@ async fn a_standby_on_the_same_queue_takes_over_from_the_shared_journal() {
     let (lines, _) = world(&cfg);
     let (engine, expected, journaled) = offline(&lines);
     let dir = tempdir();
-    let active_cfg = write_config(&dir, &db, &bus, free_port(), "[checkpoint]\nbatch_events_max = 500\n");
+    let active_cfg = write_config(
+        &dir,
+        &db,
+        &bus,
+        free_port(),
+        "[checkpoint]\nbatch_events_max = 500\n",
+    );
     let standby_dir = dir.join("standby");
     std::fs::create_dir_all(&standby_dir).unwrap();
-    let standby_cfg = write_config(&standby_dir, &db, &bus, free_port(), "[checkpoint]\nbatch_events_max = 500\n");
+    let standby_cfg = write_config(
+        &standby_dir,
+        &db,
+        &bus,
+        free_port(),
+        "[checkpoint]\nbatch_events_max = 500\n",
+    );
     let mut active = DaemonProc::start(&active_cfg, dir.join("active.log"));
     wait_for_head(&db, &bus.queue, 0, Duration::from_secs(5), None).await;
     tokio::time::sleep(Duration::from_secs(1)).await; // the first consumer becomes the active one
     let mut standby = DaemonProc::start(&standby_cfg, dir.join("standby.log"));
     tokio::time::sleep(Duration::from_secs(1)).await;
     bus.publish(lines, 1).await;
-    wait_for_head(&db, &bus.queue, journaled / 3, Duration::from_secs(120), Some(&active)).await;
+    wait_for_head(
+        &db,
+        &bus.queue,
+        journaled / 3,
+        Duration::from_secs(120),
+        Some(&active),
+    )
+    .await;
     active.kill9();
-    wait_for_head(&db, &bus.queue, journaled, Duration::from_secs(180), Some(&standby)).await;
+    wait_for_head(
+        &db,
+        &bus.queue,
+        journaled,
+        Duration::from_secs(180),
+        Some(&standby),
+    )
+    .await;
     let status = standby.terminate();
     assert!(status.success(), "{}", standby.log_text());
     assert!(
-        standby.log_text().contains("catching up") || standby.log_text().contains("engine restored"),
+        standby.log_text().contains("catching up")
+            || standby.log_text().contains("engine restored"),
         "{}",
         standby.log_text()
     );

@@ -20,9 +20,16 @@ fn check(bytes: &[u8]) {
         Err(m) => {
             assert_eq!(outcome, Outcome::Malformed);
             assert!(!m.reason.is_empty());
-            let malformed: Vec<_> = out.iter().filter(|f| f.invariant == Invariant::Malformed).collect();
+            let malformed: Vec<_> = out
+                .iter()
+                .filter(|f| f.invariant == Invariant::Malformed)
+                .collect();
             assert_eq!(malformed.len(), 1, "{out:#?}");
-            assert_eq!(out.len(), 1, "a malformed event raises nothing else: {out:#?}");
+            assert_eq!(
+                out.len(),
+                1,
+                "a malformed event raises nothing else: {out:#?}"
+            );
         }
     }
 }
@@ -63,11 +70,21 @@ fn arb_json() -> impl Strategy<Value = serde_json::Value> {
         "[a-z:/_0-9 -]{0,12}".prop_map(serde_json::Value::from),
     ];
     let keys = prop_oneof![
-        Just("v".to_string()), Just("tx_id".to_string()), Just("realm".to_string()),
-        Just("system".to_string()), Just("seq".to_string()), Just("ts".to_string()),
-        Just("kind".to_string()), Just("postings".to_string()), Just("items".to_string()),
-        Just("account".to_string()), Just("asset".to_string()), Just("delta".to_string()),
-        Just("item".to_string()), Just("from".to_string()), Just("to".to_string()),
+        Just("v".to_string()),
+        Just("tx_id".to_string()),
+        Just("realm".to_string()),
+        Just("system".to_string()),
+        Just("seq".to_string()),
+        Just("ts".to_string()),
+        Just("kind".to_string()),
+        Just("postings".to_string()),
+        Just("items".to_string()),
+        Just("account".to_string()),
+        Just("asset".to_string()),
+        Just("delta".to_string()),
+        Just("item".to_string()),
+        Just("from".to_string()),
+        Just("to".to_string()),
         "[a-z]{1,4}",
     ];
     leaf.prop_recursive(4, 64, 8, move |inner| {

@@ -5,7 +5,7 @@ use assayer::core::engine::{Engine, Outcome};
 use assayer::core::finding::{Finding, Invariant};
 use assayer::core::policy::Policy;
 use assayer::core::time::Timestamp;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 const T0: i64 = 1_795_000_000_000; // ms since epoch, 2026-11-18
 
@@ -106,7 +106,11 @@ impl Audit {
         &self.findings[0]
     }
     fn clean(&self) {
-        assert!(self.findings.is_empty(), "expected no finding, got {:#?}", self.findings);
+        assert!(
+            self.findings.is_empty(),
+            "expected no finding, got {:#?}",
+            self.findings
+        );
     }
     fn balance(&self, account: &str, asset: &str) -> i128 {
         self.engine
@@ -166,9 +170,11 @@ fn redelivery_identical_or_reserialized_is_counted_not_flagged() {
     let ev = loot_gold("t1", 1, 0, "player:1", 100);
     // Same content: other key order, other ts notation, postings reordered.
     let mut other = ev.0.clone();
-    other["ts"] = json!(Timestamp::from_unix_millis(T0)
-        .to_rfc3339()
-        .replace('Z', "+00:00"));
+    other["ts"] = json!(
+        Timestamp::from_unix_millis(T0)
+            .to_rfc3339()
+            .replace('Z', "+00:00")
+    );
     other["postings"].as_array_mut().unwrap().reverse();
     let a = audit(&[ev.clone(), ev.clone(), E(other), ev]);
     a.clean();
@@ -308,7 +314,10 @@ fn a_system_minting_from_a_faucet_it_does_not_own_is_found() {
 #[test]
 fn an_unlisted_world_account_is_unauthorized_for_everyone() {
     let a = audit(&[e("t1", "loot", 1, 0).mv("itm:1", "world:gm_console", "player:1/bag")]);
-    assert_eq!(a.only(Invariant::UnauthorizedFaucet).subject.as_deref(), Some("world:gm_console"));
+    assert_eq!(
+        a.only(Invariant::UnauthorizedFaucet).subject.as_deref(),
+        Some("world:gm_console")
+    );
 }
 
 #[test]
@@ -342,8 +351,12 @@ fn every_shipped_faucet_is_allowed_for_its_system() {
 fn overdraft_is_raised_once_when_crossing_below_zero() {
     let a = audit(&[
         loot_gold("t1", 1, 0, "player:1", 100),
-        e("t2", "economy", 1, 10).post("player:1", "gold", -150).post("world:repair", "gold", 150),
-        e("t3", "economy", 2, 20).post("player:1", "gold", -10).post("world:repair", "gold", 10),
+        e("t2", "economy", 1, 10)
+            .post("player:1", "gold", -150)
+            .post("world:repair", "gold", 150),
+        e("t3", "economy", 2, 20)
+            .post("player:1", "gold", -10)
+            .post("world:repair", "gold", 10),
     ]);
     let f = a.only(Invariant::BalanceOverdraft);
     assert_eq!(f.tx_id.as_deref(), Some("t2"));
@@ -355,9 +368,13 @@ fn overdraft_is_raised_once_when_crossing_below_zero() {
 #[test]
 fn recovering_and_crossing_again_is_a_new_root_cause() {
     let a = audit(&[
-        e("t1", "economy", 1, 0).post("player:1", "gold", -1).post("world:repair", "gold", 1),
+        e("t1", "economy", 1, 0)
+            .post("player:1", "gold", -1)
+            .post("world:repair", "gold", 1),
         loot_gold("t2", 1, 10, "player:1", 5),
-        e("t3", "economy", 2, 20).post("player:1", "gold", -10).post("world:repair", "gold", 10),
+        e("t3", "economy", 2, 20)
+            .post("player:1", "gold", -10)
+            .post("world:repair", "gold", 10),
     ]);
     assert_eq!(a.findings.len(), 2, "{:#?}", a.findings);
 }
@@ -385,7 +402,9 @@ fn two_phase_trade_through_escrow_is_clean() {
 fn a_credit_from_another_system_arriving_late_within_the_window_prevents_overdraft() {
     // The debit (economy) is delivered before the loot credit it depends on.
     let a = audit(&[
-        e("t2", "economy", 1, 2_000).post("player:1", "gold", -50).post("world:repair", "gold", 50),
+        e("t2", "economy", 1, 2_000)
+            .post("player:1", "gold", -50)
+            .post("world:repair", "gold", 50),
         loot_gold("t1", 1, 1_000, "player:1", 100),
     ]);
     a.clean();
@@ -457,7 +476,9 @@ fn a_seq_used_by_a_second_tx_id_is_reuse_and_still_applied() {
 fn escrow_holding_value_past_its_limit_is_stuck() {
     let a = audit(&[
         loot_gold("t0", 1, 0, "player:1", 100),
-        e("t1", "trade", 1, 10).post("player:1", "gold", -100).post("trade:5", "gold", 100),
+        e("t1", "trade", 1, 10)
+            .post("player:1", "gold", -100)
+            .post("trade:5", "gold", 100),
         e("hb", "bank", 1, 11 * 60_000),
     ]);
     let f = a.only(Invariant::EscrowStuck);
@@ -469,9 +490,15 @@ fn escrow_holding_value_past_its_limit_is_stuck() {
 fn escrow_released_in_time_or_not_yet_due_is_not_stuck() {
     audit(&[
         loot_gold("t0", 1, 0, "player:1", 100),
-        e("t1", "trade", 1, 10).post("player:1", "gold", -100).post("trade:5", "gold", 100),
-        e("t2", "trade", 2, 60_000).post("trade:5", "gold", -100).post("player:2", "gold", 100),
-        e("t3", "mail", 1, 60_000).post("player:2", "gold", -1).post("mail:1", "gold", 1),
+        e("t1", "trade", 1, 10)
+            .post("player:1", "gold", -100)
+            .post("trade:5", "gold", 100),
+        e("t2", "trade", 2, 60_000)
+            .post("trade:5", "gold", -100)
+            .post("player:2", "gold", 100),
+        e("t3", "mail", 1, 60_000)
+            .post("player:2", "gold", -1)
+            .post("mail:1", "gold", 1),
         e("hb", "bank", 1, 11 * 60_000),
     ])
     .clean();
@@ -520,11 +547,24 @@ fn a_malformed_event_is_set_aside_with_its_reason_and_its_seq_is_not_a_gap() {
 fn garbage_bytes_are_malformed_never_a_panic() {
     let mut engine = Engine::new(Policy::builtin());
     let mut out = Vec::new();
-    for bytes in [&b"\xff\xfe"[..], b"[]", b"null", b"{", b"{\"v\":1}", &[b'{'; 70_000][..]] {
-        assert_eq!(engine.ingest(bytes, Timestamp(0), &mut out), Outcome::Malformed);
+    for bytes in [
+        &b"\xff\xfe"[..],
+        b"[]",
+        b"null",
+        b"{",
+        b"{\"v\":1}",
+        &[b'{'; 70_000][..],
+    ] {
+        assert_eq!(
+            engine.ingest(bytes, Timestamp(0), &mut out),
+            Outcome::Malformed
+        );
     }
     assert_eq!(out.len(), 6);
-    assert!(out.iter().all(|f| f.invariant == Invariant::Malformed && f.realm == "unknown"));
+    assert!(
+        out.iter()
+            .all(|f| f.invariant == Invariant::Malformed && f.realm == "unknown")
+    );
 }
 
 // ---------------------------------------------------------------- memory bounds
@@ -561,8 +601,17 @@ fn findings_carry_the_spec_fields_and_stable_fingerprints() {
     assert_eq!(f.fingerprint, b.findings[0].fingerprint);
     let v = serde_json::to_value(f).unwrap();
     for k in [
-        "invariant", "severity", "realm", "system", "tx_id", "seq", "subject", "message",
-        "evidence", "detected_at", "fingerprint",
+        "invariant",
+        "severity",
+        "realm",
+        "system",
+        "tx_id",
+        "seq",
+        "subject",
+        "message",
+        "evidence",
+        "detected_at",
+        "fingerprint",
     ] {
         assert!(v.get(k).is_some(), "missing {k} in {v}");
     }

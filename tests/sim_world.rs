@@ -8,7 +8,7 @@ use assayer::core::engine::Engine;
 use assayer::core::finding::{Finding, Invariant};
 use assayer::core::policy::Policy;
 use assayer::core::time::Timestamp;
-use assayer::sim::{self, score, SimConfig};
+use assayer::sim::{self, SimConfig, score};
 use proptest::prelude::*;
 
 fn world(cfg: &SimConfig) -> (Vec<Vec<u8>>, sim::AnswerKey) {
@@ -134,7 +134,11 @@ fn snapshot_and_restore_mid_stream_changes_nothing() {
         }
         engine.finish(Timestamp(0), &mut out);
         let got = dedup(out);
-        let fp = |v: &[Finding]| v.iter().map(|f| f.fingerprint.clone()).collect::<BTreeSet<_>>();
+        let fp = |v: &[Finding]| {
+            v.iter()
+                .map(|f| f.fingerprint.clone())
+                .collect::<BTreeSet<_>>()
+        };
         assert_eq!(fp(&got), fp(&expected), "cut at {cut}");
         assert_eq!(state(&engine), state(&whole), "cut at {cut}");
     }
@@ -142,6 +146,10 @@ fn snapshot_and_restore_mid_stream_changes_nothing() {
 
 #[test]
 fn the_world_is_deterministic() {
-    let cfg = SimConfig { seed: 3, events: 2_000, ..SimConfig::default() };
+    let cfg = SimConfig {
+        seed: 3,
+        events: 2_000,
+        ..SimConfig::default()
+    };
     assert_eq!(world(&cfg).0, world(&cfg).0);
 }

@@ -20,7 +20,10 @@ pub enum BusError {
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ did not answer `{what}` within {timeout:?}")]
-    Timeout { what: &'static str, timeout: Duration },
+    Timeout {
+        what: &'static str,
+        timeout: Duration,
+    },
     #[error("RabbitMQ refused a publish of {what} (nack)")]
     Nacked { what: &'static str },
 }
@@ -117,12 +120,30 @@ impl Amqp {
                 FieldTable::default(),
             )
         };
-        within(self.timeout, "exchange.declare", ex(&t.exchange, ExchangeKind::Topic)).await?;
-        within(self.timeout, "exchange.declare", ex(&t.dead_letter_exchange, ExchangeKind::Direct)).await?;
-        within(self.timeout, "exchange.declare", ex(&t.findings_exchange, ExchangeKind::Topic)).await?;
+        within(
+            self.timeout,
+            "exchange.declare",
+            ex(&t.exchange, ExchangeKind::Topic),
+        )
+        .await?;
+        within(
+            self.timeout,
+            "exchange.declare",
+            ex(&t.dead_letter_exchange, ExchangeKind::Direct),
+        )
+        .await?;
+        within(
+            self.timeout,
+            "exchange.declare",
+            ex(&t.findings_exchange, ExchangeKind::Topic),
+        )
+        .await?;
 
         let mut dlq_args = FieldTable::default();
-        dlq_args.insert(s("x-queue-type"), AMQPValue::LongString(LongString::from("quorum")));
+        dlq_args.insert(
+            s("x-queue-type"),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
         within(
             self.timeout,
             "queue.declare",
@@ -133,13 +154,20 @@ impl Amqp {
                     durable: true,
                     ..QueueDeclareOptions::default()
                 },
-                if passive { FieldTable::default() } else { dlq_args },
+                if passive {
+                    FieldTable::default()
+                } else {
+                    dlq_args
+                },
             ),
         )
         .await?;
 
         let mut args = FieldTable::default();
-        args.insert(s("x-queue-type"), AMQPValue::LongString(LongString::from("quorum")));
+        args.insert(
+            s("x-queue-type"),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
         args.insert(s("x-single-active-consumer"), AMQPValue::Boolean(true));
         args.insert(
             s("x-dead-letter-exchange"),
@@ -149,7 +177,10 @@ impl Amqp {
             s("x-dead-letter-routing-key"),
             AMQPValue::LongString(LongString::from(t.queue.as_str())),
         );
-        args.insert(s("x-delivery-limit"), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        args.insert(
+            s("x-delivery-limit"),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
         within(
             self.timeout,
             "queue.declare",
@@ -196,7 +227,12 @@ impl Amqp {
     }
 
     /// Starts consuming with manual acks and at most `prefetch` unacked messages.
-    pub async fn consume(&self, queue: &str, prefetch: u16, tag: &str) -> Result<Consumer, BusError> {
+    pub async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<Consumer, BusError> {
         within(
             self.timeout,
             "basic.qos",
@@ -248,8 +284,14 @@ impl Amqp {
             .with_content_type(s(content_type))
             .with_delivery_mode(2)
             .with_headers(headers);
-        self.publish_confirmed(&t.dead_letter_exchange, &t.queue, body, props, "a dead letter")
-            .await
+        self.publish_confirmed(
+            &t.dead_letter_exchange,
+            &t.queue,
+            body,
+            props,
+            "a dead letter",
+        )
+        .await
     }
 
     /// Publishes a finding to the findings exchange, routing key
@@ -263,8 +305,13 @@ impl Amqp {
         let confirm = within(
             self.timeout,
             "basic.publish",
-            self.publish
-                .basic_publish(s(exchange), s(&key), BasicPublishOptions::default(), &body, props),
+            self.publish.basic_publish(
+                s(exchange),
+                s(&key),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            ),
         )
         .await?;
         let c = within(self.timeout, "publisher confirm", confirm).await?;
@@ -285,8 +332,13 @@ impl Amqp {
         let confirm = within(
             self.timeout,
             "basic.publish",
-            self.publish
-                .basic_publish(s(exchange), s(key), BasicPublishOptions::default(), body, props),
+            self.publish.basic_publish(
+                s(exchange),
+                s(key),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            ),
         )
         .await?;
         let c = within(self.timeout, "publisher confirm", confirm).await?;
@@ -364,7 +416,8 @@ pub fn routing_key(line: &[u8]) -> (String, String) {
     match serde_json::from_slice::<Key<'_>>(line) {
         Ok(k) => (
             k.realm.map_or_else(|| "default".into(), |r| r.into_owned()),
-            k.system.map_or_else(|| "unknown".into(), |s| s.into_owned()),
+            k.system
+                .map_or_else(|| "unknown".into(), |s| s.into_owned()),
         ),
         Err(_) => ("default".into(), "unknown".into()),
     }
@@ -408,7 +461,13 @@ pub async fn publish_stream(
         let confirm = within(
             bus.timeout,
             "basic.publish",
-            chan.basic_publish(s(exchange), s(key), BasicPublishOptions::default(), body, props),
+            chan.basic_publish(
+                s(exchange),
+                s(key),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            ),
         )
         .await?;
         inflight.push_back(confirm);
@@ -424,7 +483,17 @@ pub async fn publish_stream(
         let (realm, system) = routing_key(&line);
         if opts.batch <= 1 {
             let key = format!("{realm}.{system}");
-            send(bus, chan, &mut inflight, opts.confirms_in_flight_max, &opts.exchange, &key, &line, CONTENT_JSON).await?;
+            send(
+                bus,
+                chan,
+                &mut inflight,
+                opts.confirms_in_flight_max,
+                &opts.exchange,
+                &key,
+                &line,
+                CONTENT_JSON,
+            )
+            .await?;
             stats.messages += 1;
             continue;
         }
@@ -436,14 +505,34 @@ pub async fn publish_stream(
             let body = std::mem::take(buf);
             *n = 0;
             let key = format!("{realm}.batch");
-            send(bus, chan, &mut inflight, opts.confirms_in_flight_max, &opts.exchange, &key, &body, CONTENT_NDJSON).await?;
+            send(
+                bus,
+                chan,
+                &mut inflight,
+                opts.confirms_in_flight_max,
+                &opts.exchange,
+                &key,
+                &body,
+                CONTENT_NDJSON,
+            )
+            .await?;
             stats.messages += 1;
         }
     }
     for (realm, (body, n)) in batches {
         if n > 0 {
             let key = format!("{realm}.batch");
-            send(bus, chan, &mut inflight, opts.confirms_in_flight_max, &opts.exchange, &key, &body, CONTENT_NDJSON).await?;
+            send(
+                bus,
+                chan,
+                &mut inflight,
+                opts.confirms_in_flight_max,
+                &opts.exchange,
+                &key,
+                &body,
+                CONTENT_NDJSON,
+            )
+            .await?;
             stats.messages += 1;
         }
     }

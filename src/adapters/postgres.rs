@@ -16,7 +16,9 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("PostgreSQL migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("another daemon of group `{group}` advanced the journal to {found} (expected {expected}); resynchronising")]
+    #[error(
+        "another daemon of group `{group}` advanced the journal to {found} (expected {expected}); resynchronising"
+    )]
     HeadMoved {
         group: String,
         expected: i64,
@@ -460,7 +462,9 @@ fn finding_from_row(r: &sqlx::postgres::PgRow) -> Result<Finding, StoreError> {
     let decode_err = |what: String| StoreError::Db(sqlx::Error::Decode(what.into()));
     Ok(Finding {
         fingerprint: r.get(0),
-        invariant: inv.parse().map_err(|e: crate::core::finding::UnknownInvariant| decode_err(e.to_string()))?,
+        invariant: inv
+            .parse()
+            .map_err(|e: crate::core::finding::UnknownInvariant| decode_err(e.to_string()))?,
         severity: sev.parse().map_err(decode_err)?,
         realm: r.get(3),
         system: r.get(4),

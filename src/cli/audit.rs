@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::output::{Format, FindingWriter};
+use super::output::{FindingWriter, Format};
 use crate::core::engine::{Engine, EngineStats};
 use crate::core::event::MAX_EVENT_BYTES;
 use crate::core::finding::Finding;
@@ -151,7 +151,10 @@ pub fn audit_stream<R: BufRead>(
                     ev.insert("bytes".into(), total.into());
                     ev.insert(
                         "reason".into(),
-                        format!("event is {total} bytes; events-v1 allows at most {MAX_EVENT_BYTES}").into(),
+                        format!(
+                            "event is {total} bytes; events-v1 allows at most {MAX_EVENT_BYTES}"
+                        )
+                        .into(),
                     );
                 }
                 f.message = format!(
@@ -316,7 +319,10 @@ mod tests {
         let mut buf = Vec::new();
         assert_eq!(read_line_bounded(&mut r, &mut buf, 10).unwrap(), Some(None));
         assert_eq!(buf, b"short");
-        assert_eq!(read_line_bounded(&mut r, &mut buf, 10).unwrap(), Some(Some(100)));
+        assert_eq!(
+            read_line_bounded(&mut r, &mut buf, 10).unwrap(),
+            Some(Some(100))
+        );
         assert_eq!(buf.len(), 10);
         assert_eq!(read_line_bounded(&mut r, &mut buf, 10).unwrap(), Some(None));
         assert_eq!(buf, b"last");

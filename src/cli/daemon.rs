@@ -41,7 +41,10 @@ pub fn check(args: CheckConfigArgs) -> anyhow::Result<std::process::ExitCode> {
         crate::core::policy::Policy::load_dir(dir)?;
     }
     let shown = toml::to_string_pretty(&config).context("rendering the effective config")?;
-    println!("# {}: valid. Effective config (durations in ms, secrets masked):\n", args.config.display());
+    println!(
+        "# {}: valid. Effective config (durations in ms, secrets masked):\n",
+        args.config.display()
+    );
     print!("{shown}");
     Ok(std::process::ExitCode::SUCCESS)
 }
@@ -61,15 +64,16 @@ pub async fn cancel_on_signal(token: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                let _ = ctrl_c.await;
-                token.cancel();
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -11,7 +11,7 @@ use crate::core::finding::{Finding, Invariant};
 use crate::core::policy::Policy;
 use crate::core::time::Timestamp;
 use crate::core::verdict::{Decision, Verdict};
-use crate::sim::{self, score, SimConfig};
+use crate::sim::{self, SimConfig, score};
 
 /// Run the simulated 12-system world with planted faults through the auditor and
 /// explain what it found. Needs no running service.
@@ -48,7 +48,9 @@ fn explain(inv: Invariant) -> &'static str {
         Invariant::ItemPhantomSource => "an item only moves from where it is",
         Invariant::ItemResurrected => "a burned item stays burned",
         Invariant::GrantReused => "a loot slot / quest reward is redeemed once",
-        Invariant::UnauthorizedFaucet => "only the allowed system creates value from a world: account",
+        Invariant::UnauthorizedFaucet => {
+            "only the allowed system creates value from a world: account"
+        }
         Invariant::BalanceOverdraft => "no player, guild or escrow balance goes below zero",
         Invariant::SeqGap => "no transaction of a system is lost (gapless seq)",
         Invariant::SeqReuse => "no seq is used by two transactions",
@@ -90,7 +92,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
     let s = score(&key.faults, &findings);
 
     let mut w = io::stdout().lock();
-    writeln!(w, "assayer demo — a simulated MMO economy audited in-process (no services needed)\n")?;
+    writeln!(
+        w,
+        "assayer demo — a simulated MMO economy audited in-process (no services needed)\n"
+    )?;
     writeln!(
         w,
         "World   {} transactions from 12 systems (loot, quest, vendor, inventory, bank, trade,\n        mail, auction, crafting, guild_bank, economy, character), {} players, seed {}.",
@@ -101,16 +106,29 @@ pub fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
         "Noise   {} redeliveries and events reordered within the {window_ms} ms window: delivery is\n        messy, and none of that may raise a finding.",
         key.redeliveries
     )?;
-    writeln!(w, "Planted {} faults: {}.\n", key.faults.len(), PLANTED.map(|i| i.id()).join(", "))?;
+    writeln!(
+        w,
+        "Planted {} faults: {}.\n",
+        key.faults.len(),
+        PLANTED.map(|i| i.id()).join(", ")
+    )?;
     writeln!(w, "Checked on every event:")?;
     for inv in Invariant::STREAM {
         let n = stats.findings.get(&inv).copied().unwrap_or(0);
-        let mark = if n == 0 { "ok".to_string() } else { format!("{n} finding(s)") };
+        let mark = if n == 0 {
+            "ok".to_string()
+        } else {
+            format!("{n} finding(s)")
+        };
         writeln!(w, "  {:<29} {:<62} {mark}", inv.id(), explain(inv))?;
     }
     writeln!(w, "\nFindings ({}):", findings.len())?;
     let mut sorted: Vec<&Finding> = findings.iter().collect();
-    sorted.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.invariant.cmp(&b.invariant)));
+    sorted.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(a.invariant.cmp(&b.invariant))
+    });
     for (i, f) in sorted.iter().enumerate() {
         writeln!(
             w,
@@ -135,7 +153,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
         s.unexpected.len()
     )?;
     for m in &s.missed {
-        writeln!(w, "  MISSED {} tx {:?} subject {:?}", m.invariant, m.tx_id, m.subject)?;
+        writeln!(
+            w,
+            "  MISSED {} tx {:?} subject {:?}",
+            m.invariant, m.tx_id, m.subject
+        )?;
     }
     for f in &s.unexpected {
         writeln!(w, "  FALSE ALARM {} {}", f.invariant, f.message)?;
@@ -144,7 +166,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
         Decision::Go => "GO",
         Decision::NoGo => "NO-GO",
     };
-    writeln!(w, "Deploy gate on these stream checks: {decision} — {}.", verdict.reason)?;
+    writeln!(
+        w,
+        "Deploy gate on these stream checks: {decision} — {}.",
+        verdict.reason
+    )?;
     writeln!(
         w,
         "Audited {} events ({} redeliveries counted, not flagged) in {:.2} s.",
@@ -152,7 +178,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
         stats.redelivered,
         elapsed.as_secs_f64()
     )?;
-    writeln!(w, "\nNext: `assayer sim --help`, `assayer audit --help`; docs/invariants.md explains each check.")?;
+    writeln!(
+        w,
+        "\nNext: `assayer sim --help`, `assayer audit --help`; docs/invariants.md explains each check."
+    )?;
     Ok(if s.missed.is_empty() && s.unexpected.is_empty() {
         std::process::ExitCode::SUCCESS
     } else {

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::io::{self, IsTerminal, Write};
 
 use clap::ValueEnum;
-use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 
 use crate::core::finding::Finding;
 
@@ -95,9 +95,20 @@ pub fn table(findings: &[Finding]) -> Table {
     let mut t = Table::new();
     t.load_style(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(["severity", "invariant", "realm/system", "tx_id", "subject", "message"]);
+        .set_header([
+            "severity",
+            "invariant",
+            "realm/system",
+            "tx_id",
+            "subject",
+            "message",
+        ]);
     let mut sorted: Vec<&Finding> = findings.iter().collect();
-    sorted.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.invariant.cmp(&b.invariant)));
+    sorted.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(a.invariant.cmp(&b.invariant))
+    });
     for f in sorted {
         t.add_row([
             f.severity.to_string(),

@@ -43,7 +43,12 @@ pub struct SimArgs {
     pub answer_key: Option<PathBuf>,
     /// Publish to RabbitMQ at this URL (e.g. amqp://guest:guest@127.0.0.1:5672/%2f)
     /// instead of writing NDJSON, with publisher confirms.
-    #[arg(long, value_name = "AMQP_URL", env = "ASSAYER_AMQP_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "AMQP_URL",
+        env = "ASSAYER_AMQP_URL",
+        hide_env_values = true
+    )]
     pub publish: Option<String>,
     /// Exchange to publish to (a durable topic exchange; declared if missing).
     #[arg(long, default_value = "assayer.events", requires = "publish")]
@@ -81,9 +86,9 @@ pub fn run(args: SimArgs) -> anyhow::Result<std::process::ExitCode> {
         return publish(&args, cfg, url);
     }
     let out: Box<dyn Write> = match &args.out {
-        Some(p) => Box::new(
-            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        ),
+        Some(p) => {
+            Box::new(File::create(p).with_context(|| format!("cannot create {}", p.display()))?)
+        }
         None => Box::new(io::stdout().lock()),
     };
     let mut out = BufWriter::with_capacity(1 << 20, out);
@@ -133,7 +138,9 @@ fn publish(args: &SimArgs, cfg: SimConfig, url: &str) -> anyhow::Result<std::pro
     let (stats, key) = super::daemon::runtime()?.block_on(async move {
         let bus = Amqp::connect(url, "assayer sim", std::time::Duration::from_secs(10))
             .await
-            .with_context(|| format!("cannot connect to {}", crate::daemon::config::mask_url(url)))?;
+            .with_context(|| {
+                format!("cannot connect to {}", crate::daemon::config::mask_url(url))
+            })?;
         amqp::declare_exchange(&bus, &opts.exchange).await?;
         // Bounded hand-off from the (synchronous) generator to the publisher.
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8_192);

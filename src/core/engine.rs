@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::event::{self, Malformed, ValidEvent};
-use super::finding::{fingerprint, Finding, Invariant};
+use super::finding::{Finding, Invariant, fingerprint};
 use super::intern::{Interner, Sym};
 use super::ledger::{Ctx, Event, ItemMove, Ledger, LedgerStats, Posting};
 use super::policy::Policy;
@@ -239,7 +239,9 @@ impl Engine {
     pub fn restore(policy: Policy, bytes: &[u8]) -> Result<Engine, SnapshotError> {
         let header: SnapshotHeader = postcard::from_bytes(bytes)?;
         if header.format != SNAPSHOT_FORMAT {
-            return Err(SnapshotError::Version { found: header.format });
+            return Err(SnapshotError::Version {
+                found: header.format,
+            });
         }
         let mut s: Snapshot = postcard::from_bytes(bytes)?;
         debug_assert_eq!(s.format, SNAPSHOT_FORMAT);
@@ -304,8 +306,7 @@ impl Engine {
             interner_bytes: self.interner.heap_bytes(),
             ledger_bytes: self.ledger.heap_bytes(),
             redelivery_window_bytes: self.window.heap_bytes(),
-            reorder_buffer_bytes: self.sequencer.depth()
-                * (std::mem::size_of::<Event>() + 64),
+            reorder_buffer_bytes: self.sequencer.depth() * (std::mem::size_of::<Event>() + 64),
             live_items: self.ledger.live_items(),
             live_balances: self.ledger.live_balances(),
             remembered_tx_ids: self.window.memo.len(),
@@ -344,7 +345,13 @@ impl Engine {
 
     /// A contract breach of a whole message (an NDJSON batch over 1 MiB or 10,000
     /// events): one `event.malformed` for the message; none of its events is applied.
-    pub fn malformed_message(&mut self, bytes: &[u8], reason: &str, now: Timestamp, out: &mut Vec<Finding>) {
+    pub fn malformed_message(
+        &mut self,
+        bytes: &[u8],
+        reason: &str,
+        now: Timestamp,
+        out: &mut Vec<Finding>,
+    ) {
         self.stats.received += 1;
         let before = out.len();
         let m = Malformed {
@@ -386,7 +393,9 @@ impl Engine {
     }
 
     fn drain(&mut self, now: Timestamp, out: &mut Vec<Finding>) {
-        let watermark = self.max_ts.saturating_sub(self.policy.stream.reorder_window);
+        let watermark = self
+            .max_ts
+            .saturating_sub(self.policy.stream.reorder_window);
         self.release(watermark, now, out);
         self.tick(watermark, now, out);
     }
@@ -555,7 +564,10 @@ impl Engine {
         let w = &v.wire;
         let residuals = event::residuals(&w.postings);
         if !residuals.is_empty() {
-            let listed: Vec<String> = residuals.iter().map(|(a, r)| format!("{a} {r:+}")).collect();
+            let listed: Vec<String> = residuals
+                .iter()
+                .map(|(a, r)| format!("{a} {r:+}"))
+                .collect();
             let evidence = json!({
                 "residual": residuals.iter().map(|(a, r)| (a.to_string(), json!(r.to_string()))).collect::<serde_json::Map<_, _>>(),
                 "postings": w.postings,
@@ -565,7 +577,11 @@ impl Engine {
                 v,
                 None,
                 &[w.tx_id.as_bytes()],
-                format!("postings of {} do not sum to zero: {}", w.tx_id, listed.join(", ")),
+                format!(
+                    "postings of {} do not sum to zero: {}",
+                    w.tx_id,
+                    listed.join(", ")
+                ),
                 evidence,
                 now,
             ));
@@ -584,7 +600,12 @@ impl Engine {
                 continue;
             }
             flagged.push(account);
-            let allowed = self.policy.faucets.get(account).cloned().unwrap_or_default();
+            let allowed = self
+                .policy
+                .faucets
+                .get(account)
+                .cloned()
+                .unwrap_or_default();
             out.push(self.finding_for(
                 Invariant::UnauthorizedFaucet,
                 v,
@@ -593,7 +614,11 @@ impl Engine {
                 format!(
                     "system `{}` {verb} `{account}`, which the policy allows only for {}",
                     w.system,
-                    if allowed.is_empty() { "no system".to_string() } else { allowed.join(", ") }
+                    if allowed.is_empty() {
+                        "no system".to_string()
+                    } else {
+                        allowed.join(", ")
+                    }
                 ),
                 json!({"account": account, "system": &*w.system, "allowed_systems": allowed,
                        "kind": &*w.kind, "policy": &self.policy.source}),
@@ -674,7 +699,11 @@ impl Engine {
             Invariant::SeqReuse,
             v,
             None,
-            &[w.system.as_bytes(), &w.seq.to_le_bytes(), w.tx_id.as_bytes()],
+            &[
+                w.system.as_bytes(),
+                &w.seq.to_le_bytes(),
+                w.tx_id.as_bytes(),
+            ],
             format!(
                 "{}/{} seq {} used again by {} (a different tx_id already holds it)",
                 v.realm(),
@@ -694,7 +723,9 @@ impl Engine {
         // Account for its seq so the same root cause is not reported again as a gap.
         if let (Some(system), Some(seq)) = (&m.system, m.seq) {
             if seq > 0 && !system.is_empty() {
-                let r = self.interner.intern(m.realm.as_deref().unwrap_or(event::DEFAULT_REALM));
+                let r = self
+                    .interner
+                    .intern(m.realm.as_deref().unwrap_or(event::DEFAULT_REALM));
                 let s = self.interner.intern(system);
                 let id = self.sequencer.stream_id(r, s);
                 self.sequencer.mark_malformed(id, seq, None);

@@ -52,9 +52,19 @@ pub struct WireEvent<'a> {
     pub actor: Option<Cow<'a, str>>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<Cow<'a, str>>,
-    #[serde(borrow, default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_as_empty")]
+    #[serde(
+        borrow,
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_empty"
+    )]
     pub postings: Vec<WirePosting<'a>>,
-    #[serde(borrow, default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_as_empty")]
+    #[serde(
+        borrow,
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_empty"
+    )]
     pub items: Vec<WireItemMove<'a>>,
 }
 
@@ -197,7 +207,11 @@ fn validate(wire: WireEvent<'_>) -> Result<ValidEvent<'_>, Invalid<'_>> {
         };
     }
     if wire.v != 1 {
-        bail!("v", "unsupported format version `v: {}`; this auditor reads version 1", wire.v);
+        bail!(
+            "v",
+            "unsupported format version `v: {}`; this auditor reads version 1",
+            wire.v
+        );
     }
     if let Err(why) = check_tx_id(&wire.tx_id) {
         bail!("tx_id", "{why}");
@@ -285,10 +299,7 @@ fn check_len(name: &str, s: &str, max: usize) -> Result<(), String> {
     if s.is_empty() {
         Err(format!("`{name}` must not be empty"))
     } else if s.len() > max {
-        Err(format!(
-            "`{name}` is {} bytes; the limit is {max}",
-            s.len()
-        ))
+        Err(format!("`{name}` is {} bytes; the limit is {max}", s.len()))
     } else {
         Ok(())
     }
@@ -326,8 +337,13 @@ fn check_location(s: &str) -> Result<(), String> {
     if container == Some("") {
         return Err(format!("`{s}` has an empty `/container`"));
     }
-    if s.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
-        return Err(format!("`{}` contains whitespace or control characters", s.escape_debug()));
+    if s.bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err(format!(
+            "`{}` contains whitespace or control characters",
+            s.escape_debug()
+        ));
     }
     Ok(())
 }
@@ -376,7 +392,7 @@ pub fn residuals<'a>(postings: &'a [WirePosting<'_>]) -> Vec<(&'a str, i128)> {
 /// xxh3 rather than blake3: this runs on every event, and a 64-bit non-cryptographic
 /// digest is enough to tell a redelivery from a changed re-send of the *same* tx_id.
 pub fn content_digest(w: &WireEvent<'_>, ts: Timestamp) -> u64 {
-    use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+    use xxhash_rust::xxh3::{Xxh3, xxh3_64};
     let mut h = Xxh3::new();
     let mut put = |b: &[u8]| {
         h.update(&(b.len() as u32).to_le_bytes());
@@ -477,23 +493,50 @@ mod tests {
             (r#"{"v":2}"#, "does not match"),
             ("not json", "not valid JSON"),
             (r#"{"v":1,"tx_id":"a"#, "truncated"),
-            (&GOOD.replace(r#""v":1"#, r#""v":2"#), "unsupported format version"),
+            (
+                &GOOD.replace(r#""v":1"#, r#""v":2"#),
+                "unsupported format version",
+            ),
             (&GOOD.replace("trade-000815", "trade 815"), "may only hold"),
             (&GOOD.replace("trade-000815", ""), "must not be empty"),
-            (&GOOD.replace("trade-000815", &"x".repeat(65)), "limit is 64"),
+            (
+                &GOOD.replace("trade-000815", &"x".repeat(65)),
+                "limit is 64",
+            ),
             (&GOOD.replace("eu-1", &"r".repeat(33)), "limit is 32"),
             (&GOOD.replace(r#""seq":815"#, r#""seq":0"#), "≥ 1"),
-            (&GOOD.replace(r#""seq":815"#, r#""seq":-4"#), "does not match"),
-            (&GOOD.replace(r#""seq":815"#, r#""seq":"815""#), "does not match"),
-            (&GOOD.replace("2026-11-27T08:00:00.120Z", "2026-11-27 08:00"), "RFC 3339"),
+            (
+                &GOOD.replace(r#""seq":815"#, r#""seq":-4"#),
+                "does not match",
+            ),
+            (
+                &GOOD.replace(r#""seq":815"#, r#""seq":"815""#),
+                "does not match",
+            ),
+            (
+                &GOOD.replace("2026-11-27T08:00:00.120Z", "2026-11-27 08:00"),
+                "RFC 3339",
+            ),
             (&GOOD.replace("-150", "0"), "non-zero"),
             (&GOOD.replace("-150", "-1.5"), "does not match"),
-            (&GOOD.replace("-150", "9223372036854775808"), "does not match"),
+            (
+                &GOOD.replace("-150", "9223372036854775808"),
+                "does not match",
+            ),
             (&GOOD.replace("player:77/bag", "player77"), "owner:id"),
-            (&GOOD.replace("player:77/bag", "player:77/"), "empty `/container`"),
-            (&GOOD.replace(r#""kind":"trade.settle""#, r#""kind":"""#), "must not be empty"),
+            (
+                &GOOD.replace("player:77/bag", "player:77/"),
+                "empty `/container`",
+            ),
+            (
+                &GOOD.replace(r#""kind":"trade.settle""#, r#""kind":"""#),
+                "must not be empty",
+            ),
             (&GOOD.replace(r#""v":1,"#, ""), "missing field `v`"),
-            (&GOOD.replace(r#""v":1,"#, r#""v":1,"v":1,"#), "duplicate field"),
+            (
+                &GOOD.replace(r#""v":1,"#, r#""v":1,"v":1,"#),
+                "duplicate field",
+            ),
         ];
         for (json, want) in cases {
             let got = reason(json);

@@ -131,7 +131,9 @@ impl fmt::Display for Invariant {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown invariant id `{0}` (known: tx.unbalanced, tx.conflict, item.duplicated, item.phantom_source, item.resurrected, grant.reused, economy.unauthorized_faucet, balance.overdraft, stream.seq_gap, stream.seq_reuse, recon.missing, recon.unexpected, recon.value_mismatch, escrow.stuck, economy.velocity, event.malformed)")]
+#[error(
+    "unknown invariant id `{0}` (known: tx.unbalanced, tx.conflict, item.duplicated, item.phantom_source, item.resurrected, grant.reused, economy.unauthorized_faucet, balance.overdraft, stream.seq_gap, stream.seq_reuse, recon.missing, recon.unexpected, recon.value_mismatch, escrow.stuck, economy.velocity, event.malformed)"
+)]
 pub struct UnknownInvariant(pub String);
 
 impl FromStr for Invariant {
@@ -247,7 +249,10 @@ mod tests {
         let a = fingerprint(Invariant::TxUnbalanced, "eu", &[b"ab", b"c"]);
         let b = fingerprint(Invariant::TxUnbalanced, "eu", &[b"a", b"bc"]);
         assert_ne!(a, b);
-        assert_eq!(a, fingerprint(Invariant::TxUnbalanced, "eu", &[b"ab", b"c"]));
+        assert_eq!(
+            a,
+            fingerprint(Invariant::TxUnbalanced, "eu", &[b"ab", b"c"])
+        );
         assert_eq!(a.len(), 32);
     }
 

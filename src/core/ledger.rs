@@ -10,7 +10,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::finding::{fingerprint, Finding, Invariant};
+use super::finding::{Finding, Invariant, fingerprint};
 use super::intern::{Class, Interner, Sym};
 use super::policy::Policy;
 use super::time::Timestamp;
@@ -159,7 +159,10 @@ impl Ctx<'_> {
                 .iter()
                 .enumerate()
                 .filter(|(_, r)| s.starts_with(&r.account_prefix))
-                .fold(0u8, |bits, (i, _)| if i < 8 { bits | (1 << i) } else { bits }),
+                .fold(
+                    0u8,
+                    |bits, (i, _)| if i < 8 { bits | (1 << i) } else { bits },
+                ),
         })
     }
 
@@ -238,7 +241,11 @@ impl Ledger {
 
     /// Balance of `account`'s `asset` in `realm` (0 when never touched).
     pub fn balance(&self, interner: &Interner, realm: &str, account: &str, asset: &str) -> i128 {
-        match (interner.get(realm), interner.get(account), interner.get(asset)) {
+        match (
+            interner.get(realm),
+            interner.get(account),
+            interner.get(asset),
+        ) {
             (Some(r), Some(a), Some(s)) => self.balances.get(&(r, a, s)).copied().unwrap_or(0),
             _ => 0,
         }
@@ -262,9 +269,17 @@ impl Ledger {
         &'a self,
         interner: &'a Interner,
     ) -> impl Iterator<Item = (&'a str, &'a str, &'a str, i128)> + 'a {
-        self.balances.iter().filter(|(_, v)| **v != 0).map(|((r, a, s), v)| {
-            (interner.resolve(*r), interner.resolve(*a), interner.resolve(*s), *v)
-        })
+        self.balances
+            .iter()
+            .filter(|(_, v)| **v != 0)
+            .map(|((r, a, s), v)| {
+                (
+                    interner.resolve(*r),
+                    interner.resolve(*a),
+                    interner.resolve(*s),
+                    *v,
+                )
+            })
     }
 
     /// Every live item copy, as (realm, item, location) — sorted, so two ledgers can be
@@ -303,7 +318,11 @@ impl Ledger {
         table(&self.balances)
             + table(&self.items)
             + table(&self.copies)
-            + self.copies.values().map(|v| v.capacity() * 4).sum::<usize>()
+            + self
+                .copies
+                .values()
+                .map(|v| v.capacity() * 4)
+                .sum::<usize>()
             + table(&self.grants.by_key)
             + self.grants.by_key.values().map(|t| t.len()).sum::<usize>()
             + self.grants.order.capacity() * 16
@@ -337,7 +356,10 @@ impl Ledger {
                     ev,
                     Some(grant.to_string()),
                     &[grant.as_bytes(), ev.tx_id.as_bytes()],
-                    format!("grant `{grant}` redeemed again by {} (first redeemed by {first})", ev.tx_id),
+                    format!(
+                        "grant `{grant}` redeemed again by {} (first redeemed by {first})",
+                        ev.tx_id
+                    ),
                     json!({"grant": &**grant, "first_tx_id": first, "second_tx_id": &*ev.tx_id}),
                 );
             }
@@ -353,7 +375,10 @@ impl Ledger {
     fn post(&mut self, ev: &Event, p: &Posting, cx: &mut Ctx<'_>) {
         self.stats.postings += 1;
         let class = cx.class(p.account);
-        let bal = self.balances.entry((ev.realm, p.account, p.asset)).or_insert(0);
+        let bal = self
+            .balances
+            .entry((ev.realm, p.account, p.asset))
+            .or_insert(0);
         let before = *bal;
         *bal += i128::from(p.delta);
         let after = *bal;
@@ -367,7 +392,10 @@ impl Ledger {
                 ev,
                 Some(account.clone()),
                 &[account.as_bytes(), asset.as_bytes(), ev.tx_id.as_bytes()],
-                format!("{account} went below zero in {asset}: {before} {:+} = {after}", p.delta),
+                format!(
+                    "{account} went below zero in {asset}: {before} {:+} = {after}",
+                    p.delta
+                ),
                 json!({"account": account, "asset": asset, "balance_before": before.to_string(),
                        "delta": p.delta, "balance_after": after.to_string()}),
             );
@@ -413,7 +441,11 @@ impl Ledger {
                     Invariant::Velocity,
                     ev,
                     Some(account.clone()),
-                    &[account.as_bytes(), asset.as_bytes(), &window_start.0.to_le_bytes()],
+                    &[
+                        account.as_bytes(),
+                        asset.as_bytes(),
+                        &window_start.0.to_le_bytes(),
+                    ],
                     format!(
                         "{account} received {sum} {asset} within {} s (limit {})",
                         rule.window.as_secs(),
@@ -444,15 +476,18 @@ impl Ledger {
                     ev,
                     Some(item.clone()),
                     &[item.as_bytes(), ev.tx_id.as_bytes()],
-                    format!("{item} moved {} → {} after it was burned", cx.s(m.from), cx.s(m.to)),
+                    format!(
+                        "{item} moved {} → {} after it was burned",
+                        cx.s(m.from),
+                        cx.s(m.to)
+                    ),
                     json!({"item": item, "from": cx.s(m.from), "to": cx.s(m.to)}),
                 );
                 self.items.remove(&key);
             }
             (Some(_), true) => {
                 let item = cx.s(m.item);
-                let existing: Vec<String> =
-                    self.locations(key).iter().map(|l| cx.s(*l)).collect();
+                let existing: Vec<String> = self.locations(key).iter().map(|l| cx.s(*l)).collect();
                 cx.raise(
                     Invariant::ItemDuplicated,
                     ev,
@@ -476,7 +511,10 @@ impl Ledger {
                     ev,
                     Some(item.clone()),
                     &[item.as_bytes(), ev.tx_id.as_bytes()],
-                    format!("{item} moved out of {} but the stream never created it", cx.s(m.from)),
+                    format!(
+                        "{item} moved out of {} but the stream never created it",
+                        cx.s(m.from)
+                    ),
                     json!({"item": item, "from": cx.s(m.from), "to": cx.s(m.to),
                            "known_locations": [], "reason": "unknown item"}),
                 );
@@ -578,7 +616,9 @@ impl Ledger {
                 holdings: 0,
             });
             if hold.holdings == 0 {
-                let deadline = ev.ts.saturating_add(cx.policy.escrow[rule as usize].max_hold);
+                let deadline = ev
+                    .ts
+                    .saturating_add(cx.policy.escrow[rule as usize].max_hold);
                 self.escrow_deadlines
                     .push(Reverse((deadline, ev.realm, loc, hold.since)));
             }
@@ -595,7 +635,8 @@ impl Ledger {
     /// its limit. `stream_time` is the auditor's watermark in event time, never a wall
     /// clock, so replaying a stream gives the same findings.
     pub fn tick(&mut self, stream_time: Timestamp, cx: &mut Ctx<'_>) {
-        while let Some(Reverse((deadline, realm, loc, since))) = self.escrow_deadlines.peek().copied()
+        while let Some(Reverse((deadline, realm, loc, since))) =
+            self.escrow_deadlines.peek().copied()
         {
             if deadline >= stream_time {
                 break;

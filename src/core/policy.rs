@@ -142,18 +142,23 @@ impl Policy {
             return Err(invalid(
                 span,
                 "stream.reorder_window_ms",
-                format!("{window_ms} ms is more than an hour; the engine holds every event that long"),
+                format!(
+                    "{window_ms} ms is more than an hour; the engine holds every event that long"
+                ),
             ));
         }
-        let positive = |v: Option<Spanned<u64>>, key: &str, default: u64| -> Result<u64, PolicyError> {
-            match v {
-                None => Ok(default),
-                Some(v) if *v.get_ref() == 0 => {
-                    Err(invalid(Some(v.span()), key, "must be greater than zero".into()))
+        let positive =
+            |v: Option<Spanned<u64>>, key: &str, default: u64| -> Result<u64, PolicyError> {
+                match v {
+                    None => Ok(default),
+                    Some(v) if *v.get_ref() == 0 => Err(invalid(
+                        Some(v.span()),
+                        key,
+                        "must be greater than zero".into(),
+                    )),
+                    Some(v) => Ok(*v.get_ref()),
                 }
-                Some(v) => Ok(*v.get_ref()),
-            }
-        };
+            };
         let stream = StreamPolicy {
             reorder_window: Duration::from_millis(window_ms),
             dedup_window_txs: positive(s.dedup_window_txs, "stream.dedup_window_txs", 1_000_000)?
@@ -168,7 +173,7 @@ impl Policy {
                         s.streams_start_at.as_ref().map(Spanned::span),
                         "stream.streams_start_at",
                         format!("`{other}` is not one of \"first-seen\", \"one\""),
-                    ))
+                    ));
                 }
             },
         };
@@ -226,11 +231,22 @@ impl Policy {
 
         let mut severity = BTreeMap::new();
         for (id, sev) in raw.severity {
-            let inv: Invariant = id.get_ref().parse().map_err(|e: super::finding::UnknownInvariant| {
-                invalid(Some(id.span()), &format!("severity.\"{}\"", id.get_ref()), e.to_string())
-            })?;
+            let inv: Invariant =
+                id.get_ref()
+                    .parse()
+                    .map_err(|e: super::finding::UnknownInvariant| {
+                        invalid(
+                            Some(id.span()),
+                            &format!("severity.\"{}\"", id.get_ref()),
+                            e.to_string(),
+                        )
+                    })?;
             let sev: Severity = sev.get_ref().parse().map_err(|e: String| {
-                invalid(Some(sev.span()), &format!("severity.\"{}\"", id.get_ref()), e)
+                invalid(
+                    Some(sev.span()),
+                    &format!("severity.\"{}\"", id.get_ref()),
+                    e,
+                )
             })?;
             severity.insert(inv, sev);
         }
@@ -326,8 +342,18 @@ mod tests {
     fn shipped_policy_is_valid_and_covers_the_twelve_systems() {
         let p = Policy::builtin();
         for sys in [
-            "loot", "vendor", "inventory", "bank", "trade", "mail", "auction", "crafting",
-            "quest", "guild_bank", "economy", "character",
+            "loot",
+            "vendor",
+            "inventory",
+            "bank",
+            "trade",
+            "mail",
+            "auction",
+            "crafting",
+            "quest",
+            "guild_bank",
+            "economy",
+            "character",
         ] {
             assert!(p.expected_systems.iter().any(|s| s == sys), "{sys}");
         }
@@ -358,13 +384,19 @@ mod tests {
     fn semantic_errors_name_line_and_key() {
         let text = "[severity]\n\"tx.unbalanced\" = \"critical\"\n\"item.dupe\" = \"major\"\n";
         let err = Policy::parse(text, "p.toml").unwrap_err().to_string();
-        assert!(err.starts_with("p.toml:3: severity.\"item.dupe\":"), "{err}");
+        assert!(
+            err.starts_with("p.toml:3: severity.\"item.dupe\":"),
+            "{err}"
+        );
         let text = "[faucets]\n\"player:1\" = [\"loot\"]\n";
         let err = Policy::parse(text, "p.toml").unwrap_err().to_string();
         assert!(err.contains("p.toml:2:") && err.contains("world:"), "{err}");
         let text = "[stream]\nstreams_start_at = \"zero\"\n";
         let err = Policy::parse(text, "p.toml").unwrap_err().to_string();
-        assert!(err.starts_with("p.toml:2: stream.streams_start_at"), "{err}");
+        assert!(
+            err.starts_with("p.toml:2: stream.streams_start_at"),
+            "{err}"
+        );
     }
 
     #[test]

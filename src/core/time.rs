@@ -4,8 +4,8 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// Nanoseconds since the Unix epoch, UTC. Fits any RFC 3339 time between years 1678
 /// and 2262, which covers every game backend that will ever feed us.
@@ -92,13 +92,36 @@ fn fast_rfc3339(b: &[u8]) -> Option<Timestamp> {
         }
         Some(v)
     }
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let (year, month, day) = (digits(&b[0..4])?, digits(&b[5..7])?, digits(&b[8..10])?);
-    let (hour, minute, second) = (digits(&b[11..13])?, digits(&b[14..16])?, digits(&b[17..19])?);
+    let (hour, minute, second) = (
+        digits(&b[11..13])?,
+        digits(&b[14..16])?,
+        digits(&b[17..19])?,
+    );
     let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     if !(1..=12).contains(&month)
         || day < 1
         || day > month_days[(month - 1) as usize]
@@ -145,7 +168,9 @@ fn fast_rfc3339(b: &[u8]) -> Option<Timestamp> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
-    secs.checked_mul(1_000_000_000)?.checked_add(nanos).map(Timestamp)
+    secs.checked_mul(1_000_000_000)?
+        .checked_add(nanos)
+        .map(Timestamp)
 }
 
 fn duration_nanos(d: Duration) -> i64 {
@@ -219,7 +244,13 @@ mod tests {
 
     #[test]
     fn rejects_non_rfc3339() {
-        for s in ["2026-11-27", "yesterday", "2026-11-27T08:00:00", "", "2026-13-01T00:00:00Z"] {
+        for s in [
+            "2026-11-27",
+            "yesterday",
+            "2026-11-27T08:00:00",
+            "",
+            "2026-13-01T00:00:00Z",
+        ] {
             assert!(Timestamp::parse_rfc3339(s).is_err(), "{s}");
         }
     }

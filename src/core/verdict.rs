@@ -31,13 +31,22 @@ impl Verdict {
         let mut blocking_invariants: Vec<(Severity, Invariant)> = Vec::new();
         for f in findings {
             *by_severity.entry(f.severity).or_insert(0) += 1;
-            if f.severity.blocks_deploy() && !blocking_invariants.iter().any(|(_, i)| *i == f.invariant) {
+            if f.severity.blocks_deploy()
+                && !blocking_invariants.iter().any(|(_, i)| *i == f.invariant)
+            {
                 blocking_invariants.push((f.severity, f.invariant));
             }
         }
         blocking_invariants.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        let blocking = findings.iter().filter(|f| f.severity.blocks_deploy()).count();
-        let decision = if blocking == 0 { Decision::Go } else { Decision::NoGo };
+        let blocking = findings
+            .iter()
+            .filter(|f| f.severity.blocks_deploy())
+            .count();
+        let decision = if blocking == 0 {
+            Decision::Go
+        } else {
+            Decision::NoGo
+        };
         let reason = if blocking == 0 {
             "no critical or major finding".to_string()
         } else {

@@ -251,7 +251,9 @@ impl Config {
             file: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text, &path.display().to_string(), |k| std::env::var(k).ok())
+        Config::parse(&text, &path.display().to_string(), |k| {
+            std::env::var(k).ok()
+        })
     }
 
     /// Parses `text`; `env` supplies `ASSAYER_DATABASE_URL` / `ASSAYER_AMQP_URL`.
@@ -288,16 +290,30 @@ impl Config {
         let queue = a.queue.unwrap_or_else(|| "assayer.audit".into());
         let realms = a.realms.unwrap_or_else(|| vec!["*".into()]);
         if realms.is_empty() {
-            return Err(invalid("amqp.realms", "list at least one realm, or \"*\"".into()));
+            return Err(invalid(
+                "amqp.realms",
+                "list at least one realm, or \"*\"".into(),
+            ));
         }
-        if let Some(bad) = realms.iter().find(|r| r.is_empty() || r.contains(['.', '#'])) {
+        if let Some(bad) = realms
+            .iter()
+            .find(|r| r.is_empty() || r.contains(['.', '#']))
+        {
             return Err(invalid(
                 "amqp.realms",
                 format!("`{bad}` cannot be a routing-key segment (empty, or holds `.`/`#`)"),
             ));
         }
-        let backoff_min = positive(a.reconnect_backoff_min_ms, "amqp.reconnect_backoff_min_ms", d::RECONNECT_BACKOFF_MIN_MS)?;
-        let backoff_max = positive(a.reconnect_backoff_max_ms, "amqp.reconnect_backoff_max_ms", d::RECONNECT_BACKOFF_MAX_MS)?;
+        let backoff_min = positive(
+            a.reconnect_backoff_min_ms,
+            "amqp.reconnect_backoff_min_ms",
+            d::RECONNECT_BACKOFF_MIN_MS,
+        )?;
+        let backoff_max = positive(
+            a.reconnect_backoff_max_ms,
+            "amqp.reconnect_backoff_max_ms",
+            d::RECONNECT_BACKOFF_MAX_MS,
+        )?;
         if backoff_min > backoff_max {
             return Err(invalid(
                 "amqp.reconnect_backoff_min_ms",
@@ -305,17 +321,30 @@ impl Config {
             ));
         }
         let prefetch = match a.prefetch_count_max {
-            Some(0) => return Err(invalid("amqp.prefetch_count_max", "must be greater than zero (0 means unlimited in AMQP)".into())),
+            Some(0) => {
+                return Err(invalid(
+                    "amqp.prefetch_count_max",
+                    "must be greater than zero (0 means unlimited in AMQP)".into(),
+                ));
+            }
             Some(v) => v,
             None => d::PREFETCH_COUNT_MAX,
         };
         let listen_s = raw.http.listen.unwrap_or_else(|| d::HTTP_LISTEN.into());
         let listen: SocketAddr = listen_s.parse().map_err(|e| {
-            invalid("http.listen", format!("`{listen_s}` is not an address:port ({e})"))
+            invalid(
+                "http.listen",
+                format!("`{listen_s}` is not an address:port ({e})"),
+            )
         })?;
         let c = raw.checkpoint;
         let batch_events_max = match c.batch_events_max {
-            Some(0) => return Err(invalid("checkpoint.batch_events_max", "must be greater than zero".into())),
+            Some(0) => {
+                return Err(invalid(
+                    "checkpoint.batch_events_max",
+                    "must be greater than zero".into(),
+                ));
+            }
             Some(v) => v,
             None => d::BATCH_EVENTS_MAX,
         };
@@ -329,14 +358,28 @@ impl Config {
                     d::SHUTDOWN_DEADLINE_MS,
                 )?),
             },
-            policy: PolicyConfig { dir: raw.policy.dir },
+            policy: PolicyConfig {
+                dir: raw.policy.dir,
+            },
             database: DatabaseConfig {
                 url: env("ASSAYER_DATABASE_URL")
                     .or(raw.database.url)
                     .unwrap_or_else(|| d::DATABASE_URL.into()),
-                pool_size_max: positive(raw.database.pool_size_max.map(u64::from), "database.pool_size_max", u64::from(d::POOL_SIZE_MAX))? as u32,
-                connect_timeout: Duration::from_millis(positive(raw.database.connect_timeout_ms, "database.connect_timeout_ms", d::CONNECT_TIMEOUT_MS)?),
-                statement_timeout: Duration::from_millis(positive(raw.database.statement_timeout_ms, "database.statement_timeout_ms", d::STATEMENT_TIMEOUT_MS)?),
+                pool_size_max: positive(
+                    raw.database.pool_size_max.map(u64::from),
+                    "database.pool_size_max",
+                    u64::from(d::POOL_SIZE_MAX),
+                )? as u32,
+                connect_timeout: Duration::from_millis(positive(
+                    raw.database.connect_timeout_ms,
+                    "database.connect_timeout_ms",
+                    d::CONNECT_TIMEOUT_MS,
+                )?),
+                statement_timeout: Duration::from_millis(positive(
+                    raw.database.statement_timeout_ms,
+                    "database.statement_timeout_ms",
+                    d::STATEMENT_TIMEOUT_MS,
+                )?),
             },
             amqp: AmqpConfig {
                 url: env("ASSAYER_AMQP_URL")
@@ -344,27 +387,63 @@ impl Config {
                     .unwrap_or_else(|| d::AMQP_URL.into()),
                 declare: a.declare.unwrap_or(true),
                 exchange: a.exchange.unwrap_or_else(|| "assayer.events".into()),
-                dead_letter_exchange: a.dead_letter_exchange.unwrap_or_else(|| "assayer.dead".into()),
-                dead_letter_queue: a.dead_letter_queue.unwrap_or_else(|| format!("{queue}.dead")),
-                findings_exchange: a.findings_exchange.unwrap_or_else(|| "assayer.findings".into()),
+                dead_letter_exchange: a
+                    .dead_letter_exchange
+                    .unwrap_or_else(|| "assayer.dead".into()),
+                dead_letter_queue: a
+                    .dead_letter_queue
+                    .unwrap_or_else(|| format!("{queue}.dead")),
+                findings_exchange: a
+                    .findings_exchange
+                    .unwrap_or_else(|| "assayer.findings".into()),
                 queue,
                 realms,
                 prefetch_count_max: prefetch,
                 reconnect_backoff_min: Duration::from_millis(backoff_min),
                 reconnect_backoff_max: Duration::from_millis(backoff_max),
-                operation_timeout: Duration::from_millis(positive(a.operation_timeout_ms, "amqp.operation_timeout_ms", d::OPERATION_TIMEOUT_MS)?),
+                operation_timeout: Duration::from_millis(positive(
+                    a.operation_timeout_ms,
+                    "amqp.operation_timeout_ms",
+                    d::OPERATION_TIMEOUT_MS,
+                )?),
             },
             checkpoint: CheckpointConfig {
-                batch_interval: Duration::from_millis(positive(c.batch_interval_ms, "checkpoint.batch_interval_ms", d::BATCH_INTERVAL_MS)?),
+                batch_interval: Duration::from_millis(positive(
+                    c.batch_interval_ms,
+                    "checkpoint.batch_interval_ms",
+                    d::BATCH_INTERVAL_MS,
+                )?),
                 batch_events_max,
-                snapshot_interval_events: positive(c.snapshot_interval_events, "checkpoint.snapshot_interval_events", d::SNAPSHOT_INTERVAL_EVENTS)?,
-                snapshot_interval: Duration::from_millis(positive(c.snapshot_interval_ms, "checkpoint.snapshot_interval_ms", d::SNAPSHOT_INTERVAL_MS)?),
-                journal_retention: Duration::from_secs(3600 * positive(c.journal_retention_hours, "checkpoint.journal_retention_hours", d::JOURNAL_RETENTION_HOURS)?),
+                snapshot_interval_events: positive(
+                    c.snapshot_interval_events,
+                    "checkpoint.snapshot_interval_events",
+                    d::SNAPSHOT_INTERVAL_EVENTS,
+                )?,
+                snapshot_interval: Duration::from_millis(positive(
+                    c.snapshot_interval_ms,
+                    "checkpoint.snapshot_interval_ms",
+                    d::SNAPSHOT_INTERVAL_MS,
+                )?),
+                journal_retention: Duration::from_secs(
+                    3600 * positive(
+                        c.journal_retention_hours,
+                        "checkpoint.journal_retention_hours",
+                        d::JOURNAL_RETENTION_HOURS,
+                    )?,
+                ),
             },
             http: HttpConfig { listen },
             readiness: ReadinessConfig {
-                lag_max: Duration::from_millis(positive(raw.readiness.lag_max_ms, "readiness.lag_max_ms", d::LAG_MAX_MS)?),
-                checkpoint_age_max: Duration::from_millis(positive(raw.readiness.checkpoint_age_max_ms, "readiness.checkpoint_age_max_ms", d::CHECKPOINT_AGE_MAX_MS)?),
+                lag_max: Duration::from_millis(positive(
+                    raw.readiness.lag_max_ms,
+                    "readiness.lag_max_ms",
+                    d::LAG_MAX_MS,
+                )?),
+                checkpoint_age_max: Duration::from_millis(positive(
+                    raw.readiness.checkpoint_age_max_ms,
+                    "readiness.checkpoint_age_max_ms",
+                    d::CHECKPOINT_AGE_MAX_MS,
+                )?),
             },
         })
     }
@@ -408,17 +487,28 @@ mod tests {
 
     #[test]
     fn unknown_key_fails_with_line_and_key() {
-        let err = parse("[amqp]\nqueue = \"q\"\nprefetch = 10\n").unwrap_err().to_string();
+        let err = parse("[amqp]\nqueue = \"q\"\nprefetch = 10\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("c.toml:3: prefetch:"), "{err}");
     }
 
     #[test]
     fn semantic_errors_name_line_and_key() {
-        let err = parse("[amqp]\n\nprefetch_count_max = 0\n").unwrap_err().to_string();
-        assert!(err.starts_with("c.toml:3: amqp.prefetch_count_max:"), "{err}");
-        let err = parse("[amqp]\nrealms = [\"eu.1\"]\n").unwrap_err().to_string();
+        let err = parse("[amqp]\n\nprefetch_count_max = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("c.toml:3: amqp.prefetch_count_max:"),
+            "{err}"
+        );
+        let err = parse("[amqp]\nrealms = [\"eu.1\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("c.toml:2: amqp.realms:"), "{err}");
-        let err = parse("[http]\nlisten = \"nope\"\n").unwrap_err().to_string();
+        let err = parse("[http]\nlisten = \"nope\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("http.listen"), "{err}");
     }
 
@@ -430,7 +520,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.amqp.url, "amqp://u:hunter2@mq:5672/%2f");
         let shown = serde_json::to_string(&c).unwrap();
-        assert!(!shown.contains("hunter2") && shown.contains("u:****@mq"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("u:****@mq"),
+            "{shown}"
+        );
         assert!(shown.contains("a:****@h/db"), "{shown}");
     }
 

@@ -5,7 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
@@ -77,13 +77,21 @@ impl Metrics {
             database_connected: Gauge::default(),
             registry: Registry::default(),
         };
-        r.register("messages_received", "AMQP messages received", m.messages_received.clone());
+        r.register(
+            "messages_received",
+            "AMQP messages received",
+            m.messages_received.clone(),
+        );
         r.register(
             "events",
             "Events by outcome: accepted, redelivered, conflict, stale, malformed",
             m.events.clone(),
         );
-        r.register("findings", "Findings raised, by invariant and severity", m.findings.clone());
+        r.register(
+            "findings",
+            "Findings raised, by invariant and severity",
+            m.findings.clone(),
+        );
         r.register(
             "stream_lag_seconds",
             "Wall clock minus the newest event ts seen, per realm and system (a silent system grows)",
@@ -99,8 +107,16 @@ impl Metrics {
             "Time to commit a batch (journal, findings, head, snapshot) to PostgreSQL",
             m.checkpoint_seconds.clone(),
         );
-        r.register("checkpoint_snapshot_bytes", "Size of the last engine snapshot", m.snapshot_bytes.clone());
-        r.register("journal_position", "Journal head of this daemon's group", m.journal_position.clone());
+        r.register(
+            "checkpoint_snapshot_bytes",
+            "Size of the last engine snapshot",
+            m.snapshot_bytes.clone(),
+        );
+        r.register(
+            "journal_position",
+            "Journal head of this daemon's group",
+            m.journal_position.clone(),
+        );
         r.register(
             "reorder_buffer_events",
             "Events held in the reorder window",
@@ -111,11 +127,31 @@ impl Metrics {
             "From receipt of the message to the finding being published",
             m.detection_latency_seconds.clone(),
         );
-        r.register("batch_events", "Events per committed batch", m.batch_events.clone());
-        r.register("dead_lettered_messages", "Messages sent to the dead-letter queue", m.dead_lettered.clone());
-        r.register("reconnects", "Sessions restarted after a broker or database failure", m.reconnects.clone());
-        r.register("broker_connected", "1 while connected to RabbitMQ", m.broker_connected.clone());
-        r.register("database_connected", "1 while connected to PostgreSQL", m.database_connected.clone());
+        r.register(
+            "batch_events",
+            "Events per committed batch",
+            m.batch_events.clone(),
+        );
+        r.register(
+            "dead_lettered_messages",
+            "Messages sent to the dead-letter queue",
+            m.dead_lettered.clone(),
+        );
+        r.register(
+            "reconnects",
+            "Sessions restarted after a broker or database failure",
+            m.reconnects.clone(),
+        );
+        r.register(
+            "broker_connected",
+            "1 while connected to RabbitMQ",
+            m.broker_connected.clone(),
+        );
+        r.register(
+            "database_connected",
+            "1 while connected to PostgreSQL",
+            m.database_connected.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 

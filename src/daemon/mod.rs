@@ -126,7 +126,10 @@ pub async fn restore(pg: &Pg, policy: &Policy) -> Result<Restored, DaemonError> 
             (e, s.position)
         }
         Some(s) => {
-            warn!(found = s.format, "snapshot format changed; rebuilding from the whole journal");
+            warn!(
+                found = s.format,
+                "snapshot format changed; rebuilding from the whole journal"
+            );
             (Engine::new(policy.clone()), 0)
         }
         None => (Engine::new(policy.clone()), 0),
@@ -197,7 +200,12 @@ impl Pending {
 }
 
 impl<'a> Session<'a> {
-    fn new(config: &'a Config, policy: &'a Policy, metrics: &'a Metrics, health: &'a Health) -> Self {
+    fn new(
+        config: &'a Config,
+        policy: &'a Policy,
+        metrics: &'a Metrics,
+        health: &'a Health,
+    ) -> Self {
         let a = &config.amqp;
         Session {
             config,
@@ -230,17 +238,27 @@ impl<'a> Session<'a> {
         .await?;
         pg.migrate().await?;
         self.metrics.database_connected.set(1);
-        let bus = Amqp::connect(&c.amqp.url, &format!("assayer {}", c.daemon.group), c.amqp.operation_timeout).await?;
+        let bus = Amqp::connect(
+            &c.amqp.url,
+            &format!("assayer {}", c.daemon.group),
+            c.amqp.operation_timeout,
+        )
+        .await?;
         bus.declare(&self.topology).await?;
         self.metrics.broker_connected.set(1);
         let restored = restore(&pg, self.policy).await?;
         let mut engine = restored.engine;
         let mut snapshot_at = (restored.events_at_snapshot, Instant::now());
-        info!(position = restored.position, "engine restored from PostgreSQL");
+        info!(
+            position = restored.position,
+            "engine restored from PostgreSQL"
+        );
         self.publish_outbox(&pg, &bus).await?;
 
         let tag = format!("assayer-{}-{}", c.daemon.group, std::process::id());
-        let mut consumer = bus.consume(&c.amqp.queue, c.amqp.prefetch_count_max, &tag).await?;
+        let mut consumer = bus
+            .consume(&c.amqp.queue, c.amqp.prefetch_count_max, &tag)
+            .await?;
         self.health.connected(true, true);
         self.health.durable(Duration::ZERO);
         let mut pending = Pending::new(restored.position);
@@ -295,13 +313,22 @@ impl<'a> Session<'a> {
 
     /// If another daemon of the group (the previously active one) advanced the journal,
     /// replay what it wrote before touching anything.
-    async fn catch_up(&self, pg: &Pg, engine: &mut Engine, pending: &mut Pending) -> Result<(), DaemonError> {
+    async fn catch_up(
+        &self,
+        pg: &Pg,
+        engine: &mut Engine,
+        pending: &mut Pending,
+    ) -> Result<(), DaemonError> {
         let head = pg.head().await?;
         let mut position = pending.batch.expected_head;
         if head == position {
             return Ok(());
         }
-        info!(from = position, to = head, "journal advanced by another daemon of this group; catching up");
+        info!(
+            from = position,
+            to = head,
+            "journal advanced by another daemon of this group; catching up"
+        );
         let now = Timestamp::now();
         let mut scratch = Vec::new();
         while position < head {
@@ -328,11 +355,19 @@ impl<'a> Session<'a> {
     ) -> Result<(), DaemonError> {
         let received = Instant::now();
         self.metrics.messages_received.inc();
-        let content_type = d.properties.content_type().as_ref().map(|c| c.as_str().to_string());
+        let content_type = d
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|c| c.as_str().to_string());
         let ndjson = amqp::is_ndjson(content_type.as_deref());
         let now = Timestamp::now();
         let mut out: Vec<Finding> = Vec::new();
-        let limit = if ndjson { MAX_MESSAGE_BYTES } else { MAX_EVENT_BYTES };
+        let limit = if ndjson {
+            MAX_MESSAGE_BYTES
+        } else {
+            MAX_EVENT_BYTES
+        };
         let lines: Vec<&[u8]> = if ndjson {
             d.data
                 .split(|b| *b == b'\n')
@@ -346,7 +381,11 @@ impl<'a> Session<'a> {
             Some(format!(
                 "message is {} bytes; events-v1 allows at most {limit} for {}",
                 d.data.len(),
-                if ndjson { "an NDJSON batch" } else { "one event" }
+                if ndjson {
+                    "an NDJSON batch"
+                } else {
+                    "one event"
+                }
             ))
         } else if lines.len() > MAX_EVENTS_PER_MESSAGE {
             Some(format!(
@@ -359,8 +398,13 @@ impl<'a> Session<'a> {
         if let Some(reason) = message_problem {
             // The whole message is set aside: one finding, one dead letter.
             engine.malformed_message(&d.data, &reason, now, &mut out);
-            bus.dead_letter(&self.topology, &d.data, content_type.as_deref().unwrap_or(amqp::CONTENT_JSON), &reason)
-                .await?;
+            bus.dead_letter(
+                &self.topology,
+                &d.data,
+                content_type.as_deref().unwrap_or(amqp::CONTENT_JSON),
+                &reason,
+            )
+            .await?;
             self.metrics.dead_lettered.inc();
             self.metrics.outcome(Outcome::Malformed);
         } else {
@@ -388,7 +432,10 @@ impl<'a> Session<'a> {
                             .iter()
                             .find(|f| f.invariant == Invariant::Malformed)
                             .expect("a malformed outcome raises event.malformed");
-                        let reason = f.evidence["reason"].as_str().unwrap_or("malformed").to_string();
+                        let reason = f.evidence["reason"]
+                            .as_str()
+                            .unwrap_or("malformed")
+                            .to_string();
                         pending.batch.entries.push(JournalEntry {
                             position,
                             kind: EntryKind::Malformed,
@@ -404,7 +451,8 @@ impl<'a> Session<'a> {
                             postings: Vec::new(),
                         });
                         pending.batch.new_head = position;
-                        bus.dead_letter(&self.topology, line, amqp::CONTENT_JSON, &reason).await?;
+                        bus.dead_letter(&self.topology, line, amqp::CONTENT_JSON, &reason)
+                            .await?;
                         self.metrics.dead_lettered.inc();
                     }
                     Outcome::Redelivered | Outcome::Conflict | Outcome::Stale => {}
@@ -420,7 +468,9 @@ impl<'a> Session<'a> {
                 "{}", f.message
             );
         }
-        pending.raised_at.extend(std::iter::repeat_n(received, out.len()));
+        pending
+            .raised_at
+            .extend(std::iter::repeat_n(received, out.len()));
         pending.batch.findings.extend(out);
         pending.last_tag = Some(d.delivery_tag);
         Ok(())
@@ -461,7 +511,9 @@ impl<'a> Session<'a> {
         if has_writes {
             pg.commit(&pending.batch).await?;
         }
-        self.metrics.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .checkpoint_seconds
+            .observe(started.elapsed().as_secs_f64());
         bus.ack_through(last_tag).await?;
         if due {
             *snapshot_at = (head, Instant::now());
@@ -469,12 +521,16 @@ impl<'a> Session<'a> {
             match pg.prune_journal(cp.journal_retention).await {
                 Ok(0) => {}
                 Ok(n) => info!(rows = n, "pruned journal rows past retention"),
-                Err(e) => warn!(error = %e, "journal pruning failed; will retry at the next snapshot"),
+                Err(e) => {
+                    warn!(error = %e, "journal pruning failed; will retry at the next snapshot")
+                }
             }
         }
         self.metrics.batch_events.observe(pending.events as f64);
         self.metrics.journal_position.set(head);
-        self.metrics.reorder_buffer_events.set(engine.reorder_depth() as i64);
+        self.metrics
+            .reorder_buffer_events
+            .set(engine.reorder_depth() as i64);
         let wall = Timestamp::now();
         for (realm, system, _, last_ts) in engine.streams() {
             self.metrics
@@ -495,8 +551,11 @@ impl<'a> Session<'a> {
         if !findings.is_empty() {
             let mut published = Vec::with_capacity(findings.len());
             for (f, at) in findings.iter().zip(raised_at) {
-                bus.publish_finding(&self.topology.findings_exchange, f).await?;
-                self.metrics.detection_latency_seconds.observe(at.elapsed().as_secs_f64());
+                bus.publish_finding(&self.topology.findings_exchange, f)
+                    .await?;
+                self.metrics
+                    .detection_latency_seconds
+                    .observe(at.elapsed().as_secs_f64());
                 published.push(f.fingerprint.clone());
             }
             pg.mark_published(&published).await?;
@@ -514,7 +573,8 @@ impl<'a> Session<'a> {
             }
             let mut done = Vec::with_capacity(findings.len());
             for f in &findings {
-                bus.publish_finding(&self.topology.findings_exchange, f).await?;
+                bus.publish_finding(&self.topology.findings_exchange, f)
+                    .await?;
                 done.push(f.fingerprint.clone());
             }
             pg.mark_published(&done).await?;
@@ -523,8 +583,14 @@ impl<'a> Session<'a> {
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(0, |i| i + 1);
-    let start = b[..end].iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(end);
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    let start = b[..end]
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(end);
     &b[start..end]
 }
 

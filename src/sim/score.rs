@@ -20,10 +20,19 @@ impl Expected {
     pub fn matches(&self, f: &Finding) -> bool {
         self.invariant == f.invariant
             && self.realm == f.realm
-            && self.system.as_ref().is_none_or(|s| f.system.as_ref() == Some(s))
-            && self.tx_id.as_ref().is_none_or(|t| f.tx_id.as_ref() == Some(t))
+            && self
+                .system
+                .as_ref()
+                .is_none_or(|s| f.system.as_ref() == Some(s))
+            && self
+                .tx_id
+                .as_ref()
+                .is_none_or(|t| f.tx_id.as_ref() == Some(t))
             && self.seq.is_none_or(|s| f.seq == Some(s))
-            && self.subject.as_ref().is_none_or(|s| f.subject.as_ref() == Some(s))
+            && self
+                .subject
+                .as_ref()
+                .is_none_or(|s| f.subject.as_ref() == Some(s))
     }
 }
 

@@ -55,7 +55,9 @@ impl TestDb {
     }
 
     pub async fn connect(&self) -> PgConnection {
-        PgConnection::connect(&self.url).await.expect("connect to test database")
+        PgConnection::connect(&self.url)
+            .await
+            .expect("connect to test database")
     }
 }
 
@@ -64,7 +66,9 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop runs outside any runtime guarantee: use a thread with its own runtime.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             if let Ok(rt) = rt {
                 rt.block_on(async {
                     if let Ok(mut admin) = PgConnection::connect(PG_ADMIN).await {
@@ -129,7 +133,9 @@ impl TestBus {
     /// daemon starts are queued.
     pub async fn declare(&self) {
         let bus = Self::connect().await;
-        bus.declare(&self.topology()).await.expect("declare topology");
+        bus.declare(&self.topology())
+            .await
+            .expect("declare topology");
         bus.close().await;
     }
 
@@ -149,7 +155,9 @@ impl TestBus {
             batch,
             confirms_in_flight_max: 512,
         };
-        amqp::publish_stream(&bus, &opts, rx).await.expect("publish");
+        amqp::publish_stream(&bus, &opts, rx)
+            .await
+            .expect("publish");
         feeder.await.expect("feeder");
         bus.close().await;
     }
@@ -185,24 +193,34 @@ impl Drop for TestBus {
             ],
         );
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async {
-                let Ok(bus) = Amqp::connect(AMQP_URL, "assayer test cleanup", Duration::from_secs(5)).await
+                let Ok(bus) =
+                    Amqp::connect(AMQP_URL, "assayer test cleanup", Duration::from_secs(5)).await
                 else {
                     return;
                 };
                 for q in &names.0 {
                     let _ = bus
                         .channel()
-                        .queue_delete(q.as_str().into(), lapin::options::QueueDeleteOptions::default())
+                        .queue_delete(
+                            q.as_str().into(),
+                            lapin::options::QueueDeleteOptions::default(),
+                        )
                         .await;
                 }
                 for e in &names.1 {
                     let _ = bus
                         .channel()
-                        .exchange_delete(e.as_str().into(), lapin::options::ExchangeDeleteOptions::default())
+                        .exchange_delete(
+                            e.as_str().into(),
+                            lapin::options::ExchangeDeleteOptions::default(),
+                        )
                         .await;
                 }
                 bus.close().await;
@@ -221,7 +239,13 @@ pub fn free_port() -> u16 {
 }
 
 /// Writes a daemon config for this test's database and bus.
-pub fn write_config(dir: &std::path::Path, db: &TestDb, bus: &TestBus, port: u16, extra: &str) -> PathBuf {
+pub fn write_config(
+    dir: &std::path::Path,
+    db: &TestDb,
+    bus: &TestBus,
+    port: u16,
+    extra: &str,
+) -> PathBuf {
     let path = dir.join("assayer.toml");
     let text = format!(
         r#"[daemon]
@@ -298,7 +322,10 @@ impl DaemonProc {
             }
             if Instant::now() > deadline {
                 self.kill9();
-                panic!("daemon did not stop within 30 s of SIGTERM; log: {}", self.log.display());
+                panic!(
+                    "daemon did not stop within 30 s of SIGTERM; log: {}",
+                    self.log.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -331,7 +358,13 @@ pub async fn head(db: &TestDb, group: &str) -> i64 {
 
 /// Waits until the journal head reaches `target` (panics with the daemon log after
 /// `timeout`).
-pub async fn wait_for_head(db: &TestDb, group: &str, target: i64, timeout: Duration, daemon: Option<&DaemonProc>) {
+pub async fn wait_for_head(
+    db: &TestDb,
+    group: &str,
+    target: i64,
+    timeout: Duration,
+    daemon: Option<&DaemonProc>,
+) {
     let deadline = Instant::now() + timeout;
     loop {
         let h = head(db, group).await;
@@ -340,8 +373,18 @@ pub async fn wait_for_head(db: &TestDb, group: &str, target: i64, timeout: Durat
         }
         if Instant::now() > deadline {
             let log = daemon.map(|d| d.log_text()).unwrap_or_default();
-            let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-            panic!("journal head {h} did not reach {target} within {timeout:?}; daemon log tail:\n{tail}");
+            let tail: String = log
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!(
+                "journal head {h} did not reach {target} within {timeout:?}; daemon log tail:\n{tail}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -373,7 +416,13 @@ pub fn closing_heartbeats(lines: &[Vec<u8>]) -> Vec<Vec<u8>> {
 }
 
 /// Accepted + malformed inputs: what the journal should hold for `lines`.
-pub fn offline(lines: &[Vec<u8>]) -> (assayer::core::engine::Engine, Vec<assayer::core::finding::Finding>, i64) {
+pub fn offline(
+    lines: &[Vec<u8>],
+) -> (
+    assayer::core::engine::Engine,
+    Vec<assayer::core::finding::Finding>,
+    i64,
+) {
     use assayer::core::engine::{Engine, Outcome};
     let mut engine = Engine::new(assayer::core::policy::Policy::builtin());
     let mut out = Vec::new();
@@ -399,12 +448,20 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
 /// Polls `path` until `ok` accepts the response or `timeout` passes.
-pub async fn wait_http(port: u16, path: &str, timeout: Duration, ok: impl Fn(u16, &str) -> bool) -> (u16, String) {
+pub async fn wait_http(
+    port: u16,
+    path: &str,
+    timeout: Duration,
+    ok: impl Fn(u16, &str) -> bool,
+) -> (u16, String) {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some((code, body)) = http_get(port, path) {
