@@ -281,7 +281,7 @@ async fn raw_consume(bus: &Amqp, queue: &str, expect: usize) -> f64 {
     while got < expect {
         let d = consumer.next().await.expect("stream").expect("delivery");
         got += 1;
-        if got % 100 == 0 || got == expect {
+        if got.is_multiple_of(100) || got == expect {
             chan.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true })
                 .await
                 .expect("ack");
@@ -435,13 +435,12 @@ async fn run_daemon(
                 Ok(Some(Ok(d))) => {
                     let arrived = Instant::now();
                     let f: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
-                    if f["invariant"] == "tx.unbalanced" {
-                        if let Some(at) = f["tx_id"]
+                    if f["invariant"] == "tx.unbalanced"
+                        && let Some(at) = f["tx_id"]
                             .as_str()
                             .and_then(|tx| sent.lock().unwrap().get(tx).copied())
-                        {
-                            got.push(arrived - at);
-                        }
+                    {
+                        got.push(arrived - at);
                     }
                 }
                 _ => {

@@ -39,14 +39,14 @@ async fn journal_tx_ids(db: &TestDb) -> (i64, BTreeSet<String>) {
     (n, rows.into_iter().flatten().collect())
 }
 
-/// Final engine state as the daemon left it in PostgreSQL.
-async fn durable_state(
-    db: &TestDb,
-    group: &str,
-) -> (
+/// Balances (realm, account, asset, balance) and item copies (realm, item, location).
+type State = (
     Vec<(String, String, String, i128)>,
     Vec<(String, String, String)>,
-) {
+);
+
+/// Final engine state as the daemon left it in PostgreSQL.
+async fn durable_state(db: &TestDb, group: &str) -> State {
     let pg = assayer::adapters::postgres::Pg::connect(
         &assayer::adapters::postgres::ConnectOptions {
             url: &db.url,
@@ -64,12 +64,7 @@ async fn durable_state(
     state_of(&r.engine)
 }
 
-fn state_of(
-    e: &assayer::core::engine::Engine,
-) -> (
-    Vec<(String, String, String, i128)>,
-    Vec<(String, String, String)>,
-) {
+fn state_of(e: &assayer::core::engine::Engine) -> State {
     let mut b: Vec<_> = e
         .ledger()
         .balances(e.interner())

@@ -432,47 +432,15 @@ pub async fn publish_stream(
     mut lines: tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) -> Result<PublishStats, BusError> {
     use std::collections::{BTreeMap, VecDeque};
-    let chan = bus.publisher();
-    let mut inflight: VecDeque<lapin::PublisherConfirm> = VecDeque::new();
+    let mut out = ConfirmedPublisher {
+        bus,
+        inflight: VecDeque::new(),
+        max: opts.confirms_in_flight_max,
+        exchange: &opts.exchange,
+    };
     let mut stats = PublishStats::default();
     let started = tokio::time::Instant::now();
     let mut batches: BTreeMap<String, (Vec<u8>, usize)> = BTreeMap::new();
-
-    async fn send(
-        bus: &Amqp,
-        chan: &Channel,
-        inflight: &mut VecDeque<lapin::PublisherConfirm>,
-        max: usize,
-        exchange: &str,
-        key: &str,
-        body: &[u8],
-        content_type: &str,
-    ) -> Result<(), BusError> {
-        while inflight.len() >= max {
-            let c = inflight.pop_front().expect("non-empty");
-            let c = within(bus.timeout, "publisher confirm", c).await?;
-            if c.is_nack() {
-                return Err(BusError::Nacked { what: "an event" });
-            }
-        }
-        let props = BasicProperties::default()
-            .with_content_type(s(content_type))
-            .with_delivery_mode(2);
-        let confirm = within(
-            bus.timeout,
-            "basic.publish",
-            chan.basic_publish(
-                s(exchange),
-                s(key),
-                BasicPublishOptions::default(),
-                body,
-                props,
-            ),
-        )
-        .await?;
-        inflight.push_back(confirm);
-        Ok(())
-    }
 
     while let Some(line) = lines.recv().await {
         if let Some(rate) = opts.rate.filter(|r| *r > 0) {
@@ -483,17 +451,7 @@ pub async fn publish_stream(
         let (realm, system) = routing_key(&line);
         if opts.batch <= 1 {
             let key = format!("{realm}.{system}");
-            send(
-                bus,
-                chan,
-                &mut inflight,
-                opts.confirms_in_flight_max,
-                &opts.exchange,
-                &key,
-                &line,
-                CONTENT_JSON,
-            )
-            .await?;
+            out.send(&key, &line, CONTENT_JSON).await?;
             stats.messages += 1;
             continue;
         }
@@ -505,44 +463,62 @@ pub async fn publish_stream(
             let body = std::mem::take(buf);
             *n = 0;
             let key = format!("{realm}.batch");
-            send(
-                bus,
-                chan,
-                &mut inflight,
-                opts.confirms_in_flight_max,
-                &opts.exchange,
-                &key,
-                &body,
-                CONTENT_NDJSON,
-            )
-            .await?;
+            out.send(&key, &body, CONTENT_NDJSON).await?;
             stats.messages += 1;
         }
     }
     for (realm, (body, n)) in batches {
         if n > 0 {
             let key = format!("{realm}.batch");
-            send(
-                bus,
-                chan,
-                &mut inflight,
-                opts.confirms_in_flight_max,
-                &opts.exchange,
-                &key,
-                &body,
-                CONTENT_NDJSON,
-            )
-            .await?;
+            out.send(&key, &body, CONTENT_NDJSON).await?;
             stats.messages += 1;
         }
     }
-    while let Some(c) = inflight.pop_front() {
-        let c = within(bus.timeout, "publisher confirm", c).await?;
-        if c.is_nack() {
-            return Err(BusError::Nacked { what: "an event" });
-        }
-    }
+    out.drain(0).await?;
     Ok(stats)
+}
+
+/// Publishes with a bounded window of outstanding publisher confirms.
+struct ConfirmedPublisher<'a> {
+    bus: &'a Amqp,
+    inflight: std::collections::VecDeque<lapin::PublisherConfirm>,
+    max: usize,
+    exchange: &'a str,
+}
+
+impl ConfirmedPublisher<'_> {
+    /// Waits for confirms until at most `keep` are outstanding.
+    async fn drain(&mut self, keep: usize) -> Result<(), BusError> {
+        while self.inflight.len() > keep {
+            let c = self.inflight.pop_front().expect("non-empty");
+            let c = within(self.bus.timeout, "publisher confirm", c).await?;
+            if c.is_nack() {
+                return Err(BusError::Nacked { what: "an event" });
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, key: &str, body: &[u8], content_type: &str) -> Result<(), BusError> {
+        self.drain(self.max.saturating_sub(1)).await?;
+        let props = BasicProperties::default()
+            .with_content_type(s(content_type))
+            .with_delivery_mode(2);
+        let confirm = within(
+            self.bus.timeout,
+            "basic.publish",
+            self.bus.publish.basic_publish(
+                s(self.exchange),
+                s(key),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            ),
+        )
+        .await?;
+        self.inflight.push_back(confirm);
+        Ok(())
+    }
 }
 
 /// Declares only the events exchange (durable topic) — what a producer needs.

@@ -71,10 +71,10 @@ pub fn run(args: AuditArgs) -> anyhow::Result<std::process::ExitCode> {
     let started = Instant::now();
     let mut write_err = None;
     audit_stream(&mut engine, reader, |f| {
-        if write_err.is_none() {
-            if let Err(e) = writer.write(f) {
-                write_err = Some(e);
-            }
+        if write_err.is_none()
+            && let Err(e) = writer.write(f)
+        {
+            write_err = Some(e);
         }
     })
     .with_context(|| format!("reading {}", args.input.display()))?;
@@ -131,12 +131,9 @@ pub fn audit_stream<R: BufRead>(
     let mut out = Vec::new();
     let mut line_no: u64 = 0;
     let mut now = Timestamp::now();
-    loop {
-        let Some(overlong) = read_line_bounded(&mut reader, &mut line, MAX_EVENT_BYTES + 1)? else {
-            break;
-        };
+    while let Some(overlong) = read_line_bounded(&mut reader, &mut line, MAX_EVENT_BYTES + 1)? {
         line_no += 1;
-        if line_no % 4096 == 0 {
+        if line_no.is_multiple_of(4096) {
             now = Timestamp::now();
         }
         let bytes = trim_line(&line);
@@ -165,10 +162,10 @@ pub fn audit_stream<R: BufRead>(
             engine.ingest(bytes, now, &mut out);
         }
         for mut f in out.drain(..) {
-            if f.invariant == crate::core::finding::Invariant::Malformed {
-                if let Some(ev) = f.evidence.as_object_mut() {
-                    ev.insert("line".into(), line_no.into());
-                }
+            if f.invariant == crate::core::finding::Invariant::Malformed
+                && let Some(ev) = f.evidence.as_object_mut()
+            {
+                ev.insert("line".into(), line_no.into());
             }
             on_finding(f);
         }

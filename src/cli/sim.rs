@@ -94,10 +94,10 @@ pub fn run(args: SimArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut out = BufWriter::with_capacity(1 << 20, out);
     let mut err: Option<io::Error> = None;
     let key = sim::generate(&cfg, &mut |line: &[u8]| {
-        if err.is_none() {
-            if let Err(e) = out.write_all(line).and_then(|_| out.write_all(b"\n")) {
-                err = Some(e);
-            }
+        if err.is_none()
+            && let Err(e) = out.write_all(line).and_then(|_| out.write_all(b"\n"))
+        {
+            err = Some(e);
         }
     });
     if let Some(e) = err {

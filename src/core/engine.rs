@@ -122,14 +122,13 @@ impl RedeliveryWindow {
     /// Remembers a tx, forgetting the oldest when full. Returns what was forgotten.
     fn remember(&mut self, key: u64, memo: TxMemo) -> Option<TxMemo> {
         let mut evicted = None;
-        if self.memo.len() >= self.cap {
-            if let Some(old) = self.order.pop_front() {
-                if let Some(m) = self.memo.remove(&old) {
-                    self.by_seq.remove(&(m.stream, m.seq));
-                    self.forgotten += 1;
-                    evicted = Some(m);
-                }
-            }
+        if self.memo.len() >= self.cap
+            && let Some(old) = self.order.pop_front()
+            && let Some(m) = self.memo.remove(&old)
+        {
+            self.by_seq.remove(&(m.stream, m.seq));
+            self.forgotten += 1;
+            evicted = Some(m);
         }
         if self.memo.insert(key, memo).is_none() {
             self.order.push_back(key);
@@ -721,15 +720,16 @@ impl Engine {
         self.stats.malformed += 1;
         let realm = m.realm.clone().unwrap_or_else(|| "unknown".into());
         // Account for its seq so the same root cause is not reported again as a gap.
-        if let (Some(system), Some(seq)) = (&m.system, m.seq) {
-            if seq > 0 && !system.is_empty() {
-                let r = self
-                    .interner
-                    .intern(m.realm.as_deref().unwrap_or(event::DEFAULT_REALM));
-                let s = self.interner.intern(system);
-                let id = self.sequencer.stream_id(r, s);
-                self.sequencer.mark_malformed(id, seq, None);
-            }
+        if let (Some(system), Some(seq)) = (&m.system, m.seq)
+            && seq > 0
+            && !system.is_empty()
+        {
+            let r = self
+                .interner
+                .intern(m.realm.as_deref().unwrap_or(event::DEFAULT_REALM));
+            let s = self.interner.intern(system);
+            let id = self.sequencer.stream_id(r, s);
+            self.sequencer.mark_malformed(id, seq, None);
         }
         let excerpt: String = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
         let digest = blake3::hash(bytes);

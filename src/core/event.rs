@@ -140,6 +140,8 @@ impl Malformed {
 }
 
 /// Decodes and validates one event. Never panics, whatever the bytes.
+// The error is large, but it is the rare path and is consumed at once.
+#[allow(clippy::result_large_err)]
 pub fn decode(bytes: &[u8]) -> Result<ValidEvent<'_>, Malformed> {
     if bytes.len() > MAX_EVENT_BYTES {
         let mut m = Malformed::new(
@@ -200,6 +202,7 @@ fn identify_best_effort(m: &mut Malformed, bytes: &[u8]) {
 
 type Invalid<'a> = (Malformed, WireEvent<'a>);
 
+#[allow(clippy::result_large_err)]
 fn validate(wire: WireEvent<'_>) -> Result<ValidEvent<'_>, Invalid<'_>> {
     macro_rules! bail {
         ($field:expr, $($fmt:tt)+) => {
@@ -216,10 +219,10 @@ fn validate(wire: WireEvent<'_>) -> Result<ValidEvent<'_>, Invalid<'_>> {
     if let Err(why) = check_tx_id(&wire.tx_id) {
         bail!("tx_id", "{why}");
     }
-    if let Some(realm) = &wire.realm {
-        if let Err(why) = check_len("realm", realm, MAX_REALM_BYTES) {
-            bail!("realm", "{why}");
-        }
+    if let Some(realm) = &wire.realm
+        && let Err(why) = check_len("realm", realm, MAX_REALM_BYTES)
+    {
+        bail!("realm", "{why}");
     }
     if let Err(why) = check_len("system", &wire.system, MAX_SYSTEM_BYTES) {
         bail!("system", "{why}");
@@ -234,15 +237,15 @@ fn validate(wire: WireEvent<'_>) -> Result<ValidEvent<'_>, Invalid<'_>> {
     if let Err(why) = check_len("kind", &wire.kind, MAX_KIND_BYTES) {
         bail!("kind", "{why}");
     }
-    if let Some(actor) = &wire.actor {
-        if let Err(why) = check_len("actor", actor, MAX_ACTOR_BYTES) {
-            bail!("actor", "{why}");
-        }
+    if let Some(actor) = &wire.actor
+        && let Err(why) = check_len("actor", actor, MAX_ACTOR_BYTES)
+    {
+        bail!("actor", "{why}");
     }
-    if let Some(grant) = &wire.grant {
-        if let Err(why) = check_len("grant", grant, MAX_GRANT_BYTES) {
-            bail!("grant", "{why}");
-        }
+    if let Some(grant) = &wire.grant
+        && let Err(why) = check_len("grant", grant, MAX_GRANT_BYTES)
+    {
+        bail!("grant", "{why}");
     }
     if wire.postings.len() > MAX_POSTINGS {
         bail!(
@@ -285,10 +288,10 @@ fn validate(wire: WireEvent<'_>) -> Result<ValidEvent<'_>, Invalid<'_>> {
         if let Err(why) = check_location(&m.to) {
             bail!(format!("items[{i}].to"), "{why}");
         }
-        if let Some(t) = &m.template {
-            if let Err(why) = check_len("template", t, MAX_TEMPLATE_BYTES) {
-                bail!(format!("items[{i}].template"), "{why}");
-            }
+        if let Some(t) = &m.template
+            && let Err(why) = check_len("template", t, MAX_TEMPLATE_BYTES)
+        {
+            bail!(format!("items[{i}].template"), "{why}");
         }
     }
     let digest = content_digest(&wire, ts);

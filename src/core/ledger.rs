@@ -100,11 +100,11 @@ impl GrantMemory {
             let first = &self.by_key[&key];
             return (&**first != tx_id).then_some(&**first);
         }
-        if self.by_key.len() >= self.max {
-            if let Some(old) = self.order.pop_front() {
-                self.by_key.remove(&old);
-                self.forgotten += 1;
-            }
+        if self.by_key.len() >= self.max
+            && let Some(old) = self.order.pop_front()
+        {
+            self.by_key.remove(&old);
+            self.forgotten += 1;
         }
         self.by_key.insert(key, tx_id.into());
         self.order.push_back(key);

@@ -85,6 +85,9 @@ enum Lane {
     Loose,
 }
 
+/// (ts, arrival, stream, seq, lane): ordered by ts, then arrival.
+type HeapEntry = (Timestamp, u64, StreamId, u64, Lane);
+
 #[derive(Serialize, Deserialize)]
 pub struct Sequencer {
     /// From the policy; rebound on restore.
@@ -93,7 +96,7 @@ pub struct Sequencer {
     streams: Vec<StreamState>,
     index: FxHashMap<(Sym, Sym), StreamId>,
     /// (ts, arrival, stream, seq, lane): min-heap of everything not yet due.
-    heap: BinaryHeap<Reverse<(Timestamp, u64, StreamId, u64, Lane)>>,
+    heap: BinaryHeap<Reverse<HeapEntry>>,
     /// Events applied outside their stream's sequence (late arrivals, seq re-use).
     loose: FxHashMap<u64, Event>,
     arrivals: u64,
