@@ -179,6 +179,8 @@ struct Pending {
     /// Receipt time of the delivery that raised each finding (detection latency).
     raised_at: Vec<Instant>,
     events: usize,
+    /// Deliveries not yet acked.
+    messages: usize,
     newest_ts: Option<Timestamp>,
 }
 
@@ -194,6 +196,7 @@ impl Pending {
             since: None,
             raised_at: Vec::new(),
             events: 0,
+            messages: 0,
             newest_ts: None,
         }
     }
@@ -262,6 +265,7 @@ impl<'a> Session<'a> {
         self.health.connected(true, true);
         self.health.durable(Duration::ZERO);
         let mut pending = Pending::new(restored.position);
+        let flush_messages = usize::from(c.amqp.prefetch_count_max / 2).max(1);
         let mut tick = tokio::time::interval(c.checkpoint.batch_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -294,9 +298,14 @@ impl<'a> Session<'a> {
                         pending.since = Some(Instant::now());
                     }
                     self.handle(&bus, &mut engine, &mut pending, d).await?;
-                    // A finding is flushed at once: detection latency is commit time, not
-                    // the batch interval (findings are rare; batches stay large).
-                    if pending.events >= c.checkpoint.batch_events_max || !pending.batch.findings.is_empty() {
+                    // Flush when the batch is full; when half the prefetch window is
+                    // unacked (else the broker stops delivering and the consumer idles
+                    // until the timer); and at once when the batch raised a finding, so
+                    // detection latency is commit time, not the batch interval.
+                    if pending.events >= c.checkpoint.batch_events_max
+                        || pending.messages >= flush_messages
+                        || !pending.batch.findings.is_empty()
+                    {
                         self.flush(&pg, &bus, &mut engine, &mut pending, &mut snapshot_at, false).await?;
                     }
                 }
@@ -473,6 +482,7 @@ impl<'a> Session<'a> {
             .extend(std::iter::repeat_n(received, out.len()));
         pending.batch.findings.extend(out);
         pending.last_tag = Some(d.delivery_tag);
+        pending.messages += 1;
         Ok(())
     }
 
