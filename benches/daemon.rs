@@ -33,6 +33,9 @@ use tokio_util::sync::CancellationToken;
 const PG_ADMIN: &str = "postgres://root@127.0.0.1:5432/test";
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let n: usize = std::env::var("ASSAYER_BENCH_EVENTS")
         .ok()

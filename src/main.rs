@@ -6,6 +6,11 @@ use clap::Parser;
 
 use assayer::cli::{self, Cli, Command};
 
+/// mimalloc: the audit pipeline allocates events on its decode thread and frees them on
+/// the engine thread, which glibc's per-thread arenas serialise on a lock.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Exit 2 means "blocking findings" (and NO-GO), so usage errors exit 1, not clap's 2.
     let cli = match Cli::try_parse() {

@@ -374,7 +374,7 @@ async fn copy_in(
     statement: &str,
     data: Vec<u8>,
 ) -> Result<u64, StoreError> {
-    let mut copy = (&mut **tx).copy_in_raw(statement).await?;
+    let mut copy = tx.copy_in_raw(statement).await?;
     if let Err(e) = copy.send(data).await {
         let _ = copy.abort("send failed").await;
         return Err(e.into());

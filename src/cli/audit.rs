@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::output::{FindingWriter, Format};
 use crate::core::engine::{Engine, EngineStats};
-use crate::core::event::MAX_EVENT_BYTES;
+use crate::core::event::{MAX_EVENT_BYTES, ValidEvent, decode};
 use crate::core::finding::Finding;
 use crate::core::policy::Policy;
 use crate::core::time::Timestamp;
@@ -53,8 +53,8 @@ pub fn load_policy(dir: Option<&Path>, reorder_window_ms: Option<u64>) -> anyhow
 
 pub fn run(args: AuditArgs) -> anyhow::Result<std::process::ExitCode> {
     let policy = load_policy(args.policy.as_deref(), args.reorder_window_ms)?;
-    let (reader, size): (Box<dyn Read>, Option<u64>) = if args.input.as_os_str() == "-" {
-        (Box::new(io::stdin().lock()), None)
+    let (reader, size): (Box<dyn Read + Send>, Option<u64>) = if args.input.as_os_str() == "-" {
+        (Box::new(io::stdin()), None)
     } else {
         let f = File::open(&args.input)
             .with_context(|| format!("cannot open input {}", args.input.display()))?;
@@ -119,59 +119,118 @@ fn progress_bar(size: Option<u64>) -> ProgressBar {
     }
 }
 
+/// Lines decoded per hand-off between the two pipeline stages.
+const CHUNK_LINES: usize = 2_048;
+/// Chunks in flight between the stages (bounded: the reader cannot run away).
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// One input line, decoded (or not) by the first stage.
+enum Decoded {
+    Valid(ValidEvent<'static>),
+    Malformed {
+        why: crate::core::event::Malformed,
+        bytes: Vec<u8>,
+        /// The real length of a line longer than an event may be (only a prefix kept).
+        overlong: Option<u64>,
+    },
+}
+
 /// Feeds every line of `reader` through the engine and finishes it. Blank lines are
 /// skipped; a line longer than an event may be is read in bounded memory and reported
 /// malformed. Malformed findings get the input line number in their evidence.
-pub fn audit_stream<R: BufRead>(
+///
+/// Two stages on two threads: reading and decoding (stateless) on one, the engine on
+/// the other, handing over bounded chunks of decoded events.
+pub fn audit_stream<R: BufRead + Send>(
     engine: &mut Engine,
-    mut reader: R,
+    reader: R,
     mut on_finding: impl FnMut(Finding),
 ) -> io::Result<()> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(u64, Decoded)>>(CHUNKS_IN_FLIGHT);
+        let decoder = scope.spawn(move || decode_lines(reader, tx));
+        let mut out = Vec::new();
+        let mut now = Timestamp::now();
+        for chunk in rx {
+            now = now.max(Timestamp::now());
+            for (line_no, d) in chunk {
+                match d {
+                    Decoded::Valid(v) => {
+                        engine.ingest_decoded(Ok(v), now, &mut out, |_| {});
+                        out.drain(..).for_each(&mut on_finding);
+                    }
+                    Decoded::Malformed {
+                        why,
+                        bytes,
+                        overlong,
+                    } => {
+                        engine.ingest_decoded(Err((why, &bytes)), now, &mut out, |_| {});
+                        for mut f in out.drain(..) {
+                            if f.invariant == crate::core::finding::Invariant::Malformed {
+                                annotate_malformed(&mut f, line_no, overlong);
+                            }
+                            on_finding(f);
+                        }
+                    }
+                }
+            }
+        }
+        decoder
+            .join()
+            .map_err(|_| io::Error::other("the decoding thread panicked"))??;
+        engine.finish(Timestamp::now(), &mut out);
+        out.drain(..).for_each(&mut on_finding);
+        Ok(())
+    })
+}
+
+fn annotate_malformed(f: &mut Finding, line_no: u64, overlong: Option<u64>) {
+    let Some(ev) = f.evidence.as_object_mut() else {
+        return;
+    };
+    ev.insert("line".into(), line_no.into());
+    if let Some(total) = overlong {
+        let why = format!("event is {total} bytes; events-v1 allows at most {MAX_EVENT_BYTES}");
+        ev.insert("bytes".into(), total.into());
+        ev.insert("reason".into(), why.clone().into());
+        f.message = format!("malformed event set aside: {why}");
+    }
+}
+
+/// The first stage: reads lines and decodes them, sending chunks downstream. Stops
+/// early (without error) when the engine side has gone away.
+fn decode_lines<R: BufRead>(
+    mut reader: R,
+    tx: std::sync::mpsc::SyncSender<Vec<(u64, Decoded)>>,
+) -> io::Result<()> {
     let mut line = Vec::with_capacity(4096);
-    let mut out = Vec::new();
     let mut line_no: u64 = 0;
-    let mut now = Timestamp::now();
+    let mut chunk = Vec::with_capacity(CHUNK_LINES);
     while let Some(overlong) = read_line_bounded(&mut reader, &mut line, MAX_EVENT_BYTES + 1)? {
         line_no += 1;
-        if line_no.is_multiple_of(4096) {
-            now = Timestamp::now();
-        }
         let bytes = trim_line(&line);
         if bytes.is_empty() {
             continue;
         }
-        if let Some(total) = overlong {
-            // Only the prefix was kept; say how long the line really was.
-            engine.ingest(bytes, now, &mut out);
-            for f in &mut out {
-                if let Some(ev) = f.evidence.as_object_mut() {
-                    ev.insert("bytes".into(), total.into());
-                    ev.insert(
-                        "reason".into(),
-                        format!(
-                            "event is {total} bytes; events-v1 allows at most {MAX_EVENT_BYTES}"
-                        )
-                        .into(),
-                    );
-                }
-                f.message = format!(
-                    "malformed event set aside: event is {total} bytes; events-v1 allows at most {MAX_EVENT_BYTES}"
-                );
+        let d = match decode(bytes) {
+            Ok(v) => Decoded::Valid(v.into_owned()),
+            Err(why) => Decoded::Malformed {
+                why,
+                bytes: bytes.to_vec(),
+                overlong,
+            },
+        };
+        chunk.push((line_no, d));
+        if chunk.len() == CHUNK_LINES {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_LINES));
+            if tx.send(full).is_err() {
+                return Ok(());
             }
-        } else {
-            engine.ingest(bytes, now, &mut out);
-        }
-        for mut f in out.drain(..) {
-            if f.invariant == crate::core::finding::Invariant::Malformed
-                && let Some(ev) = f.evidence.as_object_mut()
-            {
-                ev.insert("line".into(), line_no.into());
-            }
-            on_finding(f);
         }
     }
-    engine.finish(Timestamp::now(), &mut out);
-    out.drain(..).for_each(on_finding);
+    if !chunk.is_empty() {
+        let _ = tx.send(chunk);
+    }
     Ok(())
 }
 

@@ -326,14 +326,28 @@ impl Engine {
         out: &mut Vec<Finding>,
         on_accept: impl FnOnce(&ValidEvent<'_>),
     ) -> Outcome {
+        let decoded = event::decode(bytes).map_err(|m| (m, bytes));
+        self.ingest_decoded(decoded, now, out, on_accept)
+    }
+
+    /// The engine's half of [`Engine::ingest`] for an event decoded elsewhere (a
+    /// pipeline's decode stage, see `cli::audit`): decoding is stateless, so it can run
+    /// on another core. Malformed input comes with its bytes (for the evidence).
+    pub fn ingest_decoded(
+        &mut self,
+        decoded: Result<ValidEvent<'_>, (Malformed, &[u8])>,
+        now: Timestamp,
+        out: &mut Vec<Finding>,
+        on_accept: impl FnOnce(&ValidEvent<'_>),
+    ) -> Outcome {
         self.stats.received += 1;
         let before = out.len();
-        let outcome = match event::decode(bytes) {
-            Err(m) => {
+        let outcome = match decoded {
+            Err((m, bytes)) => {
                 self.malformed(bytes, m, now, out);
                 Outcome::Malformed
             }
-            Ok(v) => self.accept(v, bytes, now, out, on_accept),
+            Ok(v) => self.accept(v, now, out, on_accept),
         };
         if outcome == Outcome::Accepted {
             self.drain(now, out);
@@ -462,7 +476,6 @@ impl Engine {
     fn accept(
         &mut self,
         v: ValidEvent<'_>,
-        bytes: &[u8],
         now: Timestamp,
         out: &mut Vec<Finding>,
         on_accept: impl FnOnce(&ValidEvent<'_>),
@@ -474,7 +487,7 @@ impl Engine {
                 return Outcome::Redelivered;
             }
             self.stats.conflicts += 1;
-            self.conflict(&v, first, bytes, now, out);
+            self.conflict(&v, first, now, out);
             return Outcome::Conflict;
         }
         let realm = self.interner.intern(v.realm());
@@ -561,7 +574,11 @@ impl Engine {
     /// are raised on arrival rather than after the reorder window.
     fn intrinsic_checks(&mut self, v: &ValidEvent<'_>, now: Timestamp, out: &mut Vec<Finding>) {
         let w = &v.wire;
-        let residuals = event::residuals(&w.postings);
+        let residuals = if v.balanced {
+            Vec::new()
+        } else {
+            event::residuals(&w.postings)
+        };
         if !residuals.is_empty() {
             let listed: Vec<String> = residuals
                 .iter()
@@ -656,13 +673,12 @@ impl Engine {
         &mut self,
         v: &ValidEvent<'_>,
         first: TxMemo,
-        bytes: &[u8],
         now: Timestamp,
         out: &mut Vec<Finding>,
     ) {
         let first_stream = self.sequencer.stream(first.stream);
-        let second: serde_json::Value =
-            serde_json::from_slice(bytes).unwrap_or(serde_json::Value::Null);
+        // The second version as decoded (the contract's fields; unknown ones dropped).
+        let second = serde_json::to_value(&v.wire).unwrap_or(serde_json::Value::Null);
         let evidence = json!({
             "first": {"realm": self.interner.resolve(first_stream.realm),
                       "system": self.interner.resolve(first_stream.system),

@@ -104,11 +104,56 @@ pub struct ValidEvent<'a> {
     pub ts: Timestamp,
     /// Content digest over the contract fields (see [`content_digest`]).
     pub digest: u64,
+    /// Every asset's postings sum to zero (else `tx.unbalanced`).
+    pub balanced: bool,
 }
 
 impl ValidEvent<'_> {
     pub fn realm(&self) -> &str {
         self.wire.realm.as_deref().unwrap_or(DEFAULT_REALM)
+    }
+
+    /// Detaches the event from the input buffer (to hand it to another thread).
+    pub fn into_owned(self) -> ValidEvent<'static> {
+        fn o(c: Cow<'_, str>) -> Cow<'static, str> {
+            Cow::Owned(c.into_owned())
+        }
+        let w = self.wire;
+        ValidEvent {
+            wire: WireEvent {
+                v: w.v,
+                tx_id: o(w.tx_id),
+                realm: w.realm.map(o),
+                system: o(w.system),
+                seq: w.seq,
+                ts: o(w.ts),
+                kind: o(w.kind),
+                actor: w.actor.map(o),
+                grant: w.grant.map(o),
+                postings: w
+                    .postings
+                    .into_iter()
+                    .map(|p| WirePosting {
+                        account: o(p.account),
+                        asset: o(p.asset),
+                        delta: p.delta,
+                    })
+                    .collect(),
+                items: w
+                    .items
+                    .into_iter()
+                    .map(|m| WireItemMove {
+                        item: o(m.item),
+                        from: o(m.from),
+                        to: o(m.to),
+                        template: m.template.map(o),
+                    })
+                    .collect(),
+            },
+            ts: self.ts,
+            digest: self.digest,
+            balanced: self.balanced,
+        }
     }
 }
 
@@ -272,12 +317,13 @@ fn validate(wire: WireEvent<'_>) -> Result<ValidEvent<'_>, Invalid<'_>> {
             bail!(format!("postings[{i}].delta"), "`delta` must be non-zero");
         }
     }
-    if let Some(asset) = sum_overflow(&wire.postings) {
-        bail!(
+    let balanced = match sums(&wire.postings) {
+        Err(asset) => bail!(
             "postings",
             "the deltas of asset `{asset}` overflow a signed 64-bit integer when summed"
-        );
-    }
+        ),
+        Ok(balanced) => balanced,
+    };
     for (i, m) in wire.items.iter().enumerate() {
         if let Err(why) = check_len("item", &m.item, MAX_ITEM_BYTES) {
             bail!(format!("items[{i}].item"), "{why}");
@@ -295,7 +341,12 @@ fn validate(wire: WireEvent<'_>) -> Result<ValidEvent<'_>, Invalid<'_>> {
         }
     }
     let digest = content_digest(&wire, ts);
-    Ok(ValidEvent { wire, ts, digest })
+    Ok(ValidEvent {
+        wire,
+        ts,
+        digest,
+        balanced,
+    })
 }
 
 fn check_len(name: &str, s: &str, max: usize) -> Result<(), String> {
@@ -351,9 +402,11 @@ fn check_location(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The asset whose positive or negative deltas overflow i64 when summed, if any. Keeping
-/// both one-signed sums in range guarantees every partial sum, in any order, is too.
-fn sum_overflow<'a>(postings: &'a [WirePosting<'_>]) -> Option<&'a str> {
+/// Sums each asset's postings: `Err(asset)` when its positive or negative deltas
+/// overflow i64 when summed (keeping both one-signed sums in range guarantees every
+/// partial sum, in any order, is too), else whether every asset sums to zero.
+fn sums<'a>(postings: &'a [WirePosting<'_>]) -> Result<bool, &'a str> {
+    let mut balanced = true;
     for (i, p) in postings.iter().enumerate() {
         if postings[..i].iter().any(|q| q.asset == p.asset) {
             continue; // this asset was summed at its first posting
@@ -366,11 +419,12 @@ fn sum_overflow<'a>(postings: &'a [WirePosting<'_>]) -> Option<&'a str> {
                 neg.checked_add(q.delta).map(|v| neg = v)
             };
             if ok.is_none() {
-                return Some(&p.asset);
+                return Err(&p.asset);
             }
         }
+        balanced &= i128::from(pos) + i128::from(neg) == 0;
     }
-    None
+    Ok(balanced)
 }
 
 /// The per-asset sum of the postings when it is not zero, in first-seen asset order.
