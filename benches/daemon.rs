@@ -77,10 +77,15 @@ async fn bench(n: usize) {
     let mut admin = PgConnection::connect(PG_ADMIN)
         .await
         .expect("PostgreSQL at 127.0.0.1:5432 (pg_ctlcluster ... main start)");
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
-        .await
-        .expect("create db");
+    // One database per pass, so a pass never writes into indexes grown by another.
+    for pass in ["single", "batch", "latency"] {
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "CREATE DATABASE {db_name}_{pass}"
+            )))
+            .await
+            .expect("create db");
+    }
     let db_url = format!("postgres://root@127.0.0.1:5432/{db_name}");
     let bus = Amqp::connect(AMQP_URL, "assayer bench", Duration::from_secs(10))
         .await
@@ -118,7 +123,8 @@ async fn bench(n: usize) {
     );
 
     let raw_rate = raw_consume(&bus, &raw_queue, lines.len()).await;
-    let (daemon_rate, _) = run_daemon(&db_url, &single, "single", &lines, None).await;
+    let (daemon_rate, _) =
+        run_daemon(&format!("{db_url}_single"), &single, "single", &lines, None).await;
 
     // ---- NDJSON batches of 100
     let batched = names.topology("batch");
@@ -130,7 +136,8 @@ async fn bench(n: usize) {
         lines.len(),
         t.elapsed().as_secs_f64()
     );
-    let (batch_rate, _) = run_daemon(&db_url, &batched, "batch", &lines, None).await;
+    let (batch_rate, _) =
+        run_daemon(&format!("{db_url}_batch"), &batched, "batch", &lines, None).await;
 
     // ---- latency at a steady 10,000 events/s
     let lat = names.topology("latency");
@@ -154,9 +161,15 @@ async fn bench(n: usize) {
         .iter()
         .filter_map(|f| f.tx_id.clone())
         .collect();
-    let latencies = run_daemon(&db_url, &lat, "latency", &lat_lines, Some((10_000, faulty)))
-        .await
-        .1;
+    let latencies = run_daemon(
+        &format!("{db_url}_latency"),
+        &lat,
+        "latency",
+        &lat_lines,
+        Some((10_000, faulty)),
+    )
+    .await
+    .1;
 
     println!("\n{:<58} {:>12} {:>9}", "pass", "events/s", "ratio");
     println!(
@@ -207,11 +220,13 @@ async fn bench(n: usize) {
         .queue_delete(raw_queue.as_str().into(), QueueDeleteOptions::default())
         .await;
     bus.close().await;
-    let _ = admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
-        )))
-        .await;
+    for pass in ["single", "batch", "latency"] {
+        let _ = admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {db_name}_{pass} WITH (FORCE)"
+            )))
+            .await;
+    }
 }
 
 async fn declare_raw_queue(bus: &Amqp, queue: &str, exchange: &str) {
