@@ -189,8 +189,9 @@ impl Pg {
     }
 
     /// Writes a batch in one transaction: journal rows, their item and posting index
-    /// rows, findings (stored once per fingerprint), the new head, and a snapshot when
-    /// one is due. Nothing is acked before this returns Ok.
+    /// rows, findings (stored once per fingerprint; they were published on detection),
+    /// the new head, and a snapshot when one is due. Nothing is acked before this
+    /// returns Ok.
     pub async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let moved = sqlx::query(
@@ -241,73 +242,110 @@ impl Pg {
         Ok(())
     }
 
-    /// Journal rows and their item/posting index rows, streamed with binary
-    /// `COPY … FROM STDIN`: no per-value parsing or escaping on either side.
+    /// Journal rows and their item/posting index rows: one multi-row `INSERT … SELECT
+    /// FROM UNNEST(arrays)` per table. (Not `COPY`: sqlx sends the copy data and the
+    /// closing `CopyDone` as two writes, and without TCP_NODELAY Nagle plus the server's
+    /// delayed ACK stalls every small batch by ~40 ms.)
     async fn insert_journal(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         entries: &[JournalEntry],
     ) -> Result<(), StoreError> {
-        let g = self.group.as_str();
-        let body_bytes: usize = entries.iter().map(|e| e.body.len() + 200).sum();
-        let mut journal = CopyBinary::with_capacity(body_bytes);
-        let mut items = CopyBinary::with_capacity(entries.len() * 80);
-        let mut postings = CopyBinary::with_capacity(entries.len() * 120);
+        let n = entries.len();
+        let mut position = Vec::with_capacity(n);
+        let mut kind = Vec::with_capacity(n);
+        let mut tx_id = Vec::with_capacity(n);
+        let mut realm = Vec::with_capacity(n);
+        let mut system = Vec::with_capacity(n);
+        let mut seq = Vec::with_capacity(n);
+        let mut ts = Vec::with_capacity(n);
+        let mut ekind = Vec::with_capacity(n);
+        let mut actor = Vec::with_capacity(n);
+        let mut body = Vec::with_capacity(n);
+        let (mut i_pos, mut i_realm, mut i_item, mut i_from, mut i_to, mut i_ord) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut p_pos, mut p_realm, mut p_acct, mut p_asset, mut p_delta, mut p_ord) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
         for e in entries {
-            journal.row(11);
-            journal.text(Some(g));
-            journal.int8(Some(e.position));
-            journal.text(Some(e.kind.as_str()));
-            journal.text(e.tx_id.as_deref());
-            journal.text(e.realm.as_deref());
-            journal.text(e.system.as_deref());
-            journal.int8(e.seq);
-            journal.timestamptz_us(e.ts_us);
-            journal.text(e.event_kind.as_deref());
-            journal.text(e.actor.as_deref());
-            journal.bytes(&e.body);
+            position.push(e.position);
+            kind.push(e.kind.as_str());
+            tx_id.push(e.tx_id.as_deref());
+            realm.push(e.realm.as_deref());
+            system.push(e.system.as_deref());
+            seq.push(e.seq);
+            ts.push(e.ts_us);
+            ekind.push(e.event_kind.as_deref());
+            actor.push(e.actor.as_deref());
+            body.push(e.body.as_slice());
             let r = e.realm.as_deref().unwrap_or("default");
             for (o, (item, from, to)) in e.items.iter().enumerate() {
-                items.row(7);
-                items.text(Some(g));
-                items.int8(Some(e.position));
-                items.text(Some(r));
-                items.text(Some(item));
-                items.text(Some(from));
-                items.text(Some(to));
-                items.int4(o as i32);
+                i_pos.push(e.position);
+                i_realm.push(r);
+                i_item.push(item.as_str());
+                i_from.push(from.as_str());
+                i_to.push(to.as_str());
+                i_ord.push(o as i32);
             }
             for (o, (acct, asset, delta)) in e.postings.iter().enumerate() {
-                postings.row(7);
-                postings.text(Some(g));
-                postings.int8(Some(e.position));
-                postings.text(Some(r));
-                postings.text(Some(acct));
-                postings.text(Some(asset));
-                postings.int8(Some(*delta));
-                postings.int4(o as i32);
+                p_pos.push(e.position);
+                p_realm.push(r);
+                p_acct.push(acct.as_str());
+                p_asset.push(asset.as_str());
+                p_delta.push(*delta);
+                p_ord.push(o as i32);
             }
         }
-        copy_in(
-            tx,
-            "COPY journal (group_name, position, entry_kind, tx_id, realm, system, seq, ts, kind, actor, body) FROM STDIN (FORMAT binary)",
-            journal.finish(),
+        sqlx::query(
+            "INSERT INTO journal (group_name, position, entry_kind, tx_id, realm, system, seq, ts, kind, actor, body)
+             SELECT $1, u.position, u.kind, u.tx_id, u.realm, u.system, u.seq,
+                    CASE WHEN u.ts_us IS NULL THEN NULL
+                         ELSE timestamptz 'epoch' + u.ts_us * interval '1 microsecond' END,
+                    u.ekind, u.actor, u.body
+               FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                           $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::bytea[])
+                    AS u(position, kind, tx_id, realm, system, seq, ts_us, ekind, actor, body)",
         )
+        .bind(&self.group)
+        .bind(&position)
+        .bind(&kind)
+        .bind(&tx_id)
+        .bind(&realm)
+        .bind(&system)
+        .bind(&seq)
+        .bind(&ts)
+        .bind(&ekind)
+        .bind(&actor)
+        .bind(&body)
+        .execute(&mut **tx)
         .await?;
-        if !items.is_empty() {
-            copy_in(
-                tx,
-                "COPY journal_items (group_name, position, realm, item, from_loc, to_loc, ord) FROM STDIN (FORMAT binary)",
-                items.finish(),
+        if !i_pos.is_empty() {
+            sqlx::query(
+                "INSERT INTO journal_items (group_name, position, realm, item, from_loc, to_loc, ord)
+                 SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[])",
             )
+            .bind(&self.group)
+            .bind(&i_pos)
+            .bind(&i_realm)
+            .bind(&i_item)
+            .bind(&i_from)
+            .bind(&i_to)
+            .bind(&i_ord)
+            .execute(&mut **tx)
             .await?;
         }
-        if !postings.is_empty() {
-            copy_in(
-                tx,
-                "COPY journal_postings (group_name, position, realm, account, asset, delta, ord) FROM STDIN (FORMAT binary)",
-                postings.finish(),
+        if !p_pos.is_empty() {
+            sqlx::query(
+                "INSERT INTO journal_postings (group_name, position, realm, account, asset, delta, ord)
+                 SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::int[])",
             )
+            .bind(&self.group)
+            .bind(&p_pos)
+            .bind(&p_realm)
+            .bind(&p_acct)
+            .bind(&p_asset)
+            .bind(&p_delta)
+            .bind(&p_ord)
+            .execute(&mut **tx)
             .await?;
         }
         Ok(())
@@ -369,75 +407,6 @@ impl Pg {
     }
 }
 
-async fn copy_in(
-    tx: &mut Transaction<'_, Postgres>,
-    statement: &str,
-    data: Vec<u8>,
-) -> Result<u64, StoreError> {
-    let mut copy = tx.copy_in_raw(statement).await?;
-    if let Err(e) = copy.send(data).await {
-        let _ = copy.abort("send failed").await;
-        return Err(e.into());
-    }
-    Ok(copy.finish().await?)
-}
-
-/// PostgreSQL's binary COPY format (documented with `COPY`): a header, then per row a
-/// field count and length-prefixed big-endian values.
-struct CopyBinary {
-    buf: Vec<u8>,
-    rows: usize,
-}
-
-/// Microseconds from the Unix epoch to PostgreSQL's epoch, 2000-01-01.
-const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
-
-impl CopyBinary {
-    fn with_capacity(n: usize) -> CopyBinary {
-        let mut buf = Vec::with_capacity(n + 32);
-        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-        buf.extend_from_slice(&0i32.to_be_bytes()); // flags
-        buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
-        CopyBinary { buf, rows: 0 }
-    }
-    fn is_empty(&self) -> bool {
-        self.rows == 0
-    }
-    fn row(&mut self, fields: i16) {
-        self.rows += 1;
-        self.buf.extend_from_slice(&fields.to_be_bytes());
-    }
-    fn null(&mut self) {
-        self.buf.extend_from_slice(&(-1i32).to_be_bytes());
-    }
-    fn bytes(&mut self, b: &[u8]) {
-        self.buf.extend_from_slice(&(b.len() as i32).to_be_bytes());
-        self.buf.extend_from_slice(b);
-    }
-    fn text(&mut self, s: Option<&str>) {
-        match s {
-            Some(s) => self.bytes(s.as_bytes()),
-            None => self.null(),
-        }
-    }
-    fn int8(&mut self, v: Option<i64>) {
-        match v {
-            Some(v) => self.bytes(&v.to_be_bytes()),
-            None => self.null(),
-        }
-    }
-    fn int4(&mut self, v: i32) {
-        self.bytes(&v.to_be_bytes());
-    }
-    fn timestamptz_us(&mut self, unix_us: Option<i64>) {
-        self.int8(unix_us.map(|us| us - PG_EPOCH_OFFSET_US));
-    }
-    fn finish(mut self) -> Vec<u8> {
-        self.buf.extend_from_slice(&(-1i16).to_be_bytes());
-        self.buf
-    }
-}
-
 async fn upsert_findings(
     tx: &mut Transaction<'_, Postgres>,
     findings: &[Finding],
@@ -466,9 +435,9 @@ async fn upsert_findings(
     let count: Vec<i64> = uniq.iter().map(|f| seen[f.fingerprint.as_str()]).collect();
     sqlx::query(
         "INSERT INTO findings (fingerprint, invariant, severity, realm, system, tx_id, seq, subject,
-                               message, evidence, detected_at, occurrences)
+                               message, evidence, detected_at, occurrences, published_at)
          SELECT u.fp, u.inv, u.sev, u.realm, u.system, u.tx_id, u.seq, u.subject, u.message, u.evidence,
-                timestamptz 'epoch' + u.detected_us * interval '1 microsecond', u.n
+                timestamptz 'epoch' + u.detected_us * interval '1 microsecond', u.n, now()
            FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                        $7::bigint[], $8::text[], $9::text[], $10::jsonb[], $11::bigint[], $12::bigint[])
                 AS u(fp, inv, sev, realm, system, tx_id, seq, subject, message, evidence, detected_us, n)

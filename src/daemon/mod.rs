@@ -176,8 +176,6 @@ struct Pending {
     last_tag: Option<u64>,
     /// When the oldest uncommitted delivery arrived.
     since: Option<Instant>,
-    /// Receipt time of the delivery that raised each finding (detection latency).
-    raised_at: Vec<Instant>,
     events: usize,
     /// Deliveries not yet acked.
     messages: usize,
@@ -194,7 +192,6 @@ impl Pending {
             },
             last_tag: None,
             since: None,
-            raised_at: Vec::new(),
             events: 0,
             messages: 0,
             newest_ts: None,
@@ -476,17 +473,24 @@ impl<'a> Session<'a> {
                 subject = f.subject.as_deref().unwrap_or("-"), fingerprint = %f.fingerprint,
                 "{}", f.message
             );
+            // Published on detection, before the batch commits: at-least-once (a crash
+            // before the commit redelivers the event, which raises the same finding
+            // with the same fingerprint), and detection latency is one broker round
+            // trip, not a database commit.
+            bus.publish_finding(&self.topology.findings_exchange, f)
+                .await?;
+            self.metrics
+                .detection_latency_seconds
+                .observe(received.elapsed().as_secs_f64());
         }
-        pending
-            .raised_at
-            .extend(std::iter::repeat_n(received, out.len()));
         pending.batch.findings.extend(out);
         pending.last_tag = Some(d.delivery_tag);
         pending.messages += 1;
         Ok(())
     }
 
-    /// Commits the pending batch, then acks, then publishes its findings.
+    /// Commits the pending batch (its findings were published on detection), then
+    /// acks.
     async fn flush(
         &self,
         pg: &Pg,
@@ -555,21 +559,7 @@ impl<'a> Session<'a> {
         self.metrics.processing_lag_seconds.set(lag.as_secs_f64());
         self.health.durable(lag);
 
-        let findings = std::mem::take(&mut pending.batch.findings);
-        let raised_at = std::mem::take(&mut pending.raised_at);
         *pending = Pending::new(head);
-        if !findings.is_empty() {
-            let mut published = Vec::with_capacity(findings.len());
-            for (f, at) in findings.iter().zip(raised_at) {
-                bus.publish_finding(&self.topology.findings_exchange, f)
-                    .await?;
-                self.metrics
-                    .detection_latency_seconds
-                    .observe(at.elapsed().as_secs_f64());
-                published.push(f.fingerprint.clone());
-            }
-            pg.mark_published(&published).await?;
-        }
         Ok(())
     }
 
