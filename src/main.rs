@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("assayer: error: {e:#}");
+            eprintln!("assayer: error: {}", chain(&e));
             ExitCode::from(1)
         }
     }
@@ -53,4 +53,20 @@ fn init_tracing() {
     } else {
         builder.json().init();
     }
+}
+
+/// The error and its causes, each cause once: several error types name their source in
+/// their own message too, and printing both would say everything twice.
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }

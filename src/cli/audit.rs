@@ -208,7 +208,7 @@ fn decode_lines<R: BufRead>(
     let mut chunk = Vec::with_capacity(CHUNK_LINES);
     while let Some(overlong) = read_line_bounded(&mut reader, &mut line, MAX_EVENT_BYTES + 1)? {
         line_no += 1;
-        let bytes = trim_line(&line);
+        let bytes = line.trim_ascii();
         if bytes.is_empty() {
             continue;
         }
@@ -232,18 +232,6 @@ fn decode_lines<R: BufRead>(
         let _ = tx.send(chunk);
     }
     Ok(())
-}
-
-fn trim_line(line: &[u8]) -> &[u8] {
-    let end = line
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(0, |i| i + 1);
-    let start = line[..end]
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(end);
-    &line[start..end]
 }
 
 /// Reads one line into `buf` (without the newline), keeping at most `max` bytes. Returns

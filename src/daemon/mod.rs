@@ -377,11 +377,11 @@ impl<'a> Session<'a> {
         let lines: Vec<&[u8]> = if ndjson {
             d.data
                 .split(|b| *b == b'\n')
-                .map(trim)
+                .map(<[u8]>::trim_ascii)
                 .filter(|l| !l.is_empty())
                 .collect()
         } else {
-            vec![trim(&d.data)]
+            vec![d.data.trim_ascii()]
         };
         let message_problem = if d.data.len() > limit {
             Some(format!(
@@ -580,18 +580,6 @@ impl<'a> Session<'a> {
             pg.mark_published(&done).await?;
         }
     }
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(0, |i| i + 1);
-    let start = b[..end]
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(end);
-    &b[start..end]
 }
 
 fn journal_entry(position: i64, v: &ValidEvent<'_>, body: &[u8]) -> JournalEntry {
