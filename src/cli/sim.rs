@@ -81,8 +81,11 @@ pub fn run(args: SimArgs) -> anyhow::Result<std::process::ExitCode> {
     if args.players == 0 || args.realms == 0 {
         anyhow::bail!("--players and --realms must be at least 1");
     }
-    let cfg = args.config();
+    let mut cfg = args.config();
     if let Some(url) = &args.publish {
+        // A live stream: commit times start now, so the daemon's lag and readiness
+        // read as they would in production (files keep the fixed, reproducible start).
+        cfg.start = crate::core::time::Timestamp::now();
         return publish(&args, cfg, url);
     }
     let out: Box<dyn Write> = match &args.out {
@@ -119,6 +122,11 @@ pub fn run(args: SimArgs) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// How far past the newest event the closing heartbeats are: well past the default 5 s
+/// reorder window, so every real event becomes due, and well inside the shortest escrow
+/// limit (10 min), so trades still in flight at the end are not called stuck.
+const CLOSING_HEARTBEAT_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn publish(args: &SimArgs, cfg: SimConfig, url: &str) -> anyhow::Result<std::process::ExitCode> {
     use crate::adapters::amqp::{self, Amqp, PublishOptions};
     if args.batch == 0 || args.batch > crate::daemon::MAX_EVENTS_PER_MESSAGE {
@@ -145,9 +153,17 @@ fn publish(args: &SimArgs, cfg: SimConfig, url: &str) -> anyhow::Result<std::pro
         // Bounded hand-off from the (synchronous) generator to the publisher.
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8_192);
         let generator = tokio::task::spawn_blocking(move || {
-            sim::generate(&cfg, &mut |line: &[u8]| {
+            let mut tails = sim::StreamTails::default();
+            let key = sim::generate(&cfg, &mut |line: &[u8]| {
+                tails.observe(line);
                 let _ = tx.blocking_send(line.to_vec());
-            })
+            });
+            // Close every stream past the reorder window, as live systems' heartbeats
+            // would, so the auditor applies the world's last seconds too.
+            for hb in tails.heartbeats(CLOSING_HEARTBEAT_AFTER) {
+                let _ = tx.blocking_send(hb);
+            }
+            key
         });
         let stats = amqp::publish_stream(&bus, &opts, rx).await?;
         let key = generator.await.context("the generator panicked")?;

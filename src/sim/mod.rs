@@ -231,3 +231,54 @@ pub fn generate(cfg: &SimConfig, emit: &mut dyn FnMut(&[u8])) -> AnswerKey {
         faults: std::mem::take(&mut out.faults),
     }
 }
+
+/// Tracks where each (realm, system) stream of an emitted world ends, to close it with
+/// heartbeats: a live auditor applies an event only once the stream has moved a reorder
+/// window past it, so a world that simply stops would leave its last seconds waiting.
+/// Real systems keep sending heartbeats; a published simulation ends with them.
+#[derive(Debug, Default, Clone)]
+pub struct StreamTails {
+    last_seq: std::collections::BTreeMap<(String, String), u64>,
+    max_ts: Option<Timestamp>,
+}
+
+impl StreamTails {
+    /// Notes one emitted line (lines that do not decode are ignored).
+    pub fn observe(&mut self, line: &[u8]) {
+        if let Ok(e) = crate::core::event::decode(line) {
+            let seq = self
+                .last_seq
+                .entry((e.realm().to_string(), e.wire.system.to_string()))
+                .or_insert(0);
+            *seq = (*seq).max(e.wire.seq);
+            self.max_ts = Some(self.max_ts.map_or(e.ts, |t| t.max(e.ts)));
+        }
+    }
+
+    /// One heartbeat per stream, `after` past the newest event, continuing each seq.
+    pub fn heartbeats(&self, after: Duration) -> Vec<Vec<u8>> {
+        let Some(max_ts) = self.max_ts else {
+            return Vec::new();
+        };
+        let ts = max_ts.saturating_add(after).to_rfc3339();
+        self.last_seq
+            .iter()
+            .map(|((realm, system), seq)| {
+                let ev = crate::core::event::WireEvent {
+                    v: 1,
+                    tx_id: format!("closing-{realm}-{system}-{}", seq + 1).into(),
+                    realm: Some(realm.as_str().into()),
+                    system: system.as_str().into(),
+                    seq: seq + 1,
+                    ts: ts.as_str().into(),
+                    kind: "heartbeat".into(),
+                    actor: None,
+                    grant: None,
+                    postings: Vec::new(),
+                    items: Vec::new(),
+                };
+                serde_json::to_vec(&ev).expect("a wire event always serializes")
+            })
+            .collect()
+    }
+}

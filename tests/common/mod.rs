@@ -5,7 +5,6 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -390,29 +389,14 @@ pub async fn wait_for_head(
     }
 }
 
-/// Appends one heartbeat per (realm, system) of `lines`, one minute of stream time after
-/// the newest event, so every real event leaves the reorder window.
+/// One heartbeat per (realm, system) of `lines`, one minute of stream time after the
+/// newest event, so every real event leaves the reorder window.
 pub fn closing_heartbeats(lines: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    let mut last: BTreeMap<(String, String), u64> = BTreeMap::new();
-    let mut max_ts = i64::MIN;
+    let mut tails = assayer::sim::StreamTails::default();
     for l in lines {
-        if let Ok(e) = assayer::core::event::decode(l) {
-            let k = (e.realm().to_string(), e.wire.system.to_string());
-            let s = last.entry(k).or_insert(0);
-            *s = (*s).max(e.wire.seq);
-            max_ts = max_ts.max(e.ts.0);
-        }
+        tails.observe(l);
     }
-    let ts = assayer::core::time::Timestamp(max_ts + 60_000_000_000).to_rfc3339();
-    last.into_iter()
-        .map(|((realm, system), seq)| {
-            serde_json::to_vec(&serde_json::json!({
-                "v": 1, "tx_id": format!("closing-{realm}-{system}"), "realm": realm,
-                "system": system, "seq": seq + 1, "ts": ts, "kind": "heartbeat"
-            }))
-            .expect("json")
-        })
-        .collect()
+    tails.heartbeats(Duration::from_secs(60))
 }
 
 /// Accepted + malformed inputs: what the journal should hold for `lines`.
