@@ -64,6 +64,27 @@ async fn durable_state(db: &TestDb, group: &str) -> State {
     state_of(&r.engine)
 }
 
+/// A database and declared bus topology of this test's own.
+async fn fresh() -> (TestDb, TestBus) {
+    let db = TestDb::create().await;
+    let bus = TestBus::new();
+    bus.declare().await;
+    (db, bus)
+}
+
+/// The daemon's durable findings and state equal those of the offline engine that saw
+/// the same stream without interruption.
+async fn assert_same_as_uninterrupted(
+    db: &TestDb,
+    bus: &TestBus,
+    expected: &[assayer::core::finding::Finding],
+    state: &State,
+) {
+    let want: BTreeSet<String> = expected.iter().map(|f| f.fingerprint.clone()).collect();
+    assert_eq!(stored_fingerprints(db).await, want, "findings");
+    assert_eq!(&durable_state(db, &bus.queue).await, state, "state");
+}
+
 fn state_of(e: &assayer::core::engine::Engine) -> State {
     let mut b: Vec<_> = e
         .ledger()
@@ -76,9 +97,7 @@ fn state_of(e: &assayer::core::engine::Engine) -> State {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_faulty_world_published_to_rabbitmq_yields_exactly_its_findings_in_postgres() {
-    let db = TestDb::create().await;
-    let bus = TestBus::new();
-    bus.declare().await;
+    let (db, bus) = fresh().await;
     let cfg = SimConfig {
         seed: 21,
         events: 4_000,
@@ -129,9 +148,7 @@ async fn a_faulty_world_published_to_rabbitmq_yields_exactly_its_findings_in_pos
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_three_times_mid_stream_loses_nothing_and_counts_nothing_twice() {
-    let db = TestDb::create().await;
-    let bus = TestBus::new();
-    bus.declare().await;
+    let (db, bus) = fresh().await;
     let cfg = SimConfig {
         seed: 99,
         events: 200_000,
@@ -207,16 +224,12 @@ async fn sigkill_three_times_mid_stream_loses_nothing_and_counts_nothing_twice()
         "journal rows: nothing twice, nothing lost"
     );
     assert_eq!(txs, expected_tx);
-    let want: BTreeSet<String> = expected.iter().map(|f| f.fingerprint.clone()).collect();
-    assert_eq!(stored_fingerprints(&db).await, want);
-    assert_eq!(durable_state(&db, &bus.queue).await, expected_state);
+    assert_same_as_uninterrupted(&db, &bus, &expected, &expected_state).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_amqp_and_postgres_connections_recover_with_the_same_result() {
-    let db = TestDb::create().await;
-    let bus = TestBus::new();
-    bus.declare().await;
+    let (db, bus) = fresh().await;
     let cfg = SimConfig {
         seed: 7,
         events: 60_000,
@@ -288,18 +301,14 @@ async fn killed_amqp_and_postgres_connections_recover_with_the_same_result() {
         "the daemon should have logged its recoveries:\n{log}"
     );
 
-    let want: BTreeSet<String> = expected.iter().map(|f| f.fingerprint.clone()).collect();
-    assert_eq!(stored_fingerprints(&db).await, want);
-    assert_eq!(durable_state(&db, &bus.queue).await, state_of(&engine));
+    assert_same_as_uninterrupted(&db, &bus, &expected, &state_of(&engine)).await;
     let (n, txs) = journal_tx_ids(&db).await;
     assert_eq!(n as usize, txs.len(), "no tx journaled twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_messages_are_dead_lettered_with_reasons_while_the_rest_flows() {
-    let db = TestDb::create().await;
-    let bus = TestBus::new();
-    bus.declare().await;
+    let (db, bus) = fresh().await;
     let good = |seq: u64| {
         serde_json::to_vec(&serde_json::json!({
             "v": 1, "tx_id": format!("ok-{seq}"), "realm": "eu-1", "system": "loot", "seq": seq,
@@ -445,9 +454,7 @@ fn close_amqp_connections(name: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics_over_http() {
-    let db = TestDb::create().await;
-    let bus = TestBus::new();
-    bus.declare().await;
+    let (db, bus) = fresh().await;
     let cfg = SimConfig {
         seed: 3,
         events: 2_000,
@@ -583,9 +590,7 @@ fn check_config_prints_the_effective_config_with_secrets_masked_and_rejects_typo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_on_the_same_queue_takes_over_from_the_shared_journal() {
-    let db = TestDb::create().await;
-    let bus = TestBus::new();
-    bus.declare().await;
+    let (db, bus) = fresh().await;
     let cfg = SimConfig {
         seed: 17,
         events: 40_000,
@@ -643,7 +648,5 @@ async fn a_standby_on_the_same_queue_takes_over_from_the_shared_journal() {
         "{}",
         standby.log_text()
     );
-    let want: BTreeSet<String> = expected.iter().map(|f| f.fingerprint.clone()).collect();
-    assert_eq!(stored_fingerprints(&db).await, want);
-    assert_eq!(durable_state(&db, &bus.queue).await, state_of(&engine));
+    assert_same_as_uninterrupted(&db, &bus, &expected, &state_of(&engine)).await;
 }
