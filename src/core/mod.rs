@@ -5,6 +5,7 @@ pub mod event;
 pub mod finding;
 pub mod intern;
 pub mod ledger;
+pub mod merkle;
 pub mod policy;
 pub mod sequencer;
 pub mod time;
