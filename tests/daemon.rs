@@ -106,7 +106,11 @@ async fn a_faulty_world_published_to_rabbitmq_yields_exactly_its_findings_in_pos
         ..SimConfig::default()
     };
     let (lines, key) = world(&cfg);
-    let (_, expected, journaled) = offline(&lines);
+    let Offline {
+        findings: expected,
+        journaled,
+        ..
+    } = offline(&lines);
     let s = sim::score(&key.faults, &expected);
     assert!(
         s.missed.is_empty() && s.unexpected.is_empty(),
@@ -158,19 +162,13 @@ async fn sigkill_three_times_mid_stream_loses_nothing_and_counts_nothing_twice()
         ..SimConfig::default()
     };
     let (lines, _) = world(&cfg);
-    let (engine, expected, journaled) = offline(&lines);
+    let Offline {
+        engine,
+        findings: expected,
+        journaled,
+        accepted: expected_tx,
+    } = offline(&lines);
     let expected_state = state_of(&engine);
-    let expected_tx: BTreeSet<String> = {
-        let mut e = assayer::core::engine::Engine::new(Policy::builtin());
-        let mut set = BTreeSet::new();
-        let mut out = Vec::new();
-        for l in &lines {
-            e.ingest_inspect(l, assayer::core::time::Timestamp(0), &mut out, |v| {
-                set.insert(v.wire.tx_id.to_string());
-            });
-        }
-        set
-    };
     bus.publish(lines, 1).await;
 
     let dir = tempdir();
@@ -238,7 +236,12 @@ async fn killed_amqp_and_postgres_connections_recover_with_the_same_result() {
         ..SimConfig::default()
     };
     let (lines, _) = world(&cfg);
-    let (engine, expected, journaled) = offline(&lines);
+    let Offline {
+        engine,
+        findings: expected,
+        journaled,
+        ..
+    } = offline(&lines);
     bus.publish(lines, 1).await;
 
     let dir = tempdir();
@@ -463,7 +466,7 @@ async fn health_readiness_and_metrics_over_http() {
         ..SimConfig::default()
     };
     let (lines, _) = world(&cfg);
-    let (_, _, journaled) = offline(&lines);
+    let journaled = offline(&lines).journaled;
     bus.publish(lines, 50).await;
     let dir = tempdir();
     let port = free_port();
@@ -599,7 +602,12 @@ async fn a_standby_on_the_same_queue_takes_over_from_the_shared_journal() {
         ..SimConfig::default()
     };
     let (lines, _) = world(&cfg);
-    let (engine, expected, journaled) = offline(&lines);
+    let Offline {
+        engine,
+        findings: expected,
+        journaled,
+        ..
+    } = offline(&lines);
     let dir = tempdir();
     let active_cfg = write_config(
         &dir,

@@ -95,10 +95,6 @@ impl Amqp {
         })
     }
 
-    pub fn is_connected(&self) -> bool {
-        self.conn.status().connected() && self.chan.status().connected()
-    }
-
     pub async fn close(&self) {
         let _ = tokio::time::timeout(self.timeout, self.conn.close(200, s("bye"))).await;
     }

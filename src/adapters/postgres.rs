@@ -115,10 +115,6 @@ impl Pg {
         })
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     pub fn group(&self) -> &str {
         &self.group
     }
@@ -126,11 +122,6 @@ impl Pg {
     /// Applies `migrations/` (embedded at build time).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::migrate!("./migrations").run(&self.pool).await?;
-        Ok(())
-    }
-
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 

@@ -283,11 +283,6 @@ impl Engine {
         self.sequencer.depth()
     }
 
-    /// The newest event time seen (the stream's clock).
-    pub fn max_ts(&self) -> Timestamp {
-        self.max_ts
-    }
-
     /// Per (realm, system): the next seq expected and the newest `ts` heard.
     pub fn streams(&self) -> impl Iterator<Item = (&str, &str, Option<u64>, Timestamp)> {
         self.sequencer.streams().map(|s| {

@@ -399,27 +399,38 @@ pub fn closing_heartbeats(lines: &[Vec<u8>]) -> Vec<Vec<u8>> {
     tails.heartbeats(Duration::from_secs(60))
 }
 
-/// Accepted + malformed inputs: what the journal should hold for `lines`.
-pub fn offline(
-    lines: &[Vec<u8>],
-) -> (
-    assayer::core::engine::Engine,
-    Vec<assayer::core::finding::Finding>,
-    i64,
-) {
+/// What an uninterrupted run makes of `lines`: the engine, its findings (one per
+/// fingerprint), how many inputs the journal should hold (accepted + malformed), and
+/// the accepted tx_ids.
+pub struct Offline {
+    pub engine: assayer::core::engine::Engine,
+    pub findings: Vec<assayer::core::finding::Finding>,
+    pub journaled: i64,
+    pub accepted: std::collections::BTreeSet<String>,
+}
+
+pub fn offline(lines: &[Vec<u8>]) -> Offline {
     use assayer::core::engine::{Engine, Outcome};
     let mut engine = Engine::new(assayer::core::policy::Policy::builtin());
     let mut out = Vec::new();
     let mut journaled = 0;
+    let mut accepted = std::collections::BTreeSet::new();
     for l in lines {
-        match engine.ingest(l, assayer::core::time::Timestamp(0), &mut out) {
-            Outcome::Accepted | Outcome::Malformed => journaled += 1,
-            _ => {}
+        let outcome = engine.ingest_inspect(l, assayer::core::time::Timestamp(0), &mut out, |v| {
+            accepted.insert(v.wire.tx_id.to_string());
+        });
+        if matches!(outcome, Outcome::Accepted | Outcome::Malformed) {
+            journaled += 1;
         }
     }
     let mut seen = std::collections::HashSet::new();
     out.retain(|f| seen.insert(f.fingerprint.clone()));
-    (engine, out, journaled)
+    Offline {
+        engine,
+        findings: out,
+        journaled,
+        accepted,
+    }
 }
 
 /// A plain HTTP/1.0 GET against loopback: (status, body). Test-only: the daemon's
