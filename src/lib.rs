@@ -11,10 +11,14 @@
 //!   PostgreSQL (sqlx), HTTP (axum).
 //! - [`daemon`]: wiring for `assayer daemon` — config, the consume → audit → commit →
 //!   ack loop, checkpoints, metrics, health, shutdown.
+//! - [`gate`]: wiring for the deploy gate — observe the audit (findings, daemon status,
+//!   reconciliation, self-test, service levels, preflight), decide with
+//!   [`core::gate`], fire rollback hooks.
 //! - [`cli`]: one module per subcommand; reads files, clocks and terminals.
 
 pub mod adapters;
 pub mod cli;
 pub mod core;
 pub mod daemon;
+pub mod gate;
 pub mod sim;

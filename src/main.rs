@@ -31,6 +31,8 @@ fn main() -> ExitCode {
         Command::Demo(args) => cli::demo::run(args),
         Command::Daemon(args) => cli::daemon::run(args),
         Command::CheckConfig(args) => cli::daemon::check(args),
+        Command::Gate(args) => cli::gate::run(args),
+        Command::Deploy(args) => cli::deploy::run(args),
     };
     match result {
         Ok(code) => code,

@@ -317,6 +317,21 @@ impl Amqp {
         Ok(())
     }
 
+    /// Publishes one persistent JSON message and waits for the broker's confirm (a
+    /// rollback hook's message).
+    pub async fn publish_json(
+        &self,
+        exchange: &str,
+        key: &str,
+        body: &[u8],
+    ) -> Result<(), BusError> {
+        let props = BasicProperties::default()
+            .with_content_type(s(CONTENT_JSON))
+            .with_delivery_mode(2);
+        self.publish_confirmed(exchange, key, body, props, "a rollback message")
+            .await
+    }
+
     async fn publish_confirmed(
         &self,
         exchange: &str,

@@ -1,5 +1,7 @@
 //! HTTP (axum): `/healthz` (process alive), `/readyz` (can do its job now), `/metrics`
-//! (OpenMetrics). The only module that imports axum.
+//! (OpenMetrics), `/v1/gate` (the deploy gate's report, always 200 with an explicit
+//! decision, for Argo Rollouts' web provider) and `/v1/gate/flagger` (Flagger's
+//! webhook: 2xx only for GO). The only module that imports axum.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,10 +9,12 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
+use crate::core::gate::Decision;
+use crate::daemon::gate_service::GateService;
 use crate::daemon::health::Health;
 use crate::daemon::metrics::Metrics;
 
@@ -18,6 +22,7 @@ use crate::daemon::metrics::Metrics;
 pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    pub gate: Arc<GateService>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -25,6 +30,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/gate", get(gate))
+        .route("/v1/gate/flagger", post(flagger).get(flagger))
         .with_state(state)
 }
 
@@ -36,6 +43,24 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(report))
+}
+
+/// Always 200: the decision is in the body (`decision`: GO, MARGINAL, NO-GO), so a
+/// caller can tell "NO-GO" from "the gate is unreachable".
+async fn gate(State(s): State<AppState>) -> impl IntoResponse {
+    Json(s.gate.report().await)
+}
+
+/// Flagger's webhook contract: any 2xx lets the canary advance, anything else halts it.
+/// 200 only for GO; MARGINAL and NO-GO answer 412 with the report.
+async fn flagger(State(s): State<AppState>) -> impl IntoResponse {
+    let r = s.gate.report().await;
+    let code = if r.decision == Decision::Go {
+        StatusCode::OK
+    } else {
+        StatusCode::PRECONDITION_FAILED
+    };
+    (code, Json(r))
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {

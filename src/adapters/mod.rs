@@ -2,5 +2,7 @@
 //! HTTP (axum). Each is a thin translation between the service and the core's types.
 
 pub mod amqp;
+pub mod gate_store;
 pub mod http;
+pub mod http_client;
 pub mod postgres;

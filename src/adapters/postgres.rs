@@ -26,6 +26,8 @@ pub enum StoreError {
     },
     #[error("PostgreSQL did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("PostgreSQL holds data assayer cannot read: {0}")]
+    Corrupt(String),
 }
 
 /// What the journal records, per accepted (or malformed) input.
@@ -113,6 +115,30 @@ impl Pg {
             pool,
             group: group.to_string(),
         })
+    }
+
+    /// A pool that connects on first use (for the status writer and the gate, which must
+    /// keep running — and report — while the database is away).
+    pub fn lazy(o: &ConnectOptions<'_>, group: &str) -> Result<Pg, StoreError> {
+        let opts = PgConnectOptions::from_str(o.url)?
+            .application_name("assayer")
+            .options([(
+                "statement_timeout",
+                format!("{}ms", o.statement_timeout.as_millis()),
+            )]);
+        let pool = PgPoolOptions::new()
+            .max_connections(o.pool_size_max)
+            .acquire_timeout(o.connect_timeout)
+            .connect_lazy_with(opts);
+        Ok(Pg {
+            pool,
+            group: group.to_string(),
+        })
+    }
+
+    /// The pool, for the other PostgreSQL adapters (gate, support) that share it.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     pub fn group(&self) -> &str {

@@ -4,6 +4,8 @@
 pub mod audit;
 pub mod daemon;
 pub mod demo;
+pub mod deploy;
+pub mod gate;
 pub mod output;
 pub mod sim;
 
@@ -24,4 +26,6 @@ pub enum Command {
     Demo(demo::DemoArgs),
     Daemon(daemon::DaemonArgs),
     CheckConfig(daemon::CheckConfigArgs),
+    Gate(gate::GateArgs),
+    Deploy(deploy::DeployArgs),
 }

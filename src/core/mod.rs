@@ -3,6 +3,7 @@
 pub mod engine;
 pub mod event;
 pub mod finding;
+pub mod gate;
 pub mod intern;
 pub mod ledger;
 pub mod merkle;

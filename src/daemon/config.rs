@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::policy::describe_toml_error;
 
+use super::gate_config;
+pub use super::gate_config::{GateConfig, Hook, HookAction, RollbackConfig};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
@@ -38,6 +41,8 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     pub http: HttpConfig,
     pub readiness: ReadinessConfig,
+    pub gate: GateConfig,
+    pub rollback: RollbackConfig,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -153,6 +158,10 @@ struct Raw {
     http: RawHttp,
     #[serde(default)]
     readiness: RawReadiness,
+    #[serde(default)]
+    gate: gate_config::RawGate,
+    #[serde(default)]
+    rollback: gate_config::RawRollback,
 }
 
 #[derive(Deserialize, Default)]
@@ -349,7 +358,11 @@ impl Config {
             None => d::BATCH_EVENTS_MAX,
         };
 
+        let gate = gate_config::gate(raw.gate, &invalid)?;
+        let rollback = gate_config::rollback(raw.rollback, &invalid)?;
         Ok(Config {
+            gate,
+            rollback,
             daemon: DaemonConfig {
                 group: raw.daemon.group.unwrap_or_else(|| queue.clone()),
                 shutdown_deadline: Duration::from_millis(positive(

@@ -20,6 +20,15 @@ struct Inner {
     durable_at: Option<Instant>,
     processing_lag: Duration,
     last_error: Option<String>,
+    progress: Progress,
+}
+
+/// Where the audit stands, for the status row the deploy gate reads.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub journal_position: i64,
+    pub reorder_depth: u64,
+    pub streams: Vec<crate::core::gate::StreamStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -43,6 +52,7 @@ impl Health {
                 durable_at: None,
                 processing_lag: Duration::ZERO,
                 last_error: None,
+                progress: Progress::default(),
             }),
             checkpoint_age_max,
             lag_max,
@@ -76,6 +86,16 @@ impl Health {
             i.database = false;
             i.last_error = Some(error);
         });
+    }
+
+    pub fn progress(&self, p: Progress) {
+        self.with(|i| i.progress = p);
+    }
+
+    /// What the status row reports: broker connected, lag, progress.
+    pub fn status(&self) -> (bool, Duration, Progress) {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        (g.broker, g.processing_lag, g.progress.clone())
     }
 
     pub fn readiness(&self) -> Readiness {

@@ -29,6 +29,11 @@ pub struct StreamLabels {
     pub system: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabel {
+    pub decision: &'static str,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub messages_received: Counter,
@@ -46,6 +51,9 @@ pub struct Metrics {
     pub reconnects: Counter,
     pub broker_connected: Gauge,
     pub database_connected: Gauge,
+    pub gate_score: Gauge,
+    pub gate_decision: Family<DecisionLabel, Gauge>,
+    pub open_blocking_findings: Gauge,
 }
 
 impl Default for Metrics {
@@ -75,6 +83,9 @@ impl Metrics {
             reconnects: Counter::default(),
             broker_connected: Gauge::default(),
             database_connected: Gauge::default(),
+            gate_score: Gauge::default(),
+            gate_decision: Family::default(),
+            open_blocking_findings: Gauge::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -152,6 +163,21 @@ impl Metrics {
             "1 while connected to PostgreSQL",
             m.database_connected.clone(),
         );
+        r.register(
+            "gate_score",
+            "The deploy gate's score, 0-100 (GET /v1/gate)",
+            m.gate_score.clone(),
+        );
+        r.register(
+            "gate_decision",
+            "1 for the deploy gate's current decision (go, marginal, no_go), 0 for the others",
+            m.gate_decision.clone(),
+        );
+        r.register(
+            "open_blocking_findings",
+            "Open (unacknowledged) critical and major findings in the database",
+            m.open_blocking_findings.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -173,6 +199,21 @@ impl Metrics {
                 severity: f.severity.as_str(),
             })
             .inc();
+    }
+
+    /// Shows a gate report on the gauges.
+    pub fn gate(&self, r: &crate::core::gate::GateReport) {
+        self.gate_score.set(i64::from(r.score));
+        for d in crate::core::gate::Decision::ALL {
+            self.gate_decision
+                .get_or_create(&DecisionLabel {
+                    decision: d.metric_label(),
+                })
+                .set(i64::from(d == r.decision));
+        }
+        if let Some(n) = r.open_blocking_findings {
+            self.open_blocking_findings.set(n as i64);
+        }
     }
 
     pub fn encode(&self) -> String {

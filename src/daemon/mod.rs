@@ -10,6 +10,8 @@
 //! of what is durable) is dropped, and the next session rebuilds it from PostgreSQL.
 
 pub mod config;
+pub mod gate_config;
+pub mod gate_service;
 pub mod health;
 pub mod metrics;
 
@@ -65,12 +67,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.readiness.checkpoint_age_max,
         config.readiness.lag_max,
     ));
+    let gate = Arc::new(gate_service::GateService::new(
+        crate::gate::Gate::load(config.clone(), "the daemon config", None)?,
+        metrics.clone(),
+    ));
+    let status_stop = shutdown.child_token();
+    let status = tokio::spawn(gate.clone().run(health.clone(), status_stop.clone()));
     let http_stop = shutdown.child_token();
     let http = http::serve(
         config.http.listen,
         AppState {
             metrics: metrics.clone(),
             health: health.clone(),
+            gate: gate.clone(),
         },
         http_stop.clone(),
     )
@@ -105,7 +114,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     }
     http_stop.cancel();
+    status_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), status).await;
     info!("assayer daemon stopped");
     Ok(())
 }
@@ -261,6 +272,7 @@ impl<'a> Session<'a> {
             .await?;
         self.health.connected(true, true);
         self.health.durable(Duration::ZERO);
+        self.health.progress(progress(&engine, restored.position));
         let mut pending = Pending::new(restored.position);
         let flush_messages = usize::from(c.amqp.prefetch_count_max / 2).max(1);
         let mut tick = tokio::time::interval(c.checkpoint.batch_interval);
@@ -558,6 +570,7 @@ impl<'a> Session<'a> {
         let lag = pending.newest_ts.map_or(Duration::ZERO, |t| wall.since(t));
         self.metrics.processing_lag_seconds.set(lag.as_secs_f64());
         self.health.durable(lag);
+        self.health.progress(progress(engine, head));
 
         *pending = Pending::new(head);
         Ok(())
@@ -579,6 +592,24 @@ impl<'a> Session<'a> {
             }
             pg.mark_published(&done).await?;
         }
+    }
+}
+
+/// Where the engine stands, for the status row the deploy gate reads.
+fn progress(engine: &Engine, head: i64) -> health::Progress {
+    health::Progress {
+        journal_position: head,
+        reorder_depth: engine.reorder_depth() as u64,
+        streams: engine
+            .streams()
+            .map(
+                |(realm, system, _, last_ts)| crate::core::gate::StreamStatus {
+                    realm: realm.to_string(),
+                    system: system.to_string(),
+                    last_ts,
+                },
+            )
+            .collect(),
     }
 }
 

@@ -1,0 +1,622 @@
+//! The deploy gate against a real daemon, RabbitMQ and PostgreSQL: GO on a clean world,
+//! NO-GO for every blocking finding class (named), fail-closed coverage, MARGINAL, one
+//! decision on every interface, rollback hooks fired exactly once and never in dry-run.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use assayer::core::finding::Invariant;
+use assayer::core::time::Timestamp;
+use assayer::sim::{self, SimConfig};
+use common::*;
+use serde_json::Value;
+
+fn tempdir() -> PathBuf {
+    let d = std::env::temp_dir().join(unique("assayer-gate"));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// A reference world whose stream time ends about now (so every system is "recent").
+fn world_ending_now(events: usize, inject: Vec<(Invariant, usize)>, seed: u64) -> Vec<Vec<u8>> {
+    let probe = SimConfig {
+        seed,
+        events,
+        players: 60,
+        inject: inject.clone(),
+        ..SimConfig::default()
+    };
+    // Generate once to learn the stream's span, then again ending ~now.
+    let mut first_last = (i64::MAX, i64::MIN);
+    sim::generate(&probe, &mut |l: &[u8]| {
+        let v: Value = serde_json::from_slice(l).unwrap_or(Value::Null);
+        if let Some(ts) = v["ts"].as_str()
+            && let Ok(t) = Timestamp::parse_rfc3339(ts)
+        {
+            first_last = (first_last.0.min(t.0), first_last.1.max(t.0));
+        }
+    });
+    let span = first_last.1 - first_last.0;
+    let cfg = SimConfig {
+        start: Timestamp(Timestamp::now().0 - span - 2_000_000_000),
+        ..probe
+    };
+    let mut lines = Vec::new();
+    sim::generate(&cfg, &mut |l: &[u8]| lines.push(l.to_vec()));
+    // Close the reorder window right away (heartbeats 6 s of stream time later).
+    let mut tails = sim::StreamTails::default();
+    for l in &lines {
+        tails.observe(l);
+    }
+    lines.extend(tails.heartbeats(Duration::from_secs(6)));
+    lines
+}
+
+/// The shipped gate policy with test-sized limits: a daemon that has not reported for
+/// 3 s is down; reconciliation is not required unless `recon_required`.
+fn gate_policy(dir: &Path, recon_required: bool, extra_edit: &dyn Fn(String) -> String) -> PathBuf {
+    let text = assayer::core::gate::BUILTIN_GATE_TOML
+        .replace("heartbeat_age_max_s = 30", "heartbeat_age_max_s = 3")
+        .replace(
+            "required = true",
+            if recon_required {
+                "required = true"
+            } else {
+                "required = false"
+            },
+        );
+    let path = dir.join("gate.toml");
+    std::fs::write(&path, extra_edit(text)).unwrap();
+    path
+}
+
+const GATE_SECTION: &str = "[gate]\ncache_ms = 50\ninterval_ms = 500\nstatus_interval_ms = 250\n";
+
+/// Runs `assayer gate --format json`: (exit code, report).
+fn gate_cli(config: &Path, policy: &Path) -> (i32, Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_assayer"))
+        .args(["gate", "--format", "json", "--config"])
+        .arg(config)
+        .arg("--gate-policy")
+        .arg(policy)
+        .output()
+        .expect("run assayer gate");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "gate printed no JSON ({e}); exit {:?}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), report)
+}
+
+/// Polls the gate until `want` holds (the daemon's status row needs a moment).
+async fn gate_until(
+    config: &Path,
+    policy: &Path,
+    what: &str,
+    want: impl Fn(i32, &Value) -> bool,
+) -> (i32, Value) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, r) = gate_cli(config, policy);
+        if want(code, &r) {
+            return (code, r);
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("gate never reached {what}; last: exit {code}\n{r:#}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn ack_invariant(db: &TestDb, inv: &str) -> u64 {
+    let mut c = db.connect().await;
+    sqlx::query(
+        "UPDATE findings SET status = 'acknowledged', status_by = 'test', status_reason = 'investigated',
+           status_at = now() WHERE invariant = $1 AND status = 'open'",
+    )
+    .bind(inv)
+    .execute(&mut c)
+    .await
+    .unwrap()
+    .rows_affected()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_world_is_go_everywhere_then_marginal_then_no_go_when_the_daemon_stops() {
+    let db = TestDb::create().await;
+    let bus = TestBus::new();
+    bus.declare().await;
+    let dir = tempdir();
+    let port = free_port();
+    let policy = gate_policy(&dir, false, &|t| t);
+    let lines = world_ending_now(3_000, Vec::new(), 5);
+    let journaled = offline(&lines).journaled;
+    bus.publish(lines, 20).await;
+    let config = write_config(&dir, &db, &bus, port, GATE_SECTION);
+    let mut daemon = DaemonProc::start(&config, dir.join("daemon.log"));
+    wait_for_head(
+        &db,
+        &bus.queue,
+        journaled,
+        Duration::from_secs(120),
+        Some(&daemon),
+    )
+    .await;
+
+    // GO, exit 0 — and the same decision from /v1/gate and the gauge.
+    let (code, cli) = gate_until(&config, &policy, "GO", |c, _| c == 0).await;
+    assert_eq!(cli["decision"], "GO", "{cli:#}");
+    assert_eq!(cli["score"], 100, "{cli:#}");
+    let (status, body) = http_get(port, "/v1/gate").expect("GET /v1/gate");
+    assert_eq!(status, 200);
+    let api: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(api["decision"], cli["decision"], "{api:#}");
+    assert_eq!(api["score"], cli["score"]);
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    assert!(
+        metrics.contains("assayer_gate_decision{decision=\"go\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("assayer_gate_decision{decision=\"no_go\"} 0"));
+    assert!(metrics.contains("assayer_gate_score 100"), "{metrics}");
+    let (flagger, _) = http_get(port, "/v1/gate/flagger").unwrap();
+    assert_eq!(flagger, 200);
+    assert_eq!(code, 0);
+
+    // A minor finding (a malformed event) weighs: MARGINAL, exit 3, on every interface.
+    bus.publish(vec![b"{\"v\":1,\"tx_id\":\"broken\"".to_vec()], 1)
+        .await;
+    let (code, cli) = gate_until(&config, &policy, "MARGINAL", |c, _| c == 3).await;
+    assert_eq!(cli["decision"], "MARGINAL", "{cli:#}");
+    assert!(
+        cli["reason"].as_str().unwrap().contains("findings"),
+        "{cli:#}"
+    );
+    let api: Value = serde_json::from_str(&http_get(port, "/v1/gate").unwrap().1).unwrap();
+    assert_eq!(api["decision"], "MARGINAL");
+    assert_eq!(api["score"], cli["score"]);
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    assert!(metrics.contains("assayer_gate_decision{decision=\"marginal\"} 1"));
+    assert_eq!(http_get(port, "/v1/gate/flagger").unwrap().0, 412);
+    assert_eq!(code, 3);
+
+    // The daemon stops: its status row goes stale and the gate fails closed.
+    assert!(daemon.terminate().success(), "{}", daemon.log_text());
+    let (code, cli) = gate_until(&config, &policy, "NO-GO", |c, _| c == 2).await;
+    assert_eq!(cli["decision"], "NO-GO");
+    let reason = cli["reason"].as_str().unwrap();
+    assert!(reason.contains("coverage"), "{reason}");
+    assert!(reason.contains("last reported"), "{reason}");
+    assert_eq!(code, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_blocking_finding_class_is_no_go_naming_it_until_acknowledged() {
+    let db = TestDb::create().await;
+    let bus = TestBus::new();
+    bus.declare().await;
+    let dir = tempdir();
+    let policy = gate_policy(&dir, false, &|t| t);
+    let blocking: Vec<Invariant> = Invariant::STREAM
+        .iter()
+        .copied()
+        .filter(|i| i.default_severity().blocks_deploy())
+        .collect();
+    assert_eq!(blocking.len(), 10);
+    let lines = world_ending_now(3_000, blocking.iter().map(|i| (*i, 1)).collect(), 9);
+    let off = offline(&lines);
+    bus.publish(lines, 20).await;
+    let config = write_config(&dir, &db, &bus, free_port(), GATE_SECTION);
+    let daemon = DaemonProc::start(&config, dir.join("daemon.log"));
+    wait_for_head(
+        &db,
+        &bus.queue,
+        off.journaled,
+        Duration::from_secs(120),
+        Some(&daemon),
+    )
+    .await;
+    let stored: i64 = {
+        let mut c = db.connect().await;
+        sqlx::query_scalar("SELECT count(*) FROM findings")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    };
+    assert_eq!(stored as usize, off.findings.len());
+
+    // Most severe first: criticals force score 0; each class is named until a person
+    // acknowledges it.
+    for inv in &blocking {
+        let (code, r) = gate_cli(&config, &policy);
+        assert_eq!(code, 2, "{r:#}");
+        assert_eq!(r["decision"], "NO-GO");
+        let findings = r["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "findings")
+            .unwrap();
+        assert_eq!(findings["status"], "fail");
+        let named: Vec<&str> = findings["details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            named.contains(&inv.id()),
+            "{} not named in {named:?}",
+            inv.id()
+        );
+        assert!(
+            r["reason"].as_str().unwrap().contains(inv.id())
+                || inv.default_severity() != assayer::core::finding::Severity::Critical
+                || named.iter().filter(|n| **n != inv.id()).count() > 0,
+            "{r:#}"
+        );
+        if inv.default_severity() == assayer::core::finding::Severity::Critical {
+            assert_eq!(r["score"], 0, "a critical is zero tolerance");
+        }
+        assert!(ack_invariant(&db, inv.id()).await >= 1, "{}", inv.id());
+    }
+    // Everything investigated and acknowledged: GO (the daemon is still auditing).
+    let (code, r) = gate_until(&config, &policy, "GO", |c, _| c == 0).await;
+    assert_eq!(r["decision"], "GO", "{r:#}");
+    assert_eq!(code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_daemon_is_no_go() {
+    let db = TestDb::create().await;
+    let bus = TestBus::new();
+    bus.declare().await;
+    let dir = tempdir();
+    let policy = gate_policy(&dir, false, &|t| t);
+    // A stream ten minutes old: the consumer is 600 s behind (limit 60 s).
+    let cfg = SimConfig {
+        seed: 3,
+        events: 500,
+        players: 30,
+        start: Timestamp(Timestamp::now().0 - 600_000_000_000),
+        ..SimConfig::default()
+    };
+    let mut lines = Vec::new();
+    sim::generate(&cfg, &mut |l: &[u8]| lines.push(l.to_vec()));
+    let journaled = offline(&lines).journaled;
+    bus.publish(lines, 10).await;
+    let config = write_config(&dir, &db, &bus, free_port(), GATE_SECTION);
+    let daemon = DaemonProc::start(&config, dir.join("daemon.log"));
+    wait_for_head(
+        &db,
+        &bus.queue,
+        journaled,
+        Duration::from_secs(60),
+        Some(&daemon),
+    )
+    .await;
+    let (code, r) = gate_until(&config, &policy, "NO-GO for lag", |_, r| {
+        r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("consumer lag"))
+    })
+    .await;
+    assert_eq!(code, 2, "{r:#}");
+    assert_eq!(r["decision"], "NO-GO");
+}
+
+#[test]
+fn the_gate_with_no_daemon_and_no_database_fails_closed_with_exit_2() {
+    let dir = tempdir();
+    let config = dir.join("assayer.toml");
+    std::fs::write(
+        &config,
+        "[database]\nurl = \"postgres://root@127.0.0.1:1/nowhere\"\nconnect_timeout_ms = 500\n\
+         [amqp]\nurl = \"amqp://guest:guest@127.0.0.1:1/%2f\"\noperation_timeout_ms = 500\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_assayer"))
+        .args(["gate", "--format", "json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["decision"], "NO-GO");
+    assert!(
+        r["reason"].as_str().unwrap().contains("cannot observe"),
+        "{r:#}"
+    );
+}
+
+#[test]
+fn a_bad_gate_policy_is_an_error_naming_file_line_and_key_exit_1() {
+    let dir = tempdir();
+    let config = dir.join("assayer.toml");
+    std::fs::write(&config, "").unwrap();
+    let policy = dir.join("gate.toml");
+    std::fs::write(
+        &policy,
+        assayer::core::gate::BUILTIN_GATE_TOML.replace("lag_max_s", "lag_max_secs"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_assayer"))
+        .args(["gate", "--config"])
+        .arg(&config)
+        .arg("--gate-policy")
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gate.toml:"), "{err}");
+    assert!(err.contains("lag_max_secs"), "{err}");
+}
+
+/// A one-route HTTP receiver: counts POSTs and keeps their bodies.
+fn receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Read headers, then Content-Length bytes of body.
+            while let Ok(n) = s.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        if head.starts_with("POST") {
+                            g.lock().unwrap().push(body.to_string());
+                        }
+                        break;
+                    }
+                }
+            }
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, got)
+}
+
+fn assayer(args: &[&str], config: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_assayer"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run assayer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_fires_each_rollback_hook_exactly_once_and_never_in_dry_run() {
+    let db = TestDb::create().await;
+    let bus = TestBus::new();
+    bus.declare().await;
+    let dir = tempdir();
+    let lines = world_ending_now(1_000, Vec::new(), 11);
+    let journaled = offline(&lines).journaled;
+    bus.publish(lines, 20).await;
+    let (http_port, received) = receiver();
+    let marker = dir.join("rolled-back.txt");
+    let hooks = |enabled: bool| {
+        format!(
+            "{GATE_SECTION}\n[rollback]\nenabled = {enabled}\nwatch_poll_ms = 200\n\
+             [[rollback.hook]]\nname = \"write-file\"\nkind = \"command\"\n\
+             command = [\"sh\", \"-c\", \"echo $ASSAYER_DEPLOY_VERSION $ASSAYER_TRIGGER_INVARIANT >> {}\"]\n\
+             [[rollback.hook]]\nname = \"webhook\"\nkind = \"http\"\nurl = \"http://127.0.0.1:{http_port}/rollback\"\n",
+            marker.display()
+        )
+    };
+    let port = free_port();
+    let config = write_config(&dir, &db, &bus, port, &hooks(false));
+    let daemon = DaemonProc::start(&config, dir.join("daemon.log"));
+    wait_for_head(
+        &db,
+        &bus.queue,
+        journaled,
+        Duration::from_secs(60),
+        Some(&daemon),
+    )
+    .await;
+
+    let out = assayer(
+        &["deploy", "begin", "--version", "v2.1.0", "--by", "ci"],
+        &config,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let begun: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(begun["deploy"]["version"], "v2.1.0");
+
+    // A clean window passes: exit 0, nothing fired.
+    let out = assayer(&["deploy", "watch", "--for", "1s"], &config);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    // Corruption after the marker: gold from nothing (tx.unbalanced, critical).
+    let now = Timestamp::now().to_rfc3339();
+    bus.publish(
+        vec![format!(
+            r#"{{"v":1,"tx_id":"exploit-1","realm":"realm-1","system":"blackmarket","seq":1,"ts":"{now}","kind":"trade.settle","postings":[{{"account":"player:1","asset":"gold","delta":100000}}]}}"#
+        ).into_bytes()],
+        1,
+    )
+    .await;
+
+    // Dry run (rollback.enabled = false): recorded, but nothing runs.
+    let out = assayer(&["deploy", "watch", "--for", "60s"], &config);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let w: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(w["dry_run"], true);
+    assert_eq!(w["trigger"]["invariant"], "tx.unbalanced", "{w:#}");
+    assert!(
+        w["hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["outcome"] == "dry-run"),
+        "{w:#}"
+    );
+    assert!(!marker.exists(), "a dry run must not run the command");
+    assert!(
+        received.lock().unwrap().is_empty(),
+        "a dry run must not call the webhook"
+    );
+
+    // Enabled: each hook fires once.
+    let config = write_config(&dir, &db, &bus, port, &hooks(true));
+    let out = assayer(&["deploy", "watch", "--for", "60s"], &config);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let w: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(w["dry_run"], false);
+    assert!(
+        w["hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["outcome"] == "ok"),
+        "{w:#}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        "v2.1.0 tx.unbalanced\n"
+    );
+    {
+        let got = received.lock().unwrap();
+        assert_eq!(got.len(), 1);
+        let body: Value = serde_json::from_str(&got[0]).unwrap();
+        assert_eq!(body["deploy"]["version"], "v2.1.0");
+        assert_eq!(body["trigger"]["invariant"], "tx.unbalanced");
+    }
+    // Rolled back: the deploy is closed, a second watch has nothing to fire.
+    let out = assayer(&["deploy", "watch", "--for", "1s"], &config);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no deploy marker"));
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 1);
+    assert_eq!(received.lock().unwrap().len(), 1);
+    let mut c = db.connect().await;
+    let rows: Vec<(String, bool, String)> = sqlx::query_as(
+        "SELECT hook, dry_run, outcome FROM rollback_actions ORDER BY hook, dry_run",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("webhook".into(), false, "ok".into()),
+            ("webhook".into(), true, "dry-run".into()),
+            ("write-file".into(), false, "ok".into()),
+            ("write-file".into(), true, "dry-run".into()),
+        ]
+    );
+    drop(daemon);
+}
+
+#[test]
+fn junit_output_validates_against_the_junit_schema_and_markdown_reads_well() {
+    use assayer::core::gate::*;
+    // A report with every status, built by the real evaluator.
+    let policy = GatePolicy::builtin();
+    let obs = Observations {
+        now: Timestamp::now(),
+        findings: vec![OpenFinding {
+            fingerprint: "abc".into(),
+            invariant: Invariant::ItemDuplicated,
+            severity: Invariant::ItemDuplicated.default_severity(),
+            realm: "eu-1".into(),
+            system: Some("mail".into()),
+            first_seen: Timestamp::now(),
+        }],
+        groups: Vec::new(),
+        daemons: Vec::new(),
+        realms: vec!["eu-1".into()],
+        recon: None,
+        deploy: Some(DeployMarker {
+            id: 3,
+            version: "v1 <rc> & \"quoted\"".into(),
+            begun_at: Timestamp::now(),
+            watermark_ts: None,
+        }),
+        self_test: Ok("caught".into()),
+        slos: Vec::new(),
+        preflight: vec![PreflightItem {
+            name: "bindings".into(),
+            status: CheckStatus::Warn,
+            detail: "x < y & z".into(),
+        }],
+    };
+    let report = evaluate(&obs, &policy);
+    let dir = tempdir();
+    let xml = dir.join("gate.xml");
+    std::fs::write(&xml, assayer::cli::gate::junit(&report)).unwrap();
+    let xsd = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/junit.xsd");
+    let out = Command::new("xmllint")
+        .arg("--noout")
+        .arg("--schema")
+        .arg(&xsd)
+        .arg(&xml)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("xmllint is missing ({e}); install it with: apt-get install -y libxml2-utils")
+        });
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&xml).unwrap()
+    );
+    let text = std::fs::read_to_string(&xml).unwrap();
+    assert!(text.contains("failures=\"3\""), "{text}");
+    assert!(text.contains("<skipped"), "{text}");
+
+    let md = assayer::cli::gate::markdown(&report);
+    let lines: Vec<&str> = md.lines().collect();
+    assert!(
+        lines[0].starts_with("## ⛔ assayer gate: **NO-GO** (score 0/100)"),
+        "{md}"
+    );
+    assert!(md.contains("| check | status | weight | reason |"), "{md}");
+    for c in &report.checks {
+        assert!(
+            md.lines()
+                .any(|l| l.starts_with(&format!("| {} |", c.name))),
+            "{} missing:\n{md}",
+            c.name
+        );
+    }
+    assert!(md.contains("`item.duplicated`"), "{md}");
+    // Table cells never break the table.
+    assert!(
+        md.lines()
+            .filter(|l| l.starts_with("| "))
+            .all(|l| l.matches(" | ").count() == 3
+                || l.starts_with("| check")
+                || l.starts_with("|---")),
+        "{md}"
+    );
+}
