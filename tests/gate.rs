@@ -75,7 +75,14 @@ fn gate_policy(dir: &Path, recon_required: bool, extra_edit: &dyn Fn(String) -> 
     path
 }
 
-const GATE_SECTION: &str = "[gate]\ncache_ms = 50\ninterval_ms = 500\nstatus_interval_ms = 250\n";
+/// The daemon and the CLI read the same gate policy (through the config), so every
+/// interface decides alike.
+fn gate_section(policy: &Path) -> String {
+    format!(
+        "[gate]\npolicy_file = \"{}\"\ncache_ms = 50\ninterval_ms = 500\nstatus_interval_ms = 250\n",
+        policy.display()
+    )
+}
 
 /// Runs `assayer gate --format json`: (exit code, report).
 fn gate_cli(config: &Path, policy: &Path) -> (i32, Value) {
@@ -141,7 +148,7 @@ async fn clean_world_is_go_everywhere_then_marginal_then_no_go_when_the_daemon_s
     let lines = world_ending_now(3_000, Vec::new(), 5);
     let journaled = offline(&lines).journaled;
     bus.publish(lines, 20).await;
-    let config = write_config(&dir, &db, &bus, port, GATE_SECTION);
+    let config = write_config(&dir, &db, &bus, port, &gate_section(&policy));
     let mut daemon = DaemonProc::start(&config, dir.join("daemon.log"));
     wait_for_head(
         &db,
@@ -215,7 +222,7 @@ async fn every_blocking_finding_class_is_no_go_naming_it_until_acknowledged() {
     let lines = world_ending_now(3_000, blocking.iter().map(|i| (*i, 1)).collect(), 9);
     let off = offline(&lines);
     bus.publish(lines, 20).await;
-    let config = write_config(&dir, &db, &bus, free_port(), GATE_SECTION);
+    let config = write_config(&dir, &db, &bus, free_port(), &gate_section(&policy));
     let daemon = DaemonProc::start(&config, dir.join("daemon.log"));
     wait_for_head(
         &db,
@@ -282,19 +289,10 @@ async fn a_lagging_daemon_is_no_go() {
     bus.declare().await;
     let dir = tempdir();
     let policy = gate_policy(&dir, false, &|t| t);
-    // A stream ten minutes old: the consumer is 600 s behind (limit 60 s).
-    let cfg = SimConfig {
-        seed: 3,
-        events: 500,
-        players: 30,
-        start: Timestamp(Timestamp::now().0 - 600_000_000_000),
-        ..SimConfig::default()
-    };
-    let mut lines = Vec::new();
-    sim::generate(&cfg, &mut |l: &[u8]| lines.push(l.to_vec()));
+    let lines = world_ending_now(1_000, Vec::new(), 3);
     let journaled = offline(&lines).journaled;
-    bus.publish(lines, 10).await;
-    let config = write_config(&dir, &db, &bus, free_port(), GATE_SECTION);
+    bus.publish(lines, 20).await;
+    let config = write_config(&dir, &db, &bus, free_port(), &gate_section(&policy));
     let daemon = DaemonProc::start(&config, dir.join("daemon.log"));
     wait_for_head(
         &db,
@@ -304,12 +302,39 @@ async fn a_lagging_daemon_is_no_go() {
         Some(&daemon),
     )
     .await;
+    gate_until(&config, &policy, "GO", |c, _| c == 0).await;
+
+    // A system starts delivering ten minutes behind (a backlog draining): every batch
+    // the daemon commits is 600 s old, beyond the 60 s limit.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeder = {
+        let stop = stop.clone();
+        let exchange = bus.exchange.clone();
+        tokio::spawn(async move {
+            let feed = TestBus::connect().await;
+            let mut seq = 1u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let ts = Timestamp(Timestamp::now().0 - 600_000_000_000).to_rfc3339();
+                let body = format!(
+                    r#"{{"v":1,"tx_id":"late-{seq}","realm":"realm-1","system":"backlog","seq":{seq},"ts":"{ts}","kind":"heartbeat"}}"#
+                );
+                feed.publish_json(&exchange, "realm-1.backlog", body.as_bytes())
+                    .await
+                    .expect("publish");
+                seq += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            feed.close().await;
+        })
+    };
     let (code, r) = gate_until(&config, &policy, "NO-GO for lag", |_, r| {
         r["reason"]
             .as_str()
             .is_some_and(|s| s.contains("consumer lag"))
     })
     .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    feeder.await.unwrap();
     assert_eq!(code, 2, "{r:#}");
     assert_eq!(r["decision"], "NO-GO");
 }
@@ -419,6 +444,7 @@ async fn watch_fires_each_rollback_hook_exactly_once_and_never_in_dry_run() {
     let bus = TestBus::new();
     bus.declare().await;
     let dir = tempdir();
+    let policy = gate_policy(&dir, false, &|t| t);
     let lines = world_ending_now(1_000, Vec::new(), 11);
     let journaled = offline(&lines).journaled;
     bus.publish(lines, 20).await;
@@ -426,10 +452,11 @@ async fn watch_fires_each_rollback_hook_exactly_once_and_never_in_dry_run() {
     let marker = dir.join("rolled-back.txt");
     let hooks = |enabled: bool| {
         format!(
-            "{GATE_SECTION}\n[rollback]\nenabled = {enabled}\nwatch_poll_ms = 200\n\
+            "{}\n[rollback]\nenabled = {enabled}\nwatch_poll_ms = 200\n\
              [[rollback.hook]]\nname = \"write-file\"\nkind = \"command\"\n\
              command = [\"sh\", \"-c\", \"echo $ASSAYER_DEPLOY_VERSION $ASSAYER_TRIGGER_INVARIANT >> {}\"]\n\
              [[rollback.hook]]\nname = \"webhook\"\nkind = \"http\"\nurl = \"http://127.0.0.1:{http_port}/rollback\"\n",
+            gate_section(&policy),
             marker.display()
         )
     };

@@ -142,6 +142,12 @@ pub async fn blocking_since(
 
 /// The latest finished reconciliation run (of any group).
 pub async fn latest_recon(pool: &PgPool) -> Result<Option<ReconRun>, StoreError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('recon_runs') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(None);
+    }
     let row = sqlx::query(concat!(
         "SELECT id, ",
         ms!("finished_at"),

@@ -61,8 +61,9 @@ pub fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let Some(config) = args.config.as_deref() else {
         anyhow::bail!("--config FILE (or ASSAYER_CONFIG) is required");
     };
-    let gate = load(config, args.gate_policy.as_deref())?;
     let rt = super::daemon::runtime()?;
+    let _rt = rt.enter();
+    let gate = load(config, args.gate_policy.as_deref())?;
     let mut out = io::stdout().lock();
     match args.step {
         Step::Begin { version, by } => {

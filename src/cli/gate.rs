@@ -62,8 +62,11 @@ pub fn load(
 }
 
 pub fn run(args: GateArgs) -> anyhow::Result<ExitCode> {
+    let rt = super::daemon::runtime()?;
+    // The lazy database pool spawns its maintenance on the runtime.
+    let _rt = rt.enter();
     let gate = load(&args.config, args.gate_policy.as_deref())?;
-    let report = super::daemon::runtime()?.block_on(gate.evaluate());
+    let report = rt.block_on(gate.evaluate());
     let mut out = io::stdout().lock();
     render(&report, GateFormat::resolve(args.format), &mut out)?;
     Ok(ExitCode::from(report.decision.exit_code()))

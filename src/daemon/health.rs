@@ -18,6 +18,8 @@ struct Inner {
     /// Last time everything received was durable (a commit, or an idle tick with
     /// nothing pending).
     durable_at: Option<Instant>,
+    /// When `processing_lag` was last measured on a batch.
+    lag_at: Option<Instant>,
     processing_lag: Duration,
     last_error: Option<String>,
     progress: Progress,
@@ -50,6 +52,7 @@ impl Health {
                 broker: false,
                 database: false,
                 durable_at: None,
+                lag_at: None,
                 processing_lag: Duration::ZERO,
                 last_error: None,
                 progress: Progress::default(),
@@ -72,10 +75,26 @@ impl Health {
         });
     }
 
+    /// Nothing pending: everything received is durable. The consumer lag drops to zero
+    /// only after `settle` without a batch, so a daemon that keeps up with a trickle of
+    /// old events between idle ticks still reports how far behind they are.
+    pub fn idle(&self, settle: Duration) {
+        self.with(|i| {
+            let now = Instant::now();
+            if i.lag_at.is_none_or(|t| now.duration_since(t) >= settle) {
+                i.processing_lag = Duration::ZERO;
+            }
+            i.durable_at = Some(now);
+            i.last_error = None;
+        });
+    }
+
     pub fn durable(&self, processing_lag: Duration) {
         self.with(|i| {
-            i.durable_at = Some(Instant::now());
+            let now = Instant::now();
+            i.durable_at = Some(now);
             i.processing_lag = processing_lag;
+            i.lag_at = Some(now);
             i.last_error = None;
         });
     }

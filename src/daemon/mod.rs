@@ -57,6 +57,9 @@ pub enum DaemonError {
 
 /// Runs until `shutdown` is cancelled: reconnecting with bounded backoff after any
 /// failure, serving HTTP throughout.
+/// An idle daemon reports zero consumer lag after this long without a batch.
+const IDLE_LAG_SETTLE: Duration = Duration::from_secs(1);
+
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let policy = match &config.policy.dir {
         Some(dir) => Policy::load_dir(dir)?,
@@ -322,7 +325,7 @@ impl<'a> Session<'a> {
                     if pending.since.is_some_and(|s| s.elapsed() >= c.checkpoint.batch_interval) {
                         self.flush(&pg, &bus, &mut engine, &mut pending, &mut snapshot_at, false).await?;
                     } else if pending.since.is_none() {
-                        self.health.durable(Duration::ZERO);
+                        self.health.idle(IDLE_LAG_SETTLE);
                     }
                 }
             }
