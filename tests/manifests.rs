@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use assayer::daemon::config::Config;
-use assayer::daemon::metrics::Metrics;
+use assayer::daemon::metrics::{FindingLabels, Metrics, OutcomeLabel, StreamLabels};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -127,7 +127,29 @@ fn assayer_metric_names(text: &str) -> BTreeSet<String> {
 /// the gate and reconciliation metrics of issue #5, named here until they are registered.
 fn known_metric_names() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    let text = Metrics::new().encode();
+    // A labelled family is encoded only once it has a child: create one of each.
+    let metrics = Metrics::new();
+    metrics
+        .events
+        .get_or_create(&OutcomeLabel {
+            outcome: "accepted",
+        })
+        .inc();
+    metrics
+        .findings
+        .get_or_create(&FindingLabels {
+            invariant: "item.duplicated",
+            severity: "critical",
+        })
+        .inc();
+    metrics
+        .stream_lag_seconds
+        .get_or_create(&StreamLabels {
+            realm: "eu-1".into(),
+            system: "inventory".into(),
+        })
+        .set(1.0);
+    let text = metrics.encode();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("# TYPE ") else {
             continue;
@@ -151,7 +173,10 @@ fn known_metric_names() -> BTreeSet<String> {
         }
     }
     assert!(
-        names.contains("assayer_events_total") && names.contains("assayer_journal_position"),
+        names.contains("assayer_events_total")
+            && names.contains("assayer_findings_total")
+            && names.contains("assayer_stream_lag_seconds")
+            && names.contains("assayer_journal_position"),
         "the daemon's registry did not encode the expected metrics:\n{text}"
     );
     for new in [
@@ -254,7 +279,11 @@ fn every_yaml_and_json_file_under_deploy_parses() {
             checked += 1;
         }
     }
-    assert!(errors.is_empty(), "unparsable files:\n{}", errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "unparsable files:\n{}",
+        errors.join("\n")
+    );
     // k8s (8 files + 2 examples), prometheus test, compose, 2 CI files, dashboard.
     assert!(
         checked >= 15,
@@ -420,8 +449,7 @@ fn deployment_probes_secrets_and_config_agree_with_the_daemon_config() {
     ] {
         assert!(container.pointer(pointer).is_some(), "missing {pointer}");
     }
-    let non_root = pod.pointer("/securityContext/runAsNonRoot")
-        == Some(&Value::Bool(true))
+    let non_root = pod.pointer("/securityContext/runAsNonRoot") == Some(&Value::Bool(true))
         || container.pointer("/securityContext/runAsNonRoot") == Some(&Value::Bool(true));
     assert!(non_root, "runAsNonRoot must be true");
     let csc = container
@@ -429,14 +457,20 @@ fn deployment_probes_secrets_and_config_agree_with_the_daemon_config() {
         .expect("container securityContext");
     assert_eq!(csc["readOnlyRootFilesystem"], true);
     assert_eq!(csc["allowPrivilegeEscalation"], false);
-    assert_eq!(csc.pointer("/capabilities/drop/0"), Some(&Value::from("ALL")));
+    assert_eq!(
+        csc.pointer("/capabilities/drop/0"),
+        Some(&Value::from("ALL"))
+    );
 
     // Service → pod port → ServiceMonitor endpoint.
     let svc = yaml1("deploy/k8s/service.yaml");
     let svc_port = &arr_at(&svc, "/spec/ports", "Service")[0];
     assert_eq!(svc_port["port"].as_u64(), Some(http_port));
     let pod_labels = dep.pointer("/spec/template/metadata/labels").unwrap();
-    for (k, v) in svc["spec"]["selector"].as_object().expect("Service selector") {
+    for (k, v) in svc["spec"]["selector"]
+        .as_object()
+        .expect("Service selector")
+    {
         assert_eq!(
             pod_labels.get(k),
             Some(v),
@@ -487,9 +521,7 @@ fn systemd_unit_runs_the_daemon_hardened() {
     }
     // The container image and compose run the same command on configs that parse.
     let containerfile = read(&root().join("deploy/container/Containerfile"));
-    assert!(
-        containerfile.contains(r#"CMD ["daemon", "--config", "/etc/assayer/assayer.toml"]"#)
-    );
+    assert!(containerfile.contains(r#"CMD ["daemon", "--config", "/etc/assayer/assayer.toml"]"#));
     Config::parse(
         &read(&root().join("deploy/compose-assayer.toml")),
         "deploy/compose-assayer.toml",
@@ -587,10 +619,9 @@ fn alerts_and_dashboard_use_only_exported_metrics() {
         check(format!("alert {}", a.name), &a.rule.to_string());
     }
 
-    let dash: Value = serde_json::from_str(&read(
-        &root().join("deploy/grafana/assayer-dashboard.json"),
-    ))
-    .expect("dashboard JSON");
+    let dash: Value =
+        serde_json::from_str(&read(&root().join("deploy/grafana/assayer-dashboard.json")))
+            .expect("dashboard JSON");
     let mut used = BTreeSet::new();
     let panels = arr_at(&dash, "/panels", "dashboard");
     assert!(!panels.is_empty(), "dashboard has no panels");
@@ -706,9 +737,11 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
     );
     std::fs::copy(root().join(tests_path), dir.path().join("alerts.test.yml"))
         .expect("copy unit tests");
-    let (ok, out) = run(Command::new(promtool)
-        .current_dir(dir.path())
-        .args(["test", "rules", "alerts.test.yml"]));
+    let (ok, out) = run(Command::new(promtool).current_dir(dir.path()).args([
+        "test",
+        "rules",
+        "alerts.test.yml",
+    ]));
     assert!(ok, "promtool test rules failed:\n{out}");
     assert!(out.contains("SUCCESS"), "{out}");
 }
@@ -734,7 +767,11 @@ fn gate_integrations_ask_the_gate_endpoints() {
         "without jsonPath the whole body is `result`"
     );
     assert_eq!(web["url"], "{{args.assayer-url}}/v1/gate");
-    let arg = find_named(arr_at(&at, "/spec/args", "AnalysisTemplate"), "assayer-url", "args");
+    let arg = find_named(
+        arr_at(&at, "/spec/args", "AnalysisTemplate"),
+        "assayer-url",
+        "args",
+    );
     assert_eq!(arg["value"].as_str(), Some(base.as_str()));
 
     let canary = yaml1("deploy/k8s/examples/flagger-canary.yaml");
@@ -778,8 +815,14 @@ fn ci_examples_gate_around_the_deploy_step() {
 
     // Order: gate + deploy begin, then the deploy, then verify.
     let gh = yaml1("deploy/ci/github-actions.yml");
-    assert_eq!(gh.pointer("/jobs/deploy/needs"), Some(&Value::from("pre-deploy")));
-    assert_eq!(gh.pointer("/jobs/verify/needs"), Some(&Value::from("deploy")));
+    assert_eq!(
+        gh.pointer("/jobs/deploy/needs"),
+        Some(&Value::from("pre-deploy"))
+    );
+    assert_eq!(
+        gh.pointer("/jobs/verify/needs"),
+        Some(&Value::from("deploy"))
+    );
     let gl = yaml1("deploy/ci/gitlab-ci.yml");
     assert_eq!(
         gl["stages"],
