@@ -637,6 +637,41 @@ fn alerts_and_dashboard_use_only_exported_metrics() {
     }
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 
+    // Panels: unique ids, inside the 24-column grid, not overlapping, on the data source
+    // the dashboard asks for on import.
+    let variables: BTreeSet<&str> = arr_at(&dash, "/templating/list", "dashboard")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert!(variables.contains("datasource") && variables.contains("job"));
+    let mut ids = BTreeSet::new();
+    let mut cells = BTreeMap::new();
+    for panel in panels {
+        let title = str_at(panel, "/title", "panel");
+        assert!(
+            ids.insert(panel["id"].as_u64().expect("panel id")),
+            "duplicate panel id ({title})"
+        );
+        assert_eq!(
+            str_at(panel, "/datasource/uid", title),
+            "${datasource}",
+            "panel {title}"
+        );
+        let g = |k: &str| panel["gridPos"][k].as_u64().expect("gridPos");
+        let (x, y, w, h) = (g("x"), g("y"), g("w"), g("h"));
+        assert!(
+            w > 0 && h > 0 && x + w <= 24,
+            "panel {title} is outside the grid"
+        );
+        for cx in x..x + w {
+            for cy in y..y + h {
+                if let Some(other) = cells.insert((cx, cy), title) {
+                    panic!("panels {other:?} and {title:?} overlap");
+                }
+            }
+        }
+    }
+
     // What the dashboard must show.
     for metric in [
         "assayer_events_total",
