@@ -99,13 +99,35 @@ pub async fn daemon_status(
         .collect()
 }
 
+/// Realms the rollback drill writes its findings under: the real gate never sees
+/// them, and the drill sees nothing else.
+pub const DRILL_REALM_PREFIX: &str = "assayer-drill-";
+
+/// Which findings a query sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// Every realm but the drill's.
+    Production,
+    /// One drill's realm only.
+    Drill(&'a str),
+}
+
 /// Open findings (status `open`: acknowledged and resolved ones no longer block).
-pub async fn open_findings(pool: &PgPool) -> Result<Vec<OpenFinding>, StoreError> {
+pub async fn open_findings(pool: &PgPool, scope: Scope<'_>) -> Result<Vec<OpenFinding>, StoreError> {
+    let (drill, realm) = match scope {
+        Scope::Production => (false, ""),
+        Scope::Drill(r) => (true, r),
+    };
     let rows = sqlx::query(concat!(
         "SELECT fingerprint, invariant, severity, realm, system, ",
         ms!("first_seen"),
-        " FROM findings WHERE status = 'open' ORDER BY first_seen"
+        " FROM findings WHERE status = 'open'
+           AND CASE WHEN $1 THEN realm = $2 ELSE NOT starts_with(realm, $3) END
+         ORDER BY first_seen, fingerprint"
     ))
+    .bind(drill)
+    .bind(realm)
+    .bind(DRILL_REALM_PREFIX)
     .fetch_all(pool)
     .await?;
     rows.into_iter()
@@ -132,8 +154,9 @@ pub async fn open_findings(pool: &PgPool) -> Result<Vec<OpenFinding>, StoreError
 pub async fn blocking_since(
     pool: &PgPool,
     since: Timestamp,
+    scope: Scope<'_>,
 ) -> Result<Vec<OpenFinding>, StoreError> {
-    Ok(open_findings(pool)
+    Ok(open_findings(pool, scope)
         .await?
         .into_iter()
         .filter(|f| f.severity.blocks_deploy() && f.first_seen >= since)

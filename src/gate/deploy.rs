@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::hooks::{self, HookResult};
 use super::{Gate, GateError};
-use crate::adapters::gate_store;
+use crate::adapters::gate_store::{self, Scope};
 use crate::core::gate::{DeployMarker, GateReport, OpenFinding};
 use crate::core::time::Timestamp;
 
@@ -130,12 +130,14 @@ pub async fn watch(
     let deploy = gate_store::latest_deploy(pool, &gate.config.daemon.group)
         .await?
         .ok_or_else(no_marker)?;
-    watch_deploy(gate, deploy, window, shutdown).await
+    watch_deploy(gate, deploy, Scope::Production, window, shutdown).await
 }
 
+/// Watches `deploy` for blocking findings in `scope`.
 pub async fn watch_deploy(
     gate: &Gate,
     deploy: DeployMarker,
+    scope: Scope<'_>,
     window: Duration,
     shutdown: CancellationToken,
 ) -> Result<Watched, GateError> {
@@ -143,7 +145,7 @@ pub async fn watch_deploy(
     let dry_run = !gate.config.rollback.enabled;
     let started = Instant::now();
     loop {
-        let blocking = gate_store::blocking_since(pool, deploy.begun_at).await?;
+        let blocking = gate_store::blocking_since(pool, deploy.begun_at, scope).await?;
         if let Some(trigger) = blocking.first() {
             let results = hooks::fire_all(&gate.config, pool, &deploy, trigger, dry_run).await?;
             if !dry_run && results.iter().any(|r| r.outcome == "ok") {

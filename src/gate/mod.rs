@@ -102,7 +102,7 @@ impl Gate {
     pub async fn observe(&self) -> Result<Observations, StoreError> {
         let pool = self.pg.pool();
         let c = &self.config;
-        let findings = gate_store::open_findings(pool).await?;
+        let findings = gate_store::open_findings(pool, gate_store::Scope::Production).await?;
         let groups = if c.gate.groups.is_empty() {
             vec![c.daemon.group.clone()]
         } else {
