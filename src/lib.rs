@@ -11,10 +11,13 @@
 //!   PostgreSQL (sqlx), HTTP (axum).
 //! - [`daemon`]: wiring for `assayer daemon` — config, the consume → audit → commit →
 //!   ack loop, checkpoints, metrics, health, shutdown.
+//! - [`recon`]: wiring for reconciliation (`assayer reconcile`, the daemon's schedule):
+//!   expected state from the engine, store readers, grace re-check, `recon_runs`.
 //! - [`cli`]: one module per subcommand; reads files, clocks and terminals.
 
 pub mod adapters;
 pub mod cli;
 pub mod core;
 pub mod daemon;
+pub mod recon;
 pub mod sim;

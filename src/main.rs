@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => cli::demo::run(args),
         Command::Daemon(args) => cli::daemon::run(args),
         Command::CheckConfig(args) => cli::daemon::check(args),
+        Command::Reconcile(args) => cli::reconcile::run(args),
     };
     match result {
         Ok(code) => code,

@@ -4,3 +4,6 @@
 pub mod amqp;
 pub mod http;
 pub mod postgres;
+pub mod recon_pg;
+pub mod redis;
+pub mod sim_stores;

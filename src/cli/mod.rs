@@ -5,6 +5,7 @@ pub mod audit;
 pub mod daemon;
 pub mod demo;
 pub mod output;
+pub mod reconcile;
 pub mod sim;
 
 use clap::{Parser, Subcommand};
@@ -24,4 +25,5 @@ pub enum Command {
     Demo(demo::DemoArgs),
     Daemon(daemon::DaemonArgs),
     CheckConfig(daemon::CheckConfigArgs),
+    Reconcile(reconcile::ReconcileArgs),
 }

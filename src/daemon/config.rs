@@ -38,6 +38,8 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     pub http: HttpConfig,
     pub readiness: ReadinessConfig,
+    /// `[reconcile]` and `[[store]]` (issue #4).
+    pub recon: crate::recon::config::ReconConfig,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -153,6 +155,10 @@ struct Raw {
     http: RawHttp,
     #[serde(default)]
     readiness: RawReadiness,
+    #[serde(default)]
+    reconcile: crate::recon::config::RawReconcile,
+    #[serde(default)]
+    store: Vec<crate::recon::config::RawStore>,
 }
 
 #[derive(Deserialize, Default)]
@@ -349,7 +355,10 @@ impl Config {
             None => d::BATCH_EVENTS_MAX,
         };
 
+        let recon = crate::recon::config::validate(raw.reconcile, raw.store, &env, &invalid)?;
+
         Ok(Config {
+            recon,
             daemon: DaemonConfig {
                 group: raw.daemon.group.unwrap_or_else(|| queue.clone()),
                 shutdown_deadline: Duration::from_millis(positive(

@@ -46,6 +46,10 @@ pub struct Metrics {
     pub reconnects: Counter,
     pub broker_connected: Gauge,
     pub database_connected: Gauge,
+    /// Reconciliation runs by outcome (clean, divergent, failed).
+    pub recon_runs: Family<OutcomeLabel, Counter>,
+    pub recon_last_run_timestamp_seconds: Gauge<f64, AtomicU64>,
+    pub recon_divergent_keys: Gauge,
 }
 
 impl Default for Metrics {
@@ -75,6 +79,9 @@ impl Metrics {
             reconnects: Counter::default(),
             broker_connected: Gauge::default(),
             database_connected: Gauge::default(),
+            recon_runs: Family::default(),
+            recon_last_run_timestamp_seconds: Gauge::default(),
+            recon_divergent_keys: Gauge::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -151,6 +158,21 @@ impl Metrics {
             "database_connected",
             "1 while connected to PostgreSQL",
             m.database_connected.clone(),
+        );
+        r.register(
+            "recon_runs",
+            "Scheduled reconciliation runs, by outcome (clean, divergent, failed)",
+            m.recon_runs.clone(),
+        );
+        r.register(
+            "recon_last_run_timestamp_seconds",
+            "When the last reconciliation run finished (Unix seconds)",
+            m.recon_last_run_timestamp_seconds.clone(),
+        );
+        r.register(
+            "recon_divergent_keys",
+            "Divergent keys found by the last reconciliation run",
+            m.recon_divergent_keys.clone(),
         );
         Metrics { registry: r, ..m }
     }
