@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::json;
-use wildmatch::WildMatch;
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use super::engine::Engine;
 use super::event::is_world;
@@ -154,32 +154,47 @@ pub fn hash_row(row: &Row, depth: u8) -> (usize, [u8; 32]) {
     )
 }
 
-/// Which accounts (balances) and item locations a store owns, as glob patterns
-/// (`*` any run of characters, `?` one character), e.g. `player:*/bag`.
+/// Which accounts (balances) and item locations a store owns, as glob patterns in
+/// which `*` and `?` never match a `/` (so `player:*` is a wallet, `player:*/bank` a
+/// bank slot), `{a,b}` alternatives and `[...]` classes as in `globset`.
 #[derive(Clone, Debug, Default)]
 pub struct Ownership {
     pub accounts: Vec<String>,
     pub locations: Vec<String>,
-    accounts_m: Vec<WildMatch>,
-    locations_m: Vec<WildMatch>,
+    accounts_m: GlobSet,
+    locations_m: GlobSet,
+}
+
+/// Builds a glob set with `/` as a separator `*` does not cross.
+pub fn glob_set(patterns: &[String]) -> Result<GlobSet, String> {
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        b.add(
+            GlobBuilder::new(p)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| format!("`{p}`: {e}"))?,
+        );
+    }
+    b.build().map_err(|e| e.to_string())
 }
 
 impl Ownership {
-    pub fn new(accounts: Vec<String>, locations: Vec<String>) -> Ownership {
-        Ownership {
-            accounts_m: accounts.iter().map(|p| WildMatch::new(p)).collect(),
-            locations_m: locations.iter().map(|p| WildMatch::new(p)).collect(),
+    pub fn new(accounts: Vec<String>, locations: Vec<String>) -> Result<Ownership, String> {
+        Ok(Ownership {
+            accounts_m: glob_set(&accounts)?,
+            locations_m: glob_set(&locations)?,
             accounts,
             locations,
-        }
+        })
     }
 
     pub fn owns_account(&self, account: &str) -> bool {
-        self.accounts_m.iter().any(|m| m.matches(account))
+        self.accounts_m.is_match(account)
     }
 
     pub fn owns_location(&self, location: &str) -> bool {
-        self.locations_m.iter().any(|m| m.matches(location))
+        self.locations_m.is_match(location)
     }
 
     pub fn spaces(&self) -> Vec<Space> {
@@ -527,16 +542,19 @@ mod tests {
             .insert(("r".into(), "player:1".into(), "gold".into()), 3);
         e.balances
             .insert(("r".into(), "guild:1/bank".into(), "gold".into()), 4);
+        e.balances
+            .insert(("r".into(), "player:1/bank".into(), "gold".into()), 5);
         e.items.insert(
             ("r".into(), "itm:1".into()),
             vec!["player:1/bag".into(), "player:1/bank".into()],
         );
-        let own = Ownership::new(vec!["player:*".into()], vec!["player:*/bank".into()]);
+        let own = Ownership::new(vec!["player:*".into()], vec!["player:*/bank".into()]).unwrap();
         let b: Vec<Row> = e.slice("r", Space::Balances, &own).collect();
         assert_eq!(b, vec![Row::balance("player:1", "gold", 3)]);
         let i: Vec<Row> = e.slice("r", Space::Items, &own).collect();
         assert_eq!(i, vec![Row::item("itm:1", "player:1/bank")]);
         assert!(e.slice("other", Space::Items, &own).next().is_none());
+        assert!(Ownership::new(vec!["player:[".into()], vec![]).is_err());
     }
 
     #[test]

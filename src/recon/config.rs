@@ -323,8 +323,14 @@ pub fn validate<E>(
                 }
             }
         }
+        let own = Ownership::new(s.accounts.clone(), s.locations.clone()).map_err(|e| {
+            invalid(
+                &key("accounts"),
+                format!("store `{}`: bad ownership pattern {e}", s.name),
+            )
+        })?;
         out.push(StoreConfig {
-            own: Ownership::new(s.accounts.clone(), s.locations.clone()),
+            own,
             name: s.name,
             system: s.system,
             realm: s.realm,
