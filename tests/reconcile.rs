@@ -12,7 +12,7 @@ use std::time::Duration;
 use assayer::adapters::sim_stores::SimStores;
 use assayer::core::recon::{Expected, Ownership, RowKey, Scalar, Space};
 use assayer::daemon::config::Config;
-use assayer::recon::{self, LiveExpected, Outcome, Record, ReconOptions, Source};
+use assayer::recon::{self, LiveExpected, Outcome, ReconOptions, Record, Source};
 use assayer::sim::stores::{Drift, StoreWorld, TABLES, inject_drift};
 use assayer::sim::{Noise, SimConfig, generate};
 use common::{REDIS_URL, TestDb, TestRedis};
@@ -22,7 +22,12 @@ const REALM: &str = "realm-1";
 
 /// A config describing the reference world's stores in `db` and the cache under
 /// `redis_prefix`, with `[reconcile]` lines `reconcile`.
-fn config_text(db: &str, redis_prefix: &str, reconcile: &str, wallets_query: Option<&str>) -> String {
+fn config_text(
+    db: &str,
+    redis_prefix: &str,
+    reconcile: &str,
+    wallets_query: Option<&str>,
+) -> String {
     let mut t = format!(
         "[database]\nurl = \"{db}\"\n[daemon]\ngroup = \"recon-test\"\n[reconcile]\n{reconcile}\n"
     );
@@ -82,7 +87,9 @@ mod tempfile_path {
     pub struct TempPath(pub std::path::PathBuf);
     impl TempPath {
         pub fn new(name: &str) -> TempPath {
-            TempPath(std::env::temp_dir().join(format!("{}-{name}", super::common::unique("recon"))))
+            TempPath(
+                std::env::temp_dir().join(format!("{}-{name}", super::common::unique("recon"))),
+            )
         }
     }
     impl Drop for TempPath {
@@ -201,10 +208,11 @@ async fn every_drift_class_is_found_exactly_with_key_and_values() {
     assert_eq!(row.2, report.rows_compared as i64);
     assert!(row.3 > 0);
     assert_eq!(row.4, None, "an --events run has no journal position");
-    let stored: (i64,) = sqlx::query_as("SELECT count(*) FROM findings WHERE invariant LIKE 'recon.%'")
-        .fetch_one(&mut c)
-        .await
-        .expect("count findings");
+    let stored: (i64,) =
+        sqlx::query_as("SELECT count(*) FROM findings WHERE invariant LIKE 'recon.%'")
+            .fetch_one(&mut c)
+            .await
+            .expect("count findings");
     assert_eq!(stored.0, planted.len() as i64);
 }
 
@@ -217,9 +225,12 @@ async fn a_clean_world_reconciles_clean_and_the_cli_exits_by_outcome() {
     let events = write_events(&lines);
     let text = config_text(&db.url, &redis.prefix, "grace_ms = 10", None);
     let config = parse(&text);
-    let report = recon::run(&config, &ReconOptions::new(Source::Events(events.0.clone())))
-        .await
-        .expect("reconcile");
+    let report = recon::run(
+        &config,
+        &ReconOptions::new(Source::Events(events.0.clone())),
+    )
+    .await
+    .expect("reconcile");
     assert!(report.findings.is_empty(), "{:#?}", report.findings);
     assert_eq!(report.outcome, Outcome::Clean);
     assert_eq!(report.stores.len(), TABLES.len() + 1);
@@ -238,9 +249,17 @@ async fn a_clean_world_reconciles_clean_and_the_cli_exits_by_outcome() {
             .expect("run assayer")
     };
     let out = cli(&[]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("rows compared") && err.contains("queries"), "{err}");
+    assert!(
+        err.contains("rows compared") && err.contains("queries"),
+        "{err}"
+    );
 
     // Drift one wallet: exit 2, the finding on stdout.
     let mut c = db.connect().await;
@@ -249,11 +268,19 @@ async fn a_clean_world_reconciles_clean_and_the_cli_exits_by_outcome() {
         .await
         .expect("drift");
     let out = cli(&["--system", "economy"]);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let findings: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json findings");
     assert!(!findings.is_empty());
-    assert!(findings.iter().all(|f| f["invariant"] == "recon.value_mismatch"
-        && f["evidence"]["store"] == "wallets"));
+    assert!(
+        findings.iter().all(
+            |f| f["invariant"] == "recon.value_mismatch" && f["evidence"]["store"] == "wallets"
+        )
+    );
 }
 
 /// A world the test writes to while reconciliation runs, standing in for the engine:
@@ -267,8 +294,10 @@ impl LiveWorld {
         let mut g = self.inner.lock().expect("lock");
         let (world, log) = &mut *g;
         let changes = world.apply_line(line);
-        let keys: BTreeSet<(String, RowKey)> =
-            changes.iter().map(|c| (c.realm.clone(), c.key.clone())).collect();
+        let keys: BTreeSet<(String, RowKey)> = changes
+            .iter()
+            .map(|c| (c.realm.clone(), c.key.clone()))
+            .collect();
         for (realm, key) in keys {
             let v = world.current(&realm, &key);
             log.push((realm, key, v));
@@ -359,9 +388,15 @@ async fn a_clean_world_under_concurrent_writes_yields_no_finding() {
     let during = batches.load(std::sync::atomic::Ordering::Relaxed) - before;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.await.expect("writer");
-    assert!(during > 10, "the world kept writing during the run ({during} batches)");
+    assert!(
+        during > 10,
+        "the world kept writing during the run ({during} batches)"
+    );
     let cands: usize = report.stores.iter().map(|s| s.candidates).sum();
-    assert!(cands > 0, "concurrent writes made candidates for the re-check to clear");
+    assert!(
+        cands > 0,
+        "concurrent writes made candidates for the re-check to clear"
+    );
     assert!(
         report.findings.is_empty(),
         "no finding in a clean world: {:#?}",
@@ -419,12 +454,19 @@ async fn a_store_query_that_fails_or_times_out_is_an_error_not_a_finding() {
     ));
     let mut opts = ReconOptions::new(Source::Events(events.0.clone()));
     opts.systems = vec!["economy".into()];
-    let err = recon::run(&config, &opts).await.expect_err("a failing query is an error");
+    let err = recon::run(&config, &opts)
+        .await
+        .expect_err("a failing query is an error");
     assert!(err.to_string().contains("no_such_table"), "{err}");
 
     // Redis unreachable: an error naming the store.
-    let text = config_text(&db.url, &redis.prefix, "grace_ms = 0\nredis_timeout_ms = 500", None)
-        .replace(REDIS_URL, "redis://127.0.0.1:1");
+    let text = config_text(
+        &db.url,
+        &redis.prefix,
+        "grace_ms = 0\nredis_timeout_ms = 500",
+        None,
+    )
+    .replace(REDIS_URL, "redis://127.0.0.1:1");
     let mut opts = ReconOptions::new(Source::Events(events.0.clone()));
     opts.systems = vec!["economy".into()];
     let err = recon::run(&parse(&text), &opts)
@@ -436,11 +478,26 @@ async fn a_store_query_that_fails_or_times_out_is_an_error_not_a_finding() {
 #[test]
 fn store_config_mistakes_fail_at_startup() {
     let bad = [
-        ("[[store]]\nname = \"a\"\nsystem = \"s\"\nrealm = \"r\"\nkind = \"mysql\"\nurl = \"x\"\naccounts = [\"p:*\"]\n", "kind"),
-        ("[[store]]\nname = \"a\"\nsystem = \"s\"\nrealm = \"r\"\nkind = \"postgres\"\nurl = \"x\"\naccounts = [\"p:*\"]\n", "balances_query"),
-        ("[[store]]\nname = \"a\"\nsystem = \"s\"\nrealm = \"r\"\nkind = \"redis\"\nurl = \"x\"\nlocations = [\"p:*\"]\nkey_prefix = \"k:\"\n", "balances only"),
-        ("[[store]]\nname = \"a\"\nsystem = \"s\"\nrealm = \"r\"\nkind = \"postgres\"\nurl_env = \"NOPE_NOT_SET\"\naccounts = [\"p:*\"]\nbalances_query = \"q\"\n", "NOPE_NOT_SET"),
-        ("[[store]]\nname = \"a\"\nsystem = \"s\"\nrealm = \"r\"\nkind = \"postgres\"\nurl = \"x\"\naccounts = [\"p:*\"]\nbalances_query = \"q\"\ntypo = 1\n", "typo"),
+        (
+            "[[store]]\nname = \"a\"\nsystem = \"s\"\nrealm = \"r\"\nkind = \"mysql\"\nurl = \"x\"\naccounts = [\"p:*\"]\n",
+            "kind",
+        ),
+        (
+            "[[store]]\nname = \"a\"\nsystem = \"s\"\nrealm = \"r\"\nkind = \"postgres\"\nurl = \"x\"\naccounts = [\"p:*\"]\n",
+            "balances_query",
+        ),
+        (
+            "[[store]]\nname = \"a\"\nsystem = \"s\"\nrealm = \"r\"\nkind = \"redis\"\nurl = \"x\"\nlocations = [\"p:*\"]\nkey_prefix = \"k:\"\n",
+            "balances only",
+        ),
+        (
+            "[[store]]\nname = \"a\"\nsystem = \"s\"\nrealm = \"r\"\nkind = \"postgres\"\nurl_env = \"NOPE_NOT_SET\"\naccounts = [\"p:*\"]\nbalances_query = \"q\"\n",
+            "NOPE_NOT_SET",
+        ),
+        (
+            "[[store]]\nname = \"a\"\nsystem = \"s\"\nrealm = \"r\"\nkind = \"postgres\"\nurl = \"x\"\naccounts = [\"p:*\"]\nbalances_query = \"q\"\ntypo = 1\n",
+            "typo",
+        ),
         ("[reconcile]\ntree_depth = 30\n", "tree_depth"),
     ];
     for (text, needle) in bad {

@@ -185,7 +185,11 @@ impl PgStore {
             Space::Items => "1, 2",
         };
         let mut stats = ReadStats::default();
-        let mut chunk = self.limits.chunk_rows_min.max(1_000).min(self.limits.chunk_rows_max);
+        let mut chunk = self
+            .limits
+            .chunk_rows_min
+            .max(1_000)
+            .min(self.limits.chunk_rows_max);
         let mut after: Option<(String, String)> = None;
         loop {
             let started = Instant::now();
@@ -211,8 +215,16 @@ impl PgStore {
                 let mut stream = query.fetch(&mut *tx);
                 while let Some(r) = stream.try_next().await.map_err(|e| self.query_err(e))? {
                     got += 1;
-                    let k0: String = r.try_get::<Option<String>, _>(0).ok().flatten().unwrap_or_default();
-                    let k1: String = r.try_get::<Option<String>, _>(1).ok().flatten().unwrap_or_default();
+                    let k0: String = r
+                        .try_get::<Option<String>, _>(0)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
+                    let k1: String = r
+                        .try_get::<Option<String>, _>(1)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
                     stats.bytes += (k0.len() + k1.len()) as u64;
                     if let Some(row) = self.decode(space, &r)? {
                         stats.bytes += row.value.wire_len() as u64;
@@ -247,26 +259,25 @@ impl PgStore {
         let space = key.space();
         let (q, cols) = self.sql(space)?;
         let mut tx = self.begin().await?;
-        let rows = match key {
-            RowKey::Balance { account, asset } => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows =
+            match key {
+                RowKey::Balance { account, asset } => sqlx::query(sqlx::AssertSqlSafe(format!(
                     "SELECT {cols} FROM ({q}) q WHERE q.account::text = $1 AND q.asset::text = $2"
                 )))
                 .bind(account)
                 .bind(asset)
                 .fetch_all(&mut *tx)
-                .await
+                .await,
+                RowKey::Item { item } => {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {cols} FROM ({q}) q WHERE q.item::text = $1"
+                    )))
+                    .bind(item)
+                    .fetch_all(&mut *tx)
+                    .await
+                }
             }
-            RowKey::Item { item } => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {cols} FROM ({q}) q WHERE q.item::text = $1"
-                )))
-                .bind(item)
-                .fetch_all(&mut *tx)
-                .await
-            }
-        }
-        .map_err(|e| self.query_err(e))?;
+            .map_err(|e| self.query_err(e))?;
         tx.rollback().await.map_err(|e| self.query_err(e))?;
         let mut stats = ReadStats {
             queries: 1,
@@ -383,21 +394,19 @@ impl ReconDb {
                 .fetch_all(&self.pool)
                 .await?
             }
-            RowKey::Item { item } => {
-                sqlx::query(
-                    "SELECT j.tx_id, j.ts::text, j.position, j.system, i.from_loc || ' -> ' || i.to_loc
+            RowKey::Item { item } => sqlx::query(
+                "SELECT j.tx_id, j.ts::text, j.position, j.system, i.from_loc || ' -> ' || i.to_loc
                        FROM journal_items i JOIN journal j
                          ON j.group_name = i.group_name AND j.position = i.position
                       WHERE i.group_name = $1 AND i.realm = $2 AND i.item = $3
                       ORDER BY i.position DESC LIMIT $4",
-                )
-                .bind(group)
-                .bind(realm)
-                .bind(item)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
-            }
+            )
+            .bind(group)
+            .bind(realm)
+            .bind(item)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?,
         };
         let mut out = Vec::new();
         for r in rows {

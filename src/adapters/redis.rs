@@ -140,7 +140,10 @@ impl RedisStore {
         Ok(stats)
     }
 
-    async fn hash_fields(&self, key: &str) -> Result<(Vec<(String, String)>, ReadStats), RedisError> {
+    async fn hash_fields(
+        &self,
+        key: &str,
+    ) -> Result<(Vec<(String, String)>, ReadStats), RedisError> {
         let mut stats = ReadStats::default();
         let mut out = Vec::new();
         let mut cursor: u64 = 0;

@@ -70,9 +70,12 @@ impl SimStores {
     /// (Re)creates every table, empty, and empties the Redis cache.
     pub async fn reset(&self) -> Result<(), SimStoreError> {
         for t in TABLES {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {}", t.table)))
-                .execute(&self.pool)
-                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP TABLE IF EXISTS {}",
+                t.table
+            )))
+            .execute(&self.pool)
+            .await?;
             let ddl = match t.space {
                 Space::Balances => format!(
                     "CREATE TABLE {} (realm TEXT NOT NULL, account TEXT NOT NULL, asset TEXT NOT NULL,
@@ -85,7 +88,9 @@ impl SimStores {
                     t.table
                 ),
             };
-            sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(&self.pool).await?;
+            sqlx::query(sqlx::AssertSqlSafe(ddl))
+                .execute(&self.pool)
+                .await?;
         }
         if let Some(url) = &self.redis_url {
             super::redis::delete_prefix(url, &self.redis_prefix).await?;
@@ -171,7 +176,10 @@ impl SimStores {
                      SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])"
                 ),
             };
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&realm).bind(&a).bind(&b);
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&realm)
+                .bind(&a)
+                .bind(&b);
             if space_of(table) == Space::Balances {
                 q = q.bind(&bal);
             }
@@ -194,7 +202,11 @@ impl SimStores {
     /// Applies row changes (as the game's persistence layer would, one transaction per
     /// call) to the tables and, with [`Mirror::Cache`], `wallets` changes to the Redis
     /// cache too.
-    pub async fn apply_with(&self, changes: &[Change], mirror: Mirror) -> Result<(), SimStoreError> {
+    pub async fn apply_with(
+        &self,
+        changes: &[Change],
+        mirror: Mirror,
+    ) -> Result<(), SimStoreError> {
         if changes.is_empty() {
             return Ok(());
         }

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::output::{FindingWriter, Format};
 use crate::daemon::config::Config;
-use crate::recon::{self, Outcome, Record, ReconOptions, Source};
+use crate::recon::{self, Outcome, ReconOptions, Record, Source};
 
 /// Reconcile the systems' stores against the state the event stream implies.
 #[derive(Debug, Args)]

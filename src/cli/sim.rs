@@ -113,7 +113,10 @@ pub fn run(args: SimArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     let mut out = BufWriter::with_capacity(1 << 20, out);
     let mut err: Option<io::Error> = None;
-    let mut stores = args.stores_pg.as_ref().map(|_| sim::stores::StoreWorld::new());
+    let mut stores = args
+        .stores_pg
+        .as_ref()
+        .map(|_| sim::stores::StoreWorld::new());
     let key = sim::generate(&cfg, &mut |line: &[u8]| {
         if let Some(s) = stores.as_mut() {
             s.apply_line(line);
@@ -155,7 +158,11 @@ enum Written {
 
 /// Writes the stores (all rows, after `changes` were streamed or not) with the
 /// requested drift, and the drift key.
-fn materialize(args: &SimArgs, world: &sim::stores::StoreWorld, written: Written) -> anyhow::Result<()> {
+fn materialize(
+    args: &SimArgs,
+    world: &sim::stores::StoreWorld,
+    written: Written,
+) -> anyhow::Result<()> {
     use crate::adapters::sim_stores::SimStores;
     let Some(pg) = &args.stores_pg else {
         return Ok(());
@@ -166,7 +173,9 @@ fn materialize(args: &SimArgs, world: &sim::stores::StoreWorld, written: Written
     super::daemon::runtime()?.block_on(async {
         let s = SimStores::connect(pg, args.stores_redis.as_deref(), &args.stores_redis_prefix)
             .await
-            .with_context(|| format!("cannot connect to {}", crate::daemon::config::mask_url(pg)))?;
+            .with_context(|| {
+                format!("cannot connect to {}", crate::daemon::config::mask_url(pg))
+            })?;
         match written {
             Written::No => {
                 s.reset().await.context("creating the store tables")?;
@@ -177,7 +186,9 @@ fn materialize(args: &SimArgs, world: &sim::stores::StoreWorld, written: Written
                 s.apply_with(&drift.0, crate::adapters::sim_stores::Mirror::TablesOnly)
                     .await
                     .context("planting drift")?;
-                s.apply_cache(&drift.1).await.context("planting drift in the cache")?;
+                s.apply_cache(&drift.1)
+                    .await
+                    .context("planting drift in the cache")?;
             }
         }
         anyhow::Ok(())
@@ -227,9 +238,15 @@ fn publish(args: &SimArgs, cfg: SimConfig, url: &str) -> anyhow::Result<std::pro
         let (ctx, mut crx) = tokio::sync::mpsc::channel::<Vec<sim::stores::Change>>(64);
         let writer = match &stores_pg {
             Some(pg) => {
-                let s = crate::adapters::sim_stores::SimStores::connect(pg, stores_redis.as_deref(), &stores_prefix)
-                    .await
-                    .with_context(|| format!("cannot connect to {}", crate::daemon::config::mask_url(pg)))?;
+                let s = crate::adapters::sim_stores::SimStores::connect(
+                    pg,
+                    stores_redis.as_deref(),
+                    &stores_prefix,
+                )
+                .await
+                .with_context(|| {
+                    format!("cannot connect to {}", crate::daemon::config::mask_url(pg))
+                })?;
                 s.reset().await.context("creating the store tables")?;
                 Some(tokio::spawn(async move {
                     while let Some(batch) = crx.recv().await {

@@ -9,9 +9,9 @@
 
 use std::collections::BTreeMap;
 
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 use serde_json::json;
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use super::engine::Engine;
 use super::event::is_world;
@@ -63,9 +63,11 @@ impl RowKey {
 
     fn fields(&self) -> [Field<'_>; 3] {
         match self {
-            RowKey::Balance { account, asset } => {
-                [Field::Str("balance"), Field::Str(account), Field::Str(asset)]
-            }
+            RowKey::Balance { account, asset } => [
+                Field::Str("balance"),
+                Field::Str(account),
+                Field::Str(asset),
+            ],
             // Padded to one length so both spaces share one code path; the type tag keeps
             // them apart.
             RowKey::Item { item } => [Field::Str("item"), Field::Str(item), Field::Str("")],
@@ -263,13 +265,16 @@ impl Expected {
                     .filter(move |((r, a, _), _)| r == realm && own.owns_account(a))
                     .map(|((_, a, s), v)| Row::balance(a, s, *v)),
             ),
-            Space::Items => Box::new(self.items.iter().filter(move |((r, _), _)| r == realm).flat_map(
-                move |((_, item), locs)| {
-                    locs.iter()
-                        .filter(|l| own.owns_location(l))
-                        .map(move |l| Row::item(item, l))
-                },
-            )),
+            Space::Items => Box::new(
+                self.items
+                    .iter()
+                    .filter(move |((r, _), _)| r == realm)
+                    .flat_map(move |((_, item), locs)| {
+                        locs.iter()
+                            .filter(|l| own.owns_location(l))
+                            .map(move |l| Row::item(item, l))
+                    }),
+            ),
         }
     }
 
@@ -372,7 +377,11 @@ pub fn candidates(
 ///
 /// The price: a store stuck at a value the key held since the watermark (a write lost
 /// after it) is only caught by the next run, whose watermark is past it.
-pub fn recheck(c: &Candidate, history: &[Vec<Scalar>], actual_now: Vec<Scalar>) -> Option<Candidate> {
+pub fn recheck(
+    c: &Candidate,
+    history: &[Vec<Scalar>],
+    actual_now: Vec<Scalar>,
+) -> Option<Candidate> {
     let mut actual_now = actual_now;
     actual_now.sort();
     let mut newest = Vec::new();
@@ -405,7 +414,11 @@ pub struct FindingContext<'a> {
 /// A confirmed divergence as a finding. `last_transactions` are the journal's newest
 /// transactions that touched the key (empty without a database). The fingerprint is
 /// (store, key, class): the same divergence found by the next run is stored once.
-pub fn to_finding(c: &Candidate, cx: &FindingContext<'_>, last_transactions: serde_json::Value) -> Finding {
+pub fn to_finding(
+    c: &Candidate,
+    cx: &FindingContext<'_>,
+    last_transactions: serde_json::Value,
+) -> Finding {
     let inv = c.invariant();
     let show = |v: &[Scalar]| -> serde_json::Value {
         match (c.key.space(), v) {
@@ -507,7 +520,10 @@ mod tests {
     fn a_duplicated_item_row_is_a_value_mismatch() {
         let c = candidates(
             vec![Row::item("itm:1", "player:1/bag")],
-            vec![Row::item("itm:1", "player:1/bag"), Row::item("itm:1", "player:2/bag")],
+            vec![
+                Row::item("itm:1", "player:1/bag"),
+                Row::item("itm:1", "player:2/bag"),
+            ],
         );
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].invariant(), Invariant::ReconValueMismatch);
@@ -523,7 +539,11 @@ mod tests {
             expected: vec![Scalar::Int(10)],
             actual: vec![Scalar::Int(12)],
         };
-        let history = [vec![Scalar::Int(10)], vec![Scalar::Int(12)], vec![Scalar::Int(15)]];
+        let history = [
+            vec![Scalar::Int(10)],
+            vec![Scalar::Int(12)],
+            vec![Scalar::Int(15)],
+        ];
         // The store is behind (12) or at the newest value: in flight, not divergent.
         assert!(recheck(&c, &history, vec![Scalar::Int(12)]).is_none());
         assert!(recheck(&c, &history, vec![Scalar::Int(15)]).is_none());

@@ -237,7 +237,10 @@ pub fn validate<E>(
             "reconcile.candidate_rows_max",
             d::CANDIDATE_ROWS_MAX as u64,
         )? as usize,
-        last_transactions_max: raw.last_transactions_max.unwrap_or(d::LAST_TRANSACTIONS_MAX).max(0),
+        last_transactions_max: raw
+            .last_transactions_max
+            .unwrap_or(d::LAST_TRANSACTIONS_MAX)
+            .max(0),
     };
 
     let mut out = Vec::new();
@@ -263,7 +266,10 @@ pub fn validate<E>(
             (_, Some(var)) => env(&var).ok_or_else(|| {
                 invalid(
                     &key("url_env"),
-                    format!("store `{}`: environment variable `{var}` is not set", s.name),
+                    format!(
+                        "store `{}`: environment variable `{var}` is not set",
+                        s.name
+                    ),
                 )
             })?,
             (Some(u), None) => u,
@@ -288,7 +294,10 @@ pub fn validate<E>(
                 if !s.accounts.is_empty() && s.balances_query.is_none() {
                     return Err(invalid(
                         &key("balances_query"),
-                        format!("store `{}` owns accounts: give its `balances_query`", s.name),
+                        format!(
+                            "store `{}` owns accounts: give its `balances_query`",
+                            s.name
+                        ),
                     ));
                 }
                 if !s.locations.is_empty() && s.items_query.is_none() {

@@ -48,7 +48,9 @@ pub enum ReconError {
     Policy(String),
     #[error("{0}")]
     Config(String),
-    #[error("store `{store}`: more than {max} rows in differing leaves; the store is too far from the stream to list row by row")]
+    #[error(
+        "store `{store}`: more than {max} rows in differing leaves; the store is too far from the stream to list row by row"
+    )]
     TooManyCandidates { store: String, max: usize },
 }
 
@@ -180,7 +182,11 @@ impl Reader {
         })
     }
 
-    async fn scan(&self, space: Space, on_rows: impl FnMut(Vec<Row>)) -> Result<ReadStats, ReconError> {
+    async fn scan(
+        &self,
+        space: Space,
+        on_rows: impl FnMut(Vec<Row>),
+    ) -> Result<ReadStats, ReconError> {
         Ok(match self {
             Reader::Pg(p) => p.scan(space, on_rows).await?,
             Reader::Redis(r) => r.scan(on_rows).await?,
@@ -217,7 +223,12 @@ impl ExpectedSource {
 
     /// The values the stream gave the key from the watermark on, oldest first (the
     /// value at the watermark first, the newest last).
-    async fn history(&self, realm: &str, key: &RowKey, own: &Ownership) -> Result<Vec<Vec<Scalar>>, ReconError> {
+    async fn history(
+        &self,
+        realm: &str,
+        key: &RowKey,
+        own: &Ownership,
+    ) -> Result<Vec<Vec<Scalar>>, ReconError> {
         let at_watermark = self.expected().values(realm, key, own);
         let mut out = vec![at_watermark.clone()];
         match self {
@@ -247,11 +258,19 @@ impl ExpectedSource {
                             .map_err(db_err)?
                         {
                             v += d;
-                            out.push(if v == 0 { Vec::new() } else { vec![Scalar::Int(v)] });
+                            out.push(if v == 0 {
+                                Vec::new()
+                            } else {
+                                vec![Scalar::Int(v)]
+                            });
                         }
                     }
                     RowKey::Item { item } => {
-                        for to in db.item_moves_after(group, realm, item, at).await.map_err(db_err)? {
+                        for to in db
+                            .item_moves_after(group, realm, item, at)
+                            .await
+                            .map_err(db_err)?
+                        {
                             out.push(if is_world(&to) || !own.owns_location(&to) {
                                 Vec::new()
                             } else {
@@ -450,7 +469,9 @@ async fn expected_source(
             engine.finish(Timestamp::now(), &mut out);
             ExpectedSource::Journal {
                 expected: Expected::from_engine(&engine, Some(restored.position)),
-                db: db.cloned().ok_or_else(|| ReconError::Config("the journal source needs [database]".into()))?,
+                db: db.cloned().ok_or_else(|| {
+                    ReconError::Config("the journal source needs [database]".into())
+                })?,
                 group: config.daemon.group.clone(),
             }
         }
@@ -474,14 +495,21 @@ async fn reconcile(
         let host = host_of(&s.url);
         let sem = hosts
             .entry(host)
-            .or_insert_with(|| Arc::new(Semaphore::new(limits.concurrent_queries_per_host_max as usize)))
+            .or_insert_with(|| {
+                Arc::new(Semaphore::new(
+                    limits.concurrent_queries_per_host_max as usize,
+                ))
+            })
             .clone();
         let s = (*s).clone();
         let limits = limits.clone();
         let source = source.clone();
         let progress = options.progress.clone();
         tasks.push(tokio::spawn(async move {
-            let _permit = sem.acquire_owned().await.map_err(|e| ReconError::Config(e.to_string()))?;
+            let _permit = sem
+                .acquire_owned()
+                .await
+                .map_err(|e| ReconError::Config(e.to_string()))?;
             reconcile_store(&s, &limits, &source, grace, progress).await
         }));
     }
@@ -500,7 +528,12 @@ async fn reconcile(
         for c in confirmed {
             let last = match (db, &options.source) {
                 (Some(db), Source::Journal) => db
-                    .last_transactions(&config.daemon.group, &s.realm, &c.key, limits.last_transactions_max)
+                    .last_transactions(
+                        &config.daemon.group,
+                        &s.realm,
+                        &c.key,
+                        limits.last_transactions_max,
+                    )
                     .await
                     .map_err(|e| ReconError::Database(e.to_string()))?,
                 _ => serde_json::json!([]),
@@ -547,9 +580,13 @@ fn host_of(url: &str) -> String {
 fn digest_rows(tree: &mut Tree, rows: &[Row]) {
     let depth = tree.depth();
     let hashed: Vec<(usize, [u8; 32])> = if rows.len() >= 4_096 {
-        rows.par_iter().map(|r| core_recon::hash_row(r, depth)).collect()
+        rows.par_iter()
+            .map(|r| core_recon::hash_row(r, depth))
+            .collect()
     } else {
-        rows.iter().map(|r| core_recon::hash_row(r, depth)).collect()
+        rows.iter()
+            .map(|r| core_recon::hash_row(r, depth))
+            .collect()
     };
     for (b, h) in &hashed {
         tree.add_hashed(*b, h);
