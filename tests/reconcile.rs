@@ -286,8 +286,11 @@ async fn a_clean_world_reconciles_clean_and_the_cli_exits_by_outcome() {
 /// A world the test writes to while reconciliation runs, standing in for the engine:
 /// it logs every value each key takes, so the grace re-check can see writes in flight.
 struct LiveWorld {
-    inner: Mutex<(StoreWorld, Vec<(String, RowKey, Vec<Scalar>)>)>,
+    inner: Mutex<(StoreWorld, Vec<Logged>)>,
 }
+
+/// (realm, key, the value it took).
+type Logged = (String, RowKey, Vec<Scalar>);
 
 impl LiveWorld {
     fn apply(&self, line: &[u8]) -> Vec<assayer::sim::stores::Change> {
@@ -504,4 +507,92 @@ fn store_config_mistakes_fail_at_startup() {
         let err = Config::parse(text, "t.toml", |_| None).expect_err(text);
         assert!(err.to_string().contains(needle), "{err} (wanted {needle})");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemons_journal_is_the_expected_state_and_names_the_last_transactions() {
+    use assayer::adapters::postgres::{Batch, ConnectOptions, EntryKind, JournalEntry, Pg};
+    let db = TestDb::create().await;
+    let redis = TestRedis::create().await;
+    let lines = world_lines(3_000, Noise::none());
+    // Journal the world as the daemon would (group `recon-test`, as in the config).
+    let pg = Pg::connect(
+        &ConnectOptions {
+            url: &db.url,
+            pool_size_max: 2,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+        },
+        "recon-test",
+    )
+    .await
+    .expect("connect");
+    pg.migrate().await.expect("migrate");
+    let mut batch = Batch::default();
+    for (i, l) in lines.iter().enumerate() {
+        let v = assayer::core::event::decode(l).expect("a clean world decodes");
+        let w = &v.wire;
+        batch.entries.push(JournalEntry {
+            position: i as i64 + 1,
+            kind: EntryKind::Event,
+            tx_id: Some(w.tx_id.to_string()),
+            realm: Some(v.realm().to_string()),
+            system: Some(w.system.to_string()),
+            seq: Some(w.seq as i64),
+            ts_us: Some(v.ts.0 / 1_000),
+            event_kind: Some(w.kind.to_string()),
+            actor: None,
+            body: l.clone(),
+            items: w
+                .items
+                .iter()
+                .map(|m| (m.item.to_string(), m.from.to_string(), m.to.to_string()))
+                .collect(),
+            postings: w
+                .postings
+                .iter()
+                .map(|p| (p.account.to_string(), p.asset.to_string(), p.delta))
+                .collect(),
+        });
+    }
+    batch.new_head = lines.len() as i64;
+    pg.commit(&batch).await.expect("journal");
+
+    let planted = materialize(&db, &redis, &lines, &[(Drift::ValueChanged, 2)]).await;
+    let config = parse(&config_text(&db.url, &redis.prefix, "grace_ms = 10", None));
+    let report = recon::run(&config, &ReconOptions::new(Source::Journal))
+        .await
+        .expect("reconcile");
+    assert_eq!(report.watermark_position, Some(lines.len() as i64));
+    assert_eq!(
+        report.findings.len(),
+        planted.len(),
+        "{:#?}",
+        report.findings
+    );
+    let want: BTreeSet<&str> = planted.iter().map(|p| p.key.subject()).collect();
+    let got: BTreeSet<&str> = report
+        .findings
+        .iter()
+        .filter_map(|f| f.subject.as_deref())
+        .collect();
+    assert_eq!(got, want);
+    for f in &report.findings {
+        let last = f.evidence["last_transactions"]
+            .as_array()
+            .expect("last transactions");
+        assert!(!last.is_empty(), "{f:?}");
+        assert!(
+            last.iter()
+                .all(|t| t["tx_id"].is_string() && t["position"].is_i64())
+        );
+    }
+    // Journal runs are recorded by default.
+    let mut c = db.connect().await;
+    let row: (String, Option<i64>) =
+        sqlx::query_as("SELECT outcome, watermark_position FROM recon_runs")
+            .fetch_one(&mut c)
+            .await
+            .expect("recorded");
+    assert_eq!(row, ("divergent".to_string(), Some(lines.len() as i64)));
 }

@@ -59,6 +59,14 @@ pub struct SimArgs {
     /// Events per NDJSON message when publishing (1 = one JSON event per message).
     #[arg(long, default_value_t = 1, requires = "publish")]
     pub batch: usize,
+    /// The reference world's stores (boxed: rarely used, keeps the command enum small).
+    #[command(flatten)]
+    pub stores: Box<StoreArgs>,
+}
+
+/// `assayer sim` flags for materializing the systems' stores (issue #4).
+#[derive(Debug, Args)]
+pub struct StoreArgs {
     /// Materialize the systems' stores (tables `wallets`, `inventory_items`, ...; see
     /// docs/reconciliation.md) in this PostgreSQL database, replacing those tables. When
     /// publishing they are kept in step with the stream; otherwise written at the end.
@@ -114,6 +122,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut out = BufWriter::with_capacity(1 << 20, out);
     let mut err: Option<io::Error> = None;
     let mut stores = args
+        .stores
         .stores_pg
         .as_ref()
         .map(|_| sim::stores::StoreWorld::new());
@@ -164,18 +173,20 @@ fn materialize(
     written: Written,
 ) -> anyhow::Result<()> {
     use crate::adapters::sim_stores::SimStores;
-    let Some(pg) = &args.stores_pg else {
+    let Some(pg) = &args.stores.stores_pg else {
         return Ok(());
     };
     let clean = world.tables();
     let mut tables = clean.clone();
-    let planted = sim::stores::inject_drift(&mut tables, &args.inject_drift, args.seed);
+    let planted = sim::stores::inject_drift(&mut tables, &args.stores.inject_drift, args.seed);
     super::daemon::runtime()?.block_on(async {
-        let s = SimStores::connect(pg, args.stores_redis.as_deref(), &args.stores_redis_prefix)
-            .await
-            .with_context(|| {
-                format!("cannot connect to {}", crate::daemon::config::mask_url(pg))
-            })?;
+        let s = SimStores::connect(
+            pg,
+            args.stores.stores_redis.as_deref(),
+            &args.stores.stores_redis_prefix,
+        )
+        .await
+        .with_context(|| format!("cannot connect to {}", crate::daemon::config::mask_url(pg)))?;
         match written {
             Written::No => {
                 s.reset().await.context("creating the store tables")?;
@@ -193,7 +204,7 @@ fn materialize(
         }
         anyhow::Ok(())
     })?;
-    if let Some(p) = &args.drift_key {
+    if let Some(p) = &args.stores.drift_key {
         let f = File::create(p).with_context(|| format!("cannot create {}", p.display()))?;
         serde_json::to_writer_pretty(BufWriter::new(f), &planted).context("writing drift key")?;
     }
@@ -229,9 +240,9 @@ fn publish(args: &SimArgs, cfg: SimConfig, url: &str) -> anyhow::Result<std::pro
     };
     let answer_key = args.answer_key.clone();
     let started = std::time::Instant::now();
-    let stores_pg = args.stores_pg.clone();
-    let stores_redis = args.stores_redis.clone();
-    let stores_prefix = args.stores_redis_prefix.clone();
+    let stores_pg = args.stores.stores_pg.clone();
+    let stores_redis = args.stores.stores_redis.clone();
+    let stores_prefix = args.stores.stores_redis_prefix.clone();
     let (stats, key, world) = super::daemon::runtime()?.block_on(async move {
         // The stores, kept in step: the generator hands row changes to this writer as
         // it emits the events that cause them (bounded channel).
@@ -299,7 +310,7 @@ fn publish(args: &SimArgs, cfg: SimConfig, url: &str) -> anyhow::Result<std::pro
         }
         anyhow::Ok((stats, key, world))
     })?;
-    if args.stores_pg.is_some() {
+    if args.stores.stores_pg.is_some() {
         materialize(args, &world, Written::Already)?;
     }
     if let Some(p) = &answer_key {

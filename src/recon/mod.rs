@@ -96,11 +96,16 @@ pub struct ReconOptions {
 }
 
 impl ReconOptions {
+    /// Runs against the journal are recorded; offline ones are not.
     pub fn new(source: Source) -> ReconOptions {
         ReconOptions {
+            record: if matches!(source, Source::Journal) {
+                Record::Yes
+            } else {
+                Record::No
+            },
             source,
             systems: Vec::new(),
-            record: Record::No,
             grace: None,
             progress: None,
         }
