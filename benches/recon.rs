@@ -62,7 +62,9 @@ fn main() {
         let url = format!("postgres://root@127.0.0.1:5432/{db}");
         let result = bench(&url, rows).await;
         admin
-            .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE {db} WITH (FORCE)")))
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE {db} WITH (FORCE)"
+            )))
             .await
             .expect("drop database");
         result
@@ -185,6 +187,9 @@ async fn bench(url: &str, rows: i64) {
         hash_rate,
         rate / hash_rate
     );
-    println!("  peak RSS:       {:.0} MiB (includes the expected state held in memory)", peak_rss_mib());
+    println!(
+        "  peak RSS:       {:.0} MiB (includes the expected state held in memory)",
+        peak_rss_mib()
+    );
     assert_eq!(report.findings.len(), 20, "every planted difference found");
 }

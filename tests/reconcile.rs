@@ -509,13 +509,9 @@ fn store_config_mistakes_fail_at_startup() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_daemons_journal_is_the_expected_state_and_names_the_last_transactions() {
+/// Journals `lines` as the daemon would (group `recon-test`, as in the config).
+async fn journal(db: &TestDb, lines: &[Vec<u8>]) {
     use assayer::adapters::postgres::{Batch, ConnectOptions, EntryKind, JournalEntry, Pg};
-    let db = TestDb::create().await;
-    let redis = TestRedis::create().await;
-    let lines = world_lines(3_000, Noise::none());
-    // Journal the world as the daemon would (group `recon-test`, as in the config).
     let pg = Pg::connect(
         &ConnectOptions {
             url: &db.url,
@@ -557,6 +553,64 @@ async fn the_daemons_journal_is_the_expected_state_and_names_the_last_transactio
     }
     batch.new_head = lines.len() as i64;
     pg.commit(&batch).await.expect("journal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_schedule_records_runs_and_counts_them_in_metrics() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::create().await;
+    let lines = world_lines(1_000, Noise::none());
+    journal(&db, &lines).await;
+    materialize(&db, &redis, &lines, &[(Drift::RowDeleted, 1)]).await;
+    let config = parse(&config_text(
+        &db.url,
+        &redis.prefix,
+        "grace_ms = 10\ninterval_ms = 100",
+        None,
+    ));
+    let metrics = Arc::new(assayer::daemon::metrics::Metrics::new());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(recon::schedule(config, metrics.clone(), stop.clone()));
+    let mut c = db.connect().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: Result<(i64,), _> = sqlx::query_as("SELECT count(*) FROM recon_runs")
+            .fetch_one(&mut c)
+            .await;
+        if matches!(n, Ok((k,)) if k >= 2) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled runs recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    task.await.expect("schedule ends on shutdown");
+    let text = metrics.encode();
+    assert!(
+        text.contains("assayer_recon_runs_total{outcome=\"divergent\"}"),
+        "{text}"
+    );
+    assert!(text.contains("assayer_recon_divergent_keys 1"), "{text}");
+    assert!(
+        text.contains("assayer_recon_last_run_timestamp_seconds"),
+        "{text}"
+    );
+    let outcomes: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT outcome FROM recon_runs")
+        .fetch_all(&mut c)
+        .await
+        .expect("outcomes");
+    assert_eq!(outcomes, vec![("divergent".to_string(),)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemons_journal_is_the_expected_state_and_names_the_last_transactions() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::create().await;
+    let lines = world_lines(3_000, Noise::none());
+    journal(&db, &lines).await;
 
     let planted = materialize(&db, &redis, &lines, &[(Drift::ValueChanged, 2)]).await;
     let config = parse(&config_text(&db.url, &redis.prefix, "grace_ms = 10", None));
