@@ -39,6 +39,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub readiness: ReadinessConfig,
     /// `[reconcile]` and `[[store]]` (issue #4).
+    #[serde(flatten)]
     pub recon: crate::recon::config::ReconConfig,
 }
 

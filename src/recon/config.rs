@@ -149,7 +149,9 @@ fn masked<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
 /// Reconciliation's part of the config.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReconConfig {
+    #[serde(rename = "reconcile")]
     pub limits: ReconLimits,
+    #[serde(rename = "store")]
     pub stores: Vec<StoreConfig>,
 }
 
