@@ -492,6 +492,58 @@ pub fn expected_tree(rows: impl IntoIterator<Item = Row>, depth: u8) -> Tree {
 mod tests {
     use super::*;
 
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The whole pure pipeline: digest both sides, diff the trees, compare only the
+        /// rows of differing leaves — exactly the mutated keys come out, with their class.
+        #[test]
+        fn tree_diff_then_candidates_names_exactly_the_mutated_keys(
+            n in 1usize..400,
+            changes in proptest::collection::btree_set(0usize..400, 0..8),
+            deletes in proptest::collection::btree_set(0usize..400, 0..8),
+            inserts in 0usize..5,
+            depth in 1u8..9,
+        ) {
+            let expected: Vec<Row> = (0..n).map(|i| Row::balance(&format!("player:{i}"), "gold", i as i128 * 3)).collect();
+            let mut actual: BTreeMap<RowKey, Scalar> = expected.iter().map(|r| (r.key.clone(), r.value.clone())).collect();
+            let mut want: BTreeMap<RowKey, Invariant> = BTreeMap::new();
+            for &i in changes.iter().filter(|&&i| i < n) {
+                let k = expected[i].key.clone();
+                actual.insert(k.clone(), Scalar::Int(-1));
+                want.insert(k, Invariant::ReconValueMismatch);
+            }
+            for &i in deletes.iter().filter(|&&i| i < n && !changes.contains(&i)) {
+                let k = expected[i].key.clone();
+                actual.remove(&k);
+                want.insert(k, Invariant::ReconMissing);
+            }
+            for j in 0..inserts {
+                let r = Row::balance(&format!("forged:{j}"), "gold", 5);
+                want.insert(r.key.clone(), Invariant::ReconUnexpected);
+                actual.insert(r.key, r.value);
+            }
+            let actual: Vec<Row> = actual.into_iter().map(|(key, value)| Row { key, value }).collect();
+            let ours = expected_tree(expected.clone(), depth);
+            let mut theirs = Tree::new(depth);
+            for r in &actual {
+                let (b, h) = hash_row(r, depth);
+                theirs.add_hashed(b, &h);
+            }
+            theirs.seal();
+            let differing: std::collections::HashSet<usize> = ours.diff(&theirs).into_iter().collect();
+            let keep = |r: &Row| differing.contains(&r.key.bucket(depth));
+            let got: BTreeMap<RowKey, Invariant> = candidates(
+                expected.iter().filter(|r| keep(r)).cloned(),
+                actual.iter().filter(|r| keep(r)).cloned(),
+            )
+            .into_iter()
+            .map(|c| (c.key.clone(), c.invariant()))
+            .collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+
     #[test]
     fn candidates_classify_every_drift() {
         let expected = vec![
