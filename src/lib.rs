@@ -14,6 +14,8 @@
 //! - [`gate`]: wiring for the deploy gate — observe the audit (findings, daemon status,
 //!   reconciliation, self-test, service levels, preflight), decide with
 //!   [`core::gate`], fire rollback hooks.
+//! - [`recon`]: wiring for reconciliation (`assayer reconcile`, the daemon's schedule):
+//!   expected state from the engine, store readers, grace re-check, `recon_runs`.
 //! - [`cli`]: one module per subcommand; reads files, clocks and terminals.
 
 pub mod adapters;
@@ -21,4 +23,5 @@ pub mod cli;
 pub mod core;
 pub mod daemon;
 pub mod gate;
+pub mod recon;
 pub mod sim;

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => cli::daemon::check(args),
         Command::Gate(args) => cli::gate::run(args),
         Command::Deploy(args) => cli::deploy::run(args),
+        Command::Reconcile(args) => cli::reconcile::run(args),
     };
     match result {
         Ok(code) => code,

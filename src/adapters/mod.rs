@@ -6,3 +6,6 @@ pub mod gate_store;
 pub mod http;
 pub mod http_client;
 pub mod postgres;
+pub mod recon_pg;
+pub mod redis;
+pub mod sim_stores;

@@ -368,6 +368,18 @@ impl Pg {
         Ok(())
     }
 
+    /// Stores findings raised outside the journal pipeline (reconciliation), once per
+    /// fingerprint, marked published (their sink prints or publishes them itself).
+    pub async fn store_findings(&self, findings: &[Finding]) -> Result<(), StoreError> {
+        if findings.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        upsert_findings(&mut tx, findings).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Findings stored but not yet published to the findings exchange (the outbox).
     pub async fn unpublished_findings(&self, limit: i64) -> Result<Vec<Finding>, StoreError> {
         let rows = sqlx::query(

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod deploy;
 pub mod gate;
 pub mod output;
+pub mod reconcile;
 pub mod sim;
 
 use clap::{Parser, Subcommand};
@@ -28,4 +29,5 @@ pub enum Command {
     CheckConfig(daemon::CheckConfigArgs),
     Gate(gate::GateArgs),
     Deploy(deploy::DeployArgs),
+    Reconcile(reconcile::ReconcileArgs),
 }

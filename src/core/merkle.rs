@@ -125,6 +125,16 @@ impl Tree {
         self.nodes[leaf].add_row(&row_hash(key, value));
     }
 
+    /// Adds a row hashed elsewhere (e.g. in parallel), to the leaf `bucket`.
+    pub fn add_hashed(&mut self, bucket: usize, row_hash: &[u8; 32]) {
+        let leaf = self.leaf_index(bucket);
+        self.nodes[leaf].add_row(row_hash);
+    }
+
+    pub fn depth(&self) -> u8 {
+        self.depth
+    }
+
     /// Fills the inner nodes from the leaves (call once after adding rows).
     pub fn seal(&mut self) {
         for i in (0..self.leaf_index(0)).rev() {

@@ -43,6 +43,9 @@ pub struct Config {
     pub readiness: ReadinessConfig,
     pub gate: GateConfig,
     pub rollback: RollbackConfig,
+    /// `[reconcile]` and `[[store]]` (issue #4).
+    #[serde(flatten)]
+    pub recon: crate::recon::config::ReconConfig,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -162,6 +165,10 @@ struct Raw {
     gate: gate_config::RawGate,
     #[serde(default)]
     rollback: gate_config::RawRollback,
+    #[serde(default)]
+    reconcile: crate::recon::config::RawReconcile,
+    #[serde(default)]
+    store: Vec<crate::recon::config::RawStore>,
 }
 
 #[derive(Deserialize, Default)]
@@ -360,9 +367,12 @@ impl Config {
 
         let gate = gate_config::gate(raw.gate, &invalid)?;
         let rollback = gate_config::rollback(raw.rollback, &invalid)?;
+        let recon = crate::recon::config::validate(raw.reconcile, raw.store, &env, &invalid)?;
+
         Ok(Config {
             gate,
             rollback,
+            recon,
             daemon: DaemonConfig {
                 group: raw.daemon.group.unwrap_or_else(|| queue.clone()),
                 shutdown_deadline: Duration::from_millis(positive(

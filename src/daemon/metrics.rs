@@ -54,6 +54,10 @@ pub struct Metrics {
     pub gate_score: Gauge,
     pub gate_decision: Family<DecisionLabel, Gauge>,
     pub open_blocking_findings: Gauge,
+    /// Reconciliation runs by outcome (clean, divergent, failed).
+    pub recon_runs: Family<OutcomeLabel, Counter>,
+    pub recon_last_run_timestamp_seconds: Gauge<f64, AtomicU64>,
+    pub recon_divergent_keys: Gauge,
 }
 
 impl Default for Metrics {
@@ -86,6 +90,9 @@ impl Metrics {
             gate_score: Gauge::default(),
             gate_decision: Family::default(),
             open_blocking_findings: Gauge::default(),
+            recon_runs: Family::default(),
+            recon_last_run_timestamp_seconds: Gauge::default(),
+            recon_divergent_keys: Gauge::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -177,6 +184,21 @@ impl Metrics {
             "open_blocking_findings",
             "Open (unacknowledged) critical and major findings in the database",
             m.open_blocking_findings.clone(),
+        );
+        r.register(
+            "recon_runs",
+            "Scheduled reconciliation runs, by outcome (clean, divergent, failed)",
+            m.recon_runs.clone(),
+        );
+        r.register(
+            "recon_last_run_timestamp_seconds",
+            "When the last reconciliation run finished (Unix seconds)",
+            m.recon_last_run_timestamp_seconds.clone(),
+        );
+        r.register(
+            "recon_divergent_keys",
+            "Divergent keys found by the last reconciliation run",
+            m.recon_divergent_keys.clone(),
         );
         Metrics { registry: r, ..m }
     }

@@ -89,6 +89,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .await
     .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http.listen))?;
     info!(listen = %config.http.listen, group = %config.daemon.group, queue = %config.amqp.queue, "assayer daemon starting");
+    // Continuous reconciliation (issue #4), when `[reconcile] interval_ms` is set.
+    let recon = tokio::spawn(crate::recon::schedule(
+        config.clone(),
+        metrics.clone(),
+        shutdown.child_token(),
+    ));
 
     let mut backoff = config.amqp.reconnect_backoff_min;
     loop {
@@ -120,6 +126,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     status_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), status).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), recon).await;
     info!("assayer daemon stopped");
     Ok(())
 }

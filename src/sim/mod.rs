@@ -34,6 +34,7 @@
 mod faults;
 mod noise;
 mod score;
+pub mod stores;
 mod wire;
 mod world;
 

@@ -469,3 +469,42 @@ pub async fn wait_http(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// A Redis key prefix of its own; every key under it is deleted when this guard goes.
+pub struct TestRedis {
+    pub prefix: String,
+}
+
+impl TestRedis {
+    pub async fn create() -> TestRedis {
+        let prefix = format!("{}:", unique("assayer-t"));
+        assayer::adapters::redis::delete_prefix(REDIS_URL, &prefix)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "Redis is not reachable at {REDIS_URL} ({e}). Start it with:\n  \
+                     redis-server --daemonize yes"
+                )
+            });
+        TestRedis { prefix }
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let prefix = self.prefix.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(async {
+                    let _ = assayer::adapters::redis::delete_prefix(REDIS_URL, &prefix).await;
+                });
+            }
+        })
+        .join();
+    }
+}

@@ -1,0 +1,662 @@
+//! Reconciliation, the pure part (issue #4): which slice of the state the stream implies
+//! a store must hold, how store rows and expected rows are digested into a Merkle tree
+//! of key-hash buckets ([`super::merkle`]), how the rows of differing buckets become
+//! candidate divergences, how a candidate is confirmed after the grace re-check, and
+//! how a confirmed one becomes a [`Finding`].
+//!
+//! No I/O and no clock: the wiring in `crate::recon` reads the stores, sleeps the grace
+//! period and passes the detection time in.
+
+use std::collections::BTreeMap;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::Serialize;
+use serde_json::json;
+
+use super::engine::Engine;
+use super::event::is_world;
+use super::finding::{Finding, Invariant, fingerprint};
+use super::merkle::{Field, Tree, bucket_of, key_hash, row_hash};
+use super::time::Timestamp;
+
+/// The two key spaces a store can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Space {
+    /// `(account, asset) → balance`.
+    Balances,
+    /// `item → location` (one row per live copy).
+    Items,
+}
+
+/// The key of one reconciled row.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(untagged)]
+pub enum RowKey {
+    Balance { account: String, asset: String },
+    Item { item: String },
+}
+
+impl RowKey {
+    pub fn space(&self) -> Space {
+        match self {
+            RowKey::Balance { .. } => Space::Balances,
+            RowKey::Item { .. } => Space::Items,
+        }
+    }
+
+    /// The account or item the key is about (a finding's `subject`).
+    pub fn subject(&self) -> &str {
+        match self {
+            RowKey::Balance { account, .. } => account,
+            RowKey::Item { item } => item,
+        }
+    }
+
+    /// Human-readable, for messages: `player:1/gold` or `itm:1-2a`.
+    pub fn display(&self) -> String {
+        match self {
+            RowKey::Balance { account, asset } => format!("{account}/{asset}"),
+            RowKey::Item { item } => item.clone(),
+        }
+    }
+
+    fn fields(&self) -> [Field<'_>; 3] {
+        match self {
+            RowKey::Balance { account, asset } => [
+                Field::Str("balance"),
+                Field::Str(account),
+                Field::Str(asset),
+            ],
+            // Padded to one length so both spaces share one code path; the type tag keeps
+            // them apart.
+            RowKey::Item { item } => [Field::Str("item"), Field::Str(item), Field::Str("")],
+        }
+    }
+
+    /// The key's bucket among `2^depth` leaves.
+    pub fn bucket(&self, depth: u8) -> usize {
+        bucket_of(&key_hash(&self.fields()), depth)
+    }
+}
+
+/// One value of a row: a balance, or one location of an item.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Int(i128),
+    Str(String),
+}
+
+impl Scalar {
+    fn field(&self) -> Field<'_> {
+        match self {
+            Scalar::Int(i) => Field::Int(*i),
+            Scalar::Str(s) => Field::Str(s),
+        }
+    }
+
+    /// Bytes this value occupies on the wire, roughly (for the "bytes read" figure).
+    pub fn wire_len(&self) -> usize {
+        match self {
+            Scalar::Int(i) => i.to_string().len(),
+            Scalar::Str(s) => s.len(),
+        }
+    }
+}
+
+/// One row: a balance row, or one copy of an item at a location.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Row {
+    pub key: RowKey,
+    pub value: Scalar,
+}
+
+impl Row {
+    pub fn balance(account: &str, asset: &str, balance: i128) -> Row {
+        Row {
+            key: RowKey::Balance {
+                account: account.to_string(),
+                asset: asset.to_string(),
+            },
+            value: Scalar::Int(balance),
+        }
+    }
+
+    pub fn item(item: &str, location: &str) -> Row {
+        Row {
+            key: RowKey::Item {
+                item: item.to_string(),
+            },
+            value: Scalar::Str(location.to_string()),
+        }
+    }
+
+    pub fn wire_len(&self) -> usize {
+        let k = match &self.key {
+            RowKey::Balance { account, asset } => account.len() + asset.len(),
+            RowKey::Item { item } => item.len(),
+        };
+        k + self.value.wire_len()
+    }
+}
+
+/// Adds a row to a Merkle tree of key-hash buckets.
+pub fn add_row(tree: &mut Tree, row: &Row) {
+    tree.add(&row.key.fields(), &[row.value.field()]);
+}
+
+/// A row's bucket and hash (pure, so rows can be hashed in parallel), the same as
+/// [`add_row`] computes.
+pub fn hash_row(row: &Row, depth: u8) -> (usize, [u8; 32]) {
+    let key = row.key.fields();
+    (
+        bucket_of(&key_hash(&key), depth),
+        row_hash(&key, &[row.value.field()]),
+    )
+}
+
+/// Which accounts (balances) and item locations a store owns, as glob patterns in
+/// which `*` and `?` never match a `/` (so `player:*` is a wallet, `player:*/bank` a
+/// bank slot), `{a,b}` alternatives and `[...]` classes as in `globset`.
+#[derive(Clone, Debug, Default)]
+pub struct Ownership {
+    pub accounts: Vec<String>,
+    pub locations: Vec<String>,
+    accounts_m: GlobSet,
+    locations_m: GlobSet,
+}
+
+/// Builds a glob set with `/` as a separator `*` does not cross.
+pub fn glob_set(patterns: &[String]) -> Result<GlobSet, String> {
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        b.add(
+            GlobBuilder::new(p)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| format!("`{p}`: {e}"))?,
+        );
+    }
+    b.build().map_err(|e| e.to_string())
+}
+
+impl Ownership {
+    pub fn new(accounts: Vec<String>, locations: Vec<String>) -> Result<Ownership, String> {
+        Ok(Ownership {
+            accounts_m: glob_set(&accounts)?,
+            locations_m: glob_set(&locations)?,
+            accounts,
+            locations,
+        })
+    }
+
+    pub fn owns_account(&self, account: &str) -> bool {
+        self.accounts_m.is_match(account)
+    }
+
+    pub fn owns_location(&self, location: &str) -> bool {
+        self.locations_m.is_match(location)
+    }
+
+    pub fn spaces(&self) -> Vec<Space> {
+        let mut s = Vec::new();
+        if !self.accounts.is_empty() {
+            s.push(Space::Balances);
+        }
+        if !self.locations.is_empty() {
+            s.push(Space::Items);
+        }
+        s
+    }
+}
+
+/// The state the stream implies at a watermark, copied out of the engine: non-zero
+/// balances of non-`world:` accounts and live item copies. Memory is that of the world
+/// state (the engine holds it anyway), never that of a store table.
+#[derive(Clone, Debug, Default)]
+pub struct Expected {
+    /// The newest committed `ts` applied (the stream watermark compared at).
+    pub watermark_ts: Option<Timestamp>,
+    /// The journal position the state is at (`None` for an offline `--events` audit).
+    pub watermark_position: Option<i64>,
+    /// (realm, account, asset) → balance.
+    pub balances: BTreeMap<(String, String, String), i128>,
+    /// (realm, item) → sorted locations.
+    pub items: BTreeMap<(String, String), Vec<String>>,
+}
+
+impl Expected {
+    /// Copies the state out of a finished engine (every accepted event applied).
+    pub fn from_engine(engine: &Engine, watermark_position: Option<i64>) -> Expected {
+        let interner = engine.interner();
+        let ledger = engine.ledger();
+        let mut e = Expected {
+            watermark_ts: engine.streams().map(|(_, _, _, ts)| ts).max(),
+            watermark_position,
+            ..Expected::default()
+        };
+        for (realm, account, asset, v) in ledger.balances(interner) {
+            if !is_world(account) {
+                e.balances
+                    .insert((realm.into(), account.into(), asset.into()), v);
+            }
+        }
+        for (realm, item, loc) in ledger.item_copies(interner) {
+            e.items.entry((realm, item)).or_default().push(loc);
+        }
+        for locs in e.items.values_mut() {
+            locs.sort();
+        }
+        e
+    }
+
+    /// The expected rows of one store: its realm, its space, its owned keys.
+    pub fn slice<'a>(
+        &'a self,
+        realm: &'a str,
+        space: Space,
+        own: &'a Ownership,
+    ) -> Box<dyn Iterator<Item = Row> + 'a> {
+        match space {
+            Space::Balances => Box::new(
+                self.balances
+                    .iter()
+                    .filter(move |((r, a, _), _)| r == realm && own.owns_account(a))
+                    .map(|((_, a, s), v)| Row::balance(a, s, *v)),
+            ),
+            Space::Items => Box::new(
+                self.items
+                    .iter()
+                    .filter(move |((r, _), _)| r == realm)
+                    .flat_map(move |((_, item), locs)| {
+                        locs.iter()
+                            .filter(|l| own.owns_location(l))
+                            .map(move |l| Row::item(item, l))
+                    }),
+            ),
+        }
+    }
+
+    /// The expected values of one key in a store's slice (empty: the store must not
+    /// hold it).
+    pub fn values(&self, realm: &str, key: &RowKey, own: &Ownership) -> Vec<Scalar> {
+        match key {
+            RowKey::Balance { account, asset } => {
+                if !own.owns_account(account) {
+                    return Vec::new();
+                }
+                self.balances
+                    .get(&(realm.to_string(), account.clone(), asset.clone()))
+                    .map(|v| vec![Scalar::Int(*v)])
+                    .unwrap_or_default()
+            }
+            RowKey::Item { item } => self
+                .items
+                .get(&(realm.to_string(), item.clone()))
+                .map(|locs| {
+                    locs.iter()
+                        .filter(|l| own.owns_location(l))
+                        .map(|l| Scalar::Str(l.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A key whose store values differ from the expected ones (not yet confirmed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Candidate {
+    pub key: RowKey,
+    /// Sorted; empty when the stream implies no row.
+    pub expected: Vec<Scalar>,
+    /// Sorted; empty when the store holds no row.
+    pub actual: Vec<Scalar>,
+}
+
+impl Candidate {
+    pub fn invariant(&self) -> Invariant {
+        if self.expected.is_empty() {
+            Invariant::ReconUnexpected
+        } else if self.actual.is_empty() {
+            Invariant::ReconMissing
+        } else {
+            Invariant::ReconValueMismatch
+        }
+    }
+}
+
+/// Groups rows by key, values sorted.
+pub fn group(rows: impl IntoIterator<Item = Row>) -> BTreeMap<RowKey, Vec<Scalar>> {
+    let mut m: BTreeMap<RowKey, Vec<Scalar>> = BTreeMap::new();
+    for r in rows {
+        m.entry(r.key).or_default().push(r.value);
+    }
+    for v in m.values_mut() {
+        v.sort();
+    }
+    m
+}
+
+/// The keys whose values differ between the expected and the actual rows of the same
+/// buckets, in key order.
+pub fn candidates(
+    expected: impl IntoIterator<Item = Row>,
+    actual: impl IntoIterator<Item = Row>,
+) -> Vec<Candidate> {
+    let mut e = group(expected);
+    let a = group(actual);
+    let mut out = Vec::new();
+    for (key, actual) in a {
+        let expected = e.remove(&key).unwrap_or_default();
+        if expected != actual {
+            out.push(Candidate {
+                key,
+                expected,
+                actual,
+            });
+        }
+    }
+    for (key, expected) in e {
+        out.push(Candidate {
+            key,
+            expected,
+            actual: Vec::new(),
+        });
+    }
+    out.sort_by(|x, y| x.key.cmp(&y.key));
+    out
+}
+
+/// The grace re-check. `actual_now` is the key re-read from the store; `history` is
+/// every value the stream gave the key from the watermark on, read a grace period
+/// *after* the store (its last entry is the newest). A store value the stream passed
+/// through is a write in flight (the store ahead of or behind the stream), not a
+/// divergence; anything else stays a candidate, now showing the newest expected value.
+///
+/// The price: a store stuck at a value the key held since the watermark (a write lost
+/// after it) is only caught by the next run, whose watermark is past it.
+pub fn recheck(
+    c: &Candidate,
+    history: &[Vec<Scalar>],
+    actual_now: Vec<Scalar>,
+) -> Option<Candidate> {
+    let mut actual_now = actual_now;
+    actual_now.sort();
+    let mut newest = Vec::new();
+    for h in history {
+        let mut h = h.clone();
+        h.sort();
+        if h == actual_now {
+            return None;
+        }
+        newest = h;
+    }
+    Some(Candidate {
+        key: c.key.clone(),
+        expected: newest,
+        actual: actual_now,
+    })
+}
+
+/// Where a confirmed divergence was found.
+#[derive(Clone, Debug)]
+pub struct FindingContext<'a> {
+    pub store: &'a str,
+    pub system: &'a str,
+    pub realm: &'a str,
+    pub watermark_ts: Option<Timestamp>,
+    pub watermark_position: Option<i64>,
+    pub detected_at: Timestamp,
+}
+
+/// A confirmed divergence as a finding. `last_transactions` are the journal's newest
+/// transactions that touched the key (empty without a database). The fingerprint is
+/// (store, key, class): the same divergence found by the next run is stored once.
+pub fn to_finding(
+    c: &Candidate,
+    cx: &FindingContext<'_>,
+    last_transactions: serde_json::Value,
+) -> Finding {
+    let inv = c.invariant();
+    let show = |v: &[Scalar]| -> serde_json::Value {
+        match (c.key.space(), v) {
+            (_, []) => serde_json::Value::Null,
+            (Space::Balances, [one]) => json!(one),
+            _ => json!(v),
+        }
+    };
+    let key_text = c.key.display();
+    let message = match inv {
+        Invariant::ReconMissing => format!(
+            "store `{}` lacks {key_text} (expected {})",
+            cx.store,
+            show(&c.expected)
+        ),
+        Invariant::ReconUnexpected => format!(
+            "store `{}` holds {key_text} = {} that the stream never created",
+            cx.store,
+            show(&c.actual)
+        ),
+        _ => format!(
+            "store `{}` has {key_text} = {}, the stream implies {}",
+            cx.store,
+            show(&c.actual),
+            show(&c.expected)
+        ),
+    };
+    let space = match c.key.space() {
+        Space::Balances => "balances",
+        Space::Items => "items",
+    };
+    Finding {
+        invariant: inv,
+        severity: inv.default_severity(),
+        realm: cx.realm.to_string(),
+        system: Some(cx.system.to_string()),
+        tx_id: None,
+        seq: None,
+        subject: Some(c.key.subject().to_string()),
+        message,
+        evidence: json!({
+            "store": cx.store,
+            "space": space,
+            "key": c.key,
+            "expected": show(&c.expected),
+            "actual": show(&c.actual),
+            "watermark_ts": cx.watermark_ts.map(|t| t.to_string()),
+            "watermark_position": cx.watermark_position,
+            "last_transactions": last_transactions,
+        }),
+        detected_at: cx.detected_at,
+        fingerprint: fingerprint(
+            inv,
+            cx.realm,
+            &[cx.store.as_bytes(), space.as_bytes(), key_text.as_bytes()],
+        ),
+    }
+}
+
+/// Builds the expected tree of one store's slice.
+pub fn expected_tree(rows: impl IntoIterator<Item = Row>, depth: u8) -> Tree {
+    let mut t = Tree::new(depth);
+    for r in rows {
+        add_row(&mut t, &r);
+    }
+    t.seal();
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The whole pure pipeline: digest both sides, diff the trees, compare only the
+        /// rows of differing leaves — exactly the mutated keys come out, with their class.
+        #[test]
+        fn tree_diff_then_candidates_names_exactly_the_mutated_keys(
+            n in 1usize..400,
+            changes in proptest::collection::btree_set(0usize..400, 0..8),
+            deletes in proptest::collection::btree_set(0usize..400, 0..8),
+            inserts in 0usize..5,
+            depth in 1u8..9,
+        ) {
+            let expected: Vec<Row> = (0..n).map(|i| Row::balance(&format!("player:{i}"), "gold", i as i128 * 3)).collect();
+            let mut actual: BTreeMap<RowKey, Scalar> = expected.iter().map(|r| (r.key.clone(), r.value.clone())).collect();
+            let mut want: BTreeMap<RowKey, Invariant> = BTreeMap::new();
+            for &i in changes.iter().filter(|&&i| i < n) {
+                let k = expected[i].key.clone();
+                actual.insert(k.clone(), Scalar::Int(-1));
+                want.insert(k, Invariant::ReconValueMismatch);
+            }
+            for &i in deletes.iter().filter(|&&i| i < n && !changes.contains(&i)) {
+                let k = expected[i].key.clone();
+                actual.remove(&k);
+                want.insert(k, Invariant::ReconMissing);
+            }
+            for j in 0..inserts {
+                let r = Row::balance(&format!("forged:{j}"), "gold", 5);
+                want.insert(r.key.clone(), Invariant::ReconUnexpected);
+                actual.insert(r.key, r.value);
+            }
+            let actual: Vec<Row> = actual.into_iter().map(|(key, value)| Row { key, value }).collect();
+            let ours = expected_tree(expected.clone(), depth);
+            let mut theirs = Tree::new(depth);
+            for r in &actual {
+                let (b, h) = hash_row(r, depth);
+                theirs.add_hashed(b, &h);
+            }
+            theirs.seal();
+            let differing: std::collections::HashSet<usize> = ours.diff(&theirs).into_iter().collect();
+            let keep = |r: &Row| differing.contains(&r.key.bucket(depth));
+            let got: BTreeMap<RowKey, Invariant> = candidates(
+                expected.iter().filter(|r| keep(r)).cloned(),
+                actual.iter().filter(|r| keep(r)).cloned(),
+            )
+            .into_iter()
+            .map(|c| (c.key.clone(), c.invariant()))
+            .collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn candidates_classify_every_drift() {
+        let expected = vec![
+            Row::balance("player:1", "gold", 10),
+            Row::balance("player:2", "gold", 5),
+            Row::item("itm:1", "player:1/bag"),
+        ];
+        let actual = vec![
+            Row::balance("player:1", "gold", 11),
+            Row::balance("player:9", "gold", 7),
+            Row::item("itm:1", "player:1/bag"),
+        ];
+        let c = candidates(expected, actual);
+        let kinds: Vec<_> = c.iter().map(|c| (c.key.display(), c.invariant())).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("player:1/gold".to_string(), Invariant::ReconValueMismatch),
+                ("player:2/gold".to_string(), Invariant::ReconMissing),
+                ("player:9/gold".to_string(), Invariant::ReconUnexpected),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_duplicated_item_row_is_a_value_mismatch() {
+        let c = candidates(
+            vec![Row::item("itm:1", "player:1/bag")],
+            vec![
+                Row::item("itm:1", "player:1/bag"),
+                Row::item("itm:1", "player:2/bag"),
+            ],
+        );
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].invariant(), Invariant::ReconValueMismatch);
+    }
+
+    #[test]
+    fn recheck_drops_a_converged_candidate() {
+        let c = Candidate {
+            key: RowKey::Balance {
+                account: "player:1".into(),
+                asset: "gold".into(),
+            },
+            expected: vec![Scalar::Int(10)],
+            actual: vec![Scalar::Int(12)],
+        };
+        let history = [
+            vec![Scalar::Int(10)],
+            vec![Scalar::Int(12)],
+            vec![Scalar::Int(15)],
+        ];
+        // The store is behind (12) or at the newest value: in flight, not divergent.
+        assert!(recheck(&c, &history, vec![Scalar::Int(12)]).is_none());
+        assert!(recheck(&c, &history, vec![Scalar::Int(15)]).is_none());
+        // A value the stream never gave the key stays, with the newest expectation.
+        let still = recheck(&c, &history, vec![Scalar::Int(13)]).unwrap();
+        assert_eq!(still.expected, vec![Scalar::Int(15)]);
+        assert_eq!(still.actual, vec![Scalar::Int(13)]);
+        // Missing: the key had a value all along.
+        assert!(recheck(&c, &history, vec![]).is_some());
+    }
+
+    #[test]
+    fn ownership_globs_slice_the_expected_state() {
+        let mut e = Expected::default();
+        e.balances
+            .insert(("r".into(), "player:1".into(), "gold".into()), 3);
+        e.balances
+            .insert(("r".into(), "guild:1/bank".into(), "gold".into()), 4);
+        e.balances
+            .insert(("r".into(), "player:1/bank".into(), "gold".into()), 5);
+        e.items.insert(
+            ("r".into(), "itm:1".into()),
+            vec!["player:1/bag".into(), "player:1/bank".into()],
+        );
+        let own = Ownership::new(vec!["player:*".into()], vec!["player:*/bank".into()]).unwrap();
+        let b: Vec<Row> = e.slice("r", Space::Balances, &own).collect();
+        assert_eq!(b, vec![Row::balance("player:1", "gold", 3)]);
+        let i: Vec<Row> = e.slice("r", Space::Items, &own).collect();
+        assert_eq!(i, vec![Row::item("itm:1", "player:1/bank")]);
+        assert!(e.slice("other", Space::Items, &own).next().is_none());
+        assert!(Ownership::new(vec!["player:[".into()], vec![]).is_err());
+    }
+
+    #[test]
+    fn fingerprints_are_stable_per_store_and_key() {
+        let c = Candidate {
+            key: RowKey::Item {
+                item: "itm:1".into(),
+            },
+            expected: vec![],
+            actual: vec![Scalar::Str("player:1/bag".into())],
+        };
+        let cx = FindingContext {
+            store: "inv",
+            system: "inventory",
+            realm: "r",
+            watermark_ts: None,
+            watermark_position: None,
+            detected_at: Timestamp(0),
+        };
+        let a = to_finding(&c, &cx, json!([]));
+        let b = to_finding(
+            &c,
+            &FindingContext {
+                detected_at: Timestamp(99),
+                ..cx.clone()
+            },
+            json!([]),
+        );
+        assert_eq!(a.fingerprint, b.fingerprint);
+        assert_eq!(a.invariant, Invariant::ReconUnexpected);
+        assert_eq!(a.evidence["actual"], json!(["player:1/bag"]));
+    }
+}

@@ -1,0 +1,769 @@
+//! Reconciliation wiring (issue #4): the expected state from the engine, each store
+//! read gently and digested into a Merkle tree of key-hash buckets, only differing
+//! leaves fetched row by row, every candidate re-checked after a grace period, findings
+//! stored and the run recorded in `recon_runs`. The pure logic is
+//! [`crate::core::recon`]; the store readers are `adapters::{recon_pg, redis}`.
+//!
+//! Entry point for the CLI, the daemon's schedule and the deploy gate: [`run`].
+
+pub mod config;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::adapters::postgres::{ConnectOptions, Pg};
+use crate::adapters::recon_pg::{PgStore, ReadError, ReadLimits, ReadStats, ReconDb, RunRecord};
+use crate::adapters::redis::{RedisError, RedisStore};
+use crate::core::engine::Engine;
+use crate::core::event::is_world;
+use crate::core::finding::Finding;
+use crate::core::merkle::Tree;
+use crate::core::policy::Policy;
+use crate::core::recon::{
+    self as core_recon, Candidate, Expected, FindingContext, Ownership, Row, RowKey, Scalar, Space,
+};
+use crate::core::time::Timestamp;
+use crate::daemon::config::Config;
+
+use config::{ReconLimits, StoreConfig, StoreKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconError {
+    #[error("{0}")]
+    Store(#[from] ReadError),
+    #[error("{0}")]
+    Redis(#[from] RedisError),
+    #[error("assayer database: {0}")]
+    Database(String),
+    #[error("events file {path}: {message}")]
+    Events { path: PathBuf, message: String },
+    #[error("policy: {0}")]
+    Policy(String),
+    #[error("{0}")]
+    Config(String),
+    #[error(
+        "store `{store}`: more than {max} rows in differing leaves; the store is too far from the stream to list row by row"
+    )]
+    TooManyCandidates { store: String, max: usize },
+}
+
+/// The state the stream implies, as a live source: the integration tests and embedders
+/// that run their own engine give one; `assayer reconcile` uses the journal or a file.
+pub trait LiveExpected: Send + Sync {
+    /// The state at the current watermark; its `watermark_position` is the source's
+    /// own mark, handed back to [`LiveExpected::history`].
+    fn snapshot(&self) -> Expected;
+    /// Every value the key took after `since` in the store's slice (`own`), oldest
+    /// first, the current one last (empty when it has not changed since).
+    fn history(&self, realm: &str, key: &RowKey, own: &Ownership, since: i64) -> Vec<Vec<Scalar>>;
+}
+
+/// Where the expected state comes from.
+#[derive(Clone)]
+pub enum Source {
+    /// The daemon group's latest checkpoint plus journal tail, in `[database]`.
+    Journal,
+    /// Audit an NDJSON events file offline.
+    Events(PathBuf),
+    /// A live source.
+    Live(Arc<dyn LiveExpected>),
+}
+
+/// Whether to store findings and record the run in the assayer database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    Yes,
+    No,
+}
+
+#[derive(Clone)]
+pub struct ReconOptions {
+    pub source: Source,
+    /// Only these systems' stores (empty: all).
+    pub systems: Vec<String>,
+    pub record: Record,
+    /// Overrides `[reconcile] grace_ms` (e.g. `--grace-ms 0` for an offline check).
+    pub grace: Option<Duration>,
+    /// Rows read so far, for a progress bar.
+    pub progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+}
+
+impl ReconOptions {
+    /// Runs against the journal are recorded; offline ones are not.
+    pub fn new(source: Source) -> ReconOptions {
+        ReconOptions {
+            record: if matches!(source, Source::Journal) {
+                Record::Yes
+            } else {
+                Record::No
+            },
+            source,
+            systems: Vec::new(),
+            grace: None,
+            progress: None,
+        }
+    }
+}
+
+/// One store's part of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreReport {
+    pub store: String,
+    pub system: String,
+    pub rows_compared: u64,
+    pub bytes_read: u64,
+    pub queries: u64,
+    pub differing_leaves: usize,
+    pub candidates: usize,
+    pub divergent_keys: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconReport {
+    pub outcome: Outcome,
+    pub findings: Vec<Finding>,
+    pub stores: Vec<StoreReport>,
+    pub rows_compared: u64,
+    pub bytes_read: u64,
+    pub queries: u64,
+    pub elapsed_ms: u64,
+    pub watermark_ts: Option<String>,
+    pub watermark_position: Option<i64>,
+    /// The `recon_runs.id` when recorded.
+    pub run_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Clean,
+    Divergent,
+}
+
+/// A reader of one store.
+enum Reader {
+    Pg(PgStore),
+    Redis(RedisStore),
+}
+
+impl Reader {
+    async fn open(s: &StoreConfig, l: &ReconLimits) -> Result<Reader, ReconError> {
+        Ok(match s.kind {
+            StoreKind::Postgres => Reader::Pg(
+                PgStore::connect(
+                    &s.name,
+                    &s.url,
+                    s.balances_query.clone(),
+                    s.items_query.clone(),
+                    ReadLimits {
+                        statement_timeout: l.statement_timeout,
+                        lock_timeout: l.lock_timeout,
+                        connect_timeout: l.connect_timeout,
+                        concurrent_queries_max: 1,
+                        target_query: l.target_query,
+                        chunk_rows_min: l.chunk_rows_min,
+                        chunk_rows_max: l.chunk_rows_max,
+                    },
+                )
+                .await?,
+            ),
+            StoreKind::Redis => Reader::Redis(
+                RedisStore::connect(
+                    &s.name,
+                    &s.url,
+                    s.key_prefix.as_deref().unwrap_or_default(),
+                    l.scan_count,
+                    l.redis_timeout,
+                )
+                .await?,
+            ),
+        })
+    }
+
+    async fn scan(
+        &self,
+        space: Space,
+        on_rows: impl FnMut(Vec<Row>),
+    ) -> Result<ReadStats, ReconError> {
+        Ok(match self {
+            Reader::Pg(p) => p.scan(space, on_rows).await?,
+            Reader::Redis(r) => r.scan(on_rows).await?,
+        })
+    }
+
+    async fn lookup(&self, key: &RowKey) -> Result<(Vec<Scalar>, ReadStats), ReconError> {
+        Ok(match self {
+            Reader::Pg(p) => p.lookup(key).await?,
+            Reader::Redis(r) => r.lookup(key).await?,
+        })
+    }
+}
+
+/// The expected state and how to ask for a key's newer value.
+enum ExpectedSource {
+    Static(Expected),
+    Journal {
+        expected: Expected,
+        db: ReconDb,
+        group: String,
+    },
+    Live(Arc<dyn LiveExpected>, Expected),
+}
+
+impl ExpectedSource {
+    fn expected(&self) -> &Expected {
+        match self {
+            ExpectedSource::Static(e) => e,
+            ExpectedSource::Journal { expected, .. } => expected,
+            ExpectedSource::Live(_, e) => e,
+        }
+    }
+
+    /// The values the stream gave the key from the watermark on, oldest first (the
+    /// value at the watermark first, the newest last).
+    async fn history(
+        &self,
+        realm: &str,
+        key: &RowKey,
+        own: &Ownership,
+    ) -> Result<Vec<Vec<Scalar>>, ReconError> {
+        let at_watermark = self.expected().values(realm, key, own);
+        let mut out = vec![at_watermark.clone()];
+        match self {
+            ExpectedSource::Static(_) => {}
+            ExpectedSource::Live(l, e) => {
+                out.extend(l.history(realm, key, own, e.watermark_position.unwrap_or(0)));
+            }
+            ExpectedSource::Journal {
+                expected,
+                db,
+                group,
+            } => {
+                let at = expected.watermark_position.unwrap_or(0);
+                let db_err = |e: sqlx::Error| ReconError::Database(e.to_string());
+                match key {
+                    RowKey::Balance { account, asset } => {
+                        if !own.owns_account(account) {
+                            return Ok(out);
+                        }
+                        let mut v = match at_watermark.first() {
+                            Some(Scalar::Int(v)) => *v,
+                            _ => 0,
+                        };
+                        for d in db
+                            .balance_deltas_after(group, realm, account, asset, at)
+                            .await
+                            .map_err(db_err)?
+                        {
+                            v += d;
+                            out.push(if v == 0 {
+                                Vec::new()
+                            } else {
+                                vec![Scalar::Int(v)]
+                            });
+                        }
+                    }
+                    RowKey::Item { item } => {
+                        for to in db
+                            .item_moves_after(group, realm, item, at)
+                            .await
+                            .map_err(db_err)?
+                        {
+                            out.push(if is_world(&to) || !own.owns_location(&to) {
+                                Vec::new()
+                            } else {
+                                vec![Scalar::Str(to)]
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Runs one reconciliation of every configured store (or `options.systems`' stores)
+/// against the expected state. Divergences are findings in the report (never an
+/// `Err`); an `Err` means the auditor could not finish (a store unreachable, a query
+/// that failed or timed out): then the run is recorded as `failed`.
+pub async fn run(config: &Config, options: &ReconOptions) -> Result<ReconReport, ReconError> {
+    let started_at = Timestamp::now();
+    let clock = Instant::now();
+    let stores: Vec<&StoreConfig> = config
+        .recon
+        .stores
+        .iter()
+        .filter(|s| options.systems.is_empty() || options.systems.contains(&s.system))
+        .collect();
+    if stores.is_empty() {
+        return Err(ReconError::Config(if config.recon.stores.is_empty() {
+            "no [[store]] configured".into()
+        } else {
+            format!("no store of system(s) {}", options.systems.join(", "))
+        }));
+    }
+    let systems: Vec<String> = {
+        let mut s: Vec<String> = stores.iter().map(|s| s.system.clone()).collect();
+        s.sort();
+        s.dedup();
+        s
+    };
+    let want_db = matches!(options.source, Source::Journal) || options.record == Record::Yes;
+    let db = if want_db {
+        let db = ReconDb::connect(&config.database.url, config.database.connect_timeout)
+            .await
+            .map_err(|e| ReconError::Database(e.to_string()))?;
+        db.migrate()
+            .await
+            .map_err(|e| ReconError::Database(e.to_string()))?;
+        Some(db)
+    } else {
+        None
+    };
+    let result = reconcile(config, options, &stores, db.as_ref()).await;
+    let finished_at = Timestamp::now();
+    let group = config.daemon.group.clone();
+    match result {
+        Ok(mut report) => {
+            report.elapsed_ms = clock.elapsed().as_millis() as u64;
+            if let (Some(db), Record::Yes) = (&db, options.record) {
+                let pg = connect_pg(config).await?;
+                pg.store_findings(&report.findings)
+                    .await
+                    .map_err(|e| ReconError::Database(e.to_string()))?;
+                let rec = RunRecord {
+                    group,
+                    started_at,
+                    finished_at,
+                    watermark_ts: report
+                        .watermark_ts
+                        .as_deref()
+                        .and_then(|t| Timestamp::parse_rfc3339(t).ok()),
+                    watermark_position: report.watermark_position,
+                    systems,
+                    outcome: match report.outcome {
+                        Outcome::Clean => "clean",
+                        Outcome::Divergent => "divergent",
+                    },
+                    rows_compared: report.rows_compared as i64,
+                    divergent_keys: report.findings.len() as i64,
+                    bytes_read: report.bytes_read as i64,
+                    queries: report.queries as i64,
+                    error: None,
+                    summary: serde_json::json!({ "stores": report.stores, "elapsed_ms": report.elapsed_ms }),
+                };
+                report.run_id = Some(
+                    db.record_run(&rec)
+                        .await
+                        .map_err(|e| ReconError::Database(e.to_string()))?,
+                );
+            }
+            Ok(report)
+        }
+        Err(e) => {
+            if let (Some(db), Record::Yes) = (&db, options.record) {
+                let rec = RunRecord {
+                    group,
+                    started_at,
+                    finished_at,
+                    watermark_ts: None,
+                    watermark_position: None,
+                    systems,
+                    outcome: "failed",
+                    rows_compared: 0,
+                    divergent_keys: 0,
+                    bytes_read: 0,
+                    queries: 0,
+                    error: Some(e.to_string()),
+                    summary: serde_json::json!({}),
+                };
+                // The run's own error is the one to report; a failure to record it is logged.
+                if let Err(re) = db.record_run(&rec).await {
+                    tracing::warn!(error = %re, "cannot record the failed reconciliation run");
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn connect_pg(config: &Config) -> Result<Pg, ReconError> {
+    Pg::connect(
+        &ConnectOptions {
+            url: &config.database.url,
+            pool_size_max: 2,
+            connect_timeout: config.database.connect_timeout,
+            statement_timeout: config.database.statement_timeout,
+        },
+        &config.daemon.group,
+    )
+    .await
+    .map_err(|e| ReconError::Database(e.to_string()))
+}
+
+fn load_policy(config: &Config) -> Result<Policy, ReconError> {
+    match &config.policy.dir {
+        Some(dir) => Policy::load_dir(dir).map_err(|e| ReconError::Policy(e.to_string())),
+        None => Ok(Policy::builtin()),
+    }
+}
+
+/// The expected state from an events file: audited offline, every event applied.
+fn expected_from_file(path: &PathBuf, policy: Policy) -> Result<Expected, ReconError> {
+    let err = |message: String| ReconError::Events {
+        path: path.clone(),
+        message,
+    };
+    let f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, f);
+    let mut engine = Engine::new(policy);
+    let mut out = Vec::new();
+    let now = Timestamp::now();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| err(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        let l = line.strip_suffix(b"\n").unwrap_or(&line);
+        if l.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        engine.ingest(l, now, &mut out);
+        out.clear(); // stream findings are `assayer audit`'s business
+    }
+    engine.finish(now, &mut out);
+    Ok(Expected::from_engine(&engine, None))
+}
+
+async fn expected_source(
+    config: &Config,
+    options: &ReconOptions,
+    db: Option<&ReconDb>,
+) -> Result<ExpectedSource, ReconError> {
+    Ok(match &options.source {
+        Source::Events(path) => {
+            let policy = load_policy(config)?;
+            let path = path.clone();
+            let e = tokio::task::spawn_blocking(move || expected_from_file(&path, policy))
+                .await
+                .map_err(|e| ReconError::Config(format!("the audit thread failed: {e}")))??;
+            ExpectedSource::Static(e)
+        }
+        Source::Live(l) => ExpectedSource::Live(l.clone(), l.snapshot()),
+        Source::Journal => {
+            let policy = load_policy(config)?;
+            let pg = connect_pg(config).await?;
+            let restored = crate::daemon::restore(&pg, &policy)
+                .await
+                .map_err(|e| ReconError::Database(e.to_string()))?;
+            let mut engine = restored.engine;
+            let mut out = Vec::new();
+            // Apply what the reorder window still holds: the state at the journal head.
+            engine.finish(Timestamp::now(), &mut out);
+            ExpectedSource::Journal {
+                expected: Expected::from_engine(&engine, Some(restored.position)),
+                db: db.cloned().ok_or_else(|| {
+                    ReconError::Config("the journal source needs [database]".into())
+                })?,
+                group: config.daemon.group.clone(),
+            }
+        }
+    })
+}
+
+async fn reconcile(
+    config: &Config,
+    options: &ReconOptions,
+    stores: &[&StoreConfig],
+    db: Option<&ReconDb>,
+) -> Result<ReconReport, ReconError> {
+    let limits = &config.recon.limits;
+    let source = Arc::new(expected_source(config, options, db).await?);
+    let grace = options.grace.unwrap_or(limits.grace);
+    // One permit per query in flight on a host; a store's reconciliation issues one
+    // query at a time, so it holds one permit throughout.
+    let mut hosts: BTreeMap<String, Arc<Semaphore>> = BTreeMap::new();
+    let mut tasks = Vec::new();
+    for s in stores {
+        let host = host_of(&s.url);
+        let sem = hosts
+            .entry(host)
+            .or_insert_with(|| {
+                Arc::new(Semaphore::new(
+                    limits.concurrent_queries_per_host_max as usize,
+                ))
+            })
+            .clone();
+        let s = (*s).clone();
+        let limits = limits.clone();
+        let source = source.clone();
+        let progress = options.progress.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem
+                .acquire_owned()
+                .await
+                .map_err(|e| ReconError::Config(e.to_string()))?;
+            reconcile_store(&s, &limits, &source, grace, progress).await
+        }));
+    }
+    let mut per_store = Vec::new();
+    for t in tasks {
+        per_store.push(
+            t.await
+                .map_err(|e| ReconError::Config(format!("a store task failed: {e}")))??,
+        );
+    }
+    let expected = source.expected();
+    let now = Timestamp::now();
+    let mut findings = Vec::new();
+    let mut reports = Vec::new();
+    for (s, (report, confirmed)) in stores.iter().zip(per_store) {
+        for c in confirmed {
+            let last = match (db, &options.source) {
+                (Some(db), Source::Journal) => db
+                    .last_transactions(
+                        &config.daemon.group,
+                        &s.realm,
+                        &c.key,
+                        limits.last_transactions_max,
+                    )
+                    .await
+                    .map_err(|e| ReconError::Database(e.to_string()))?,
+                _ => serde_json::json!([]),
+            };
+            let cx = FindingContext {
+                store: &s.name,
+                system: &s.system,
+                realm: &s.realm,
+                watermark_ts: expected.watermark_ts,
+                watermark_position: expected.watermark_position,
+                detected_at: now,
+            };
+            findings.push(core_recon::to_finding(&c, &cx, last));
+        }
+        reports.push(report);
+    }
+    let sum = |f: fn(&StoreReport) -> u64| reports.iter().map(f).sum::<u64>();
+    Ok(ReconReport {
+        outcome: if findings.is_empty() {
+            Outcome::Clean
+        } else {
+            Outcome::Divergent
+        },
+        rows_compared: sum(|r| r.rows_compared),
+        bytes_read: sum(|r| r.bytes_read),
+        queries: sum(|r| r.queries),
+        findings,
+        stores: reports,
+        elapsed_ms: 0,
+        watermark_ts: expected.watermark_ts.map(|t| t.to_rfc3339()),
+        watermark_position: expected.watermark_position,
+        run_id: None,
+    })
+}
+
+/// `scheme://user:pw@host:port/db` → `host:port` (the unit of the concurrency cap).
+fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    rest.split(['/', '?']).next().unwrap_or(rest).to_string()
+}
+
+/// Hashes a page of rows in parallel and adds them to the tree.
+fn digest_rows(tree: &mut Tree, rows: &[Row]) {
+    let depth = tree.depth();
+    let hashed: Vec<(usize, [u8; 32])> = if rows.len() >= 4_096 {
+        rows.par_iter()
+            .map(|r| core_recon::hash_row(r, depth))
+            .collect()
+    } else {
+        rows.iter()
+            .map(|r| core_recon::hash_row(r, depth))
+            .collect()
+    };
+    for (b, h) in &hashed {
+        tree.add_hashed(*b, h);
+    }
+}
+
+async fn reconcile_store(
+    s: &StoreConfig,
+    limits: &ReconLimits,
+    source: &ExpectedSource,
+    grace: Duration,
+    progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+) -> Result<(StoreReport, Vec<Candidate>), ReconError> {
+    let reader = Reader::open(s, limits).await?;
+    let depth = limits.tree_depth;
+    let expected = source.expected();
+    let mut stats = ReadStats::default();
+    let mut leaves = 0usize;
+    let mut compared = 0u64;
+    let mut cands: Vec<Candidate> = Vec::new();
+    let tick = |n: u64| {
+        if let Some(p) = &progress {
+            p(n)
+        }
+    };
+    for space in s.own.spaces() {
+        // Pass 1: digest both sides; compare top-down.
+        let ours = core_recon::expected_tree(expected.slice(&s.realm, space, &s.own), depth);
+        let mut theirs = Tree::new(depth);
+        let first = reader
+            .scan(space, |rows| {
+                tick(rows.len() as u64);
+                digest_rows(&mut theirs, &rows);
+            })
+            .await?;
+        compared += first.rows;
+        stats.add(first);
+        theirs.seal();
+        let differing: HashSet<usize> = ours.diff(&theirs).into_iter().collect();
+        leaves += differing.len();
+        if differing.is_empty() {
+            continue;
+        }
+        // Pass 2: only the rows of differing leaves.
+        let mut kept: Vec<Row> = Vec::new();
+        let mut overflow = false;
+        stats.add(
+            reader
+                .scan(space, |rows| {
+                    for r in rows {
+                        if differing.contains(&r.key.bucket(depth)) {
+                            if kept.len() >= limits.candidate_rows_max {
+                                overflow = true;
+                                return;
+                            }
+                            kept.push(r);
+                        }
+                    }
+                })
+                .await?,
+        );
+        if overflow {
+            return Err(ReconError::TooManyCandidates {
+                store: s.name.clone(),
+                max: limits.candidate_rows_max,
+            });
+        }
+        let exp_rows = expected
+            .slice(&s.realm, space, &s.own)
+            .filter(|r| differing.contains(&r.key.bucket(depth)));
+        cands.extend(core_recon::candidates(exp_rows, kept));
+    }
+    let found = cands.len();
+    // The grace re-check: re-read each candidate from the store, wait the grace period
+    // (longer than the stream's lag), then accept the store's value if the stream gave
+    // the key that value at some point since the watermark: a write in flight.
+    for _ in 0..limits.recheck_rounds {
+        if cands.is_empty() {
+            break;
+        }
+        let mut reread = Vec::with_capacity(cands.len());
+        for c in &cands {
+            let (actual, st) = reader.lookup(&c.key).await?;
+            stats.add(st);
+            reread.push(actual);
+        }
+        tokio::time::sleep(grace).await;
+        let mut still = Vec::new();
+        for (c, actual) in cands.iter().zip(reread) {
+            let history = source.history(&s.realm, &c.key, &s.own).await?;
+            if let Some(c) = core_recon::recheck(c, &history, actual) {
+                still.push(c);
+            }
+        }
+        cands = still;
+    }
+    Ok((
+        StoreReport {
+            store: s.name.clone(),
+            system: s.system.clone(),
+            rows_compared: compared,
+            bytes_read: stats.bytes,
+            queries: stats.queries,
+            differing_leaves: leaves,
+            candidates: found,
+            divergent_keys: cands.len(),
+        },
+        cands,
+    ))
+}
+
+/// The daemon's continuous reconciliation: every `[reconcile] interval_ms`, one run
+/// against the journal (recorded, findings stored), with metrics and a WARN per
+/// divergent key. Returns when `shutdown` is cancelled; a failed run is logged and
+/// counted, and the schedule goes on.
+pub async fn schedule(
+    config: Config,
+    metrics: Arc<crate::daemon::metrics::Metrics>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let Some(interval) = config.recon.limits.interval else {
+        return;
+    };
+    if config.recon.stores.is_empty() {
+        return;
+    }
+    let mut opts = ReconOptions::new(Source::Journal);
+    opts.record = Record::Yes;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = run(&config, &opts) => r,
+        };
+        let outcome = match &result {
+            Ok(r) => {
+                for f in &r.findings {
+                    tracing::warn!(invariant = f.invariant.id(), realm = %f.realm, system = ?f.system, subject = ?f.subject, "{}", f.message);
+                    metrics.finding(f);
+                }
+                metrics.recon_divergent_keys.set(r.findings.len() as i64);
+                match r.outcome {
+                    Outcome::Clean => "clean",
+                    Outcome::Divergent => "divergent",
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reconciliation run failed");
+                "failed"
+            }
+        };
+        metrics
+            .recon_runs
+            .get_or_create(&crate::daemon::metrics::OutcomeLabel { outcome })
+            .inc();
+        metrics
+            .recon_last_run_timestamp_seconds
+            .set(Timestamp::now().0 as f64 / 1e9);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_concurrency_cap_is_per_host() {
+        assert_eq!(host_of("postgres://u:p@db1:5432/game?x=1"), "db1:5432");
+        assert_eq!(host_of("redis://127.0.0.1:6379/0"), "127.0.0.1:6379");
+        assert_eq!(host_of("postgres://db2/game"), "db2");
+    }
+}

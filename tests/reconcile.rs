@@ -1,0 +1,652 @@
+//! Reconciliation against the real PostgreSQL and Redis (issue #4): the reference
+//! world's stores materialized with planted drift are reconciled and every drift is
+//! found exactly; a clean world written to concurrently yields nothing; a store query
+//! that fails or times out is an error, never a finding.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use assayer::adapters::sim_stores::SimStores;
+use assayer::core::recon::{Expected, Ownership, RowKey, Scalar, Space};
+use assayer::daemon::config::Config;
+use assayer::recon::{self, LiveExpected, Outcome, ReconOptions, Record, Source};
+use assayer::sim::stores::{Drift, StoreWorld, TABLES, inject_drift};
+use assayer::sim::{Noise, SimConfig, generate};
+use common::{REDIS_URL, TestDb, TestRedis};
+use serde_json::{Value, json};
+
+const REALM: &str = "realm-1";
+
+/// A config describing the reference world's stores in `db` and the cache under
+/// `redis_prefix`, with `[reconcile]` lines `reconcile`.
+fn config_text(
+    db: &str,
+    redis_prefix: &str,
+    reconcile: &str,
+    wallets_query: Option<&str>,
+) -> String {
+    let mut t = format!(
+        "[database]\nurl = \"{db}\"\n[daemon]\ngroup = \"recon-test\"\n[reconcile]\n{reconcile}\n"
+    );
+    for spec in TABLES {
+        let owns: Vec<String> = spec.owns.iter().map(|p| format!("\"{p}\"")).collect();
+        let (own_key, query_key, cols) = match spec.space {
+            Space::Balances => ("accounts", "balances_query", "account, asset, balance"),
+            Space::Items => ("locations", "items_query", "item, location"),
+        };
+        let query = match (spec.table, wallets_query) {
+            ("wallets", Some(q)) => q.to_string(),
+            _ => format!("SELECT {cols} FROM {} WHERE realm = '{REALM}'", spec.table),
+        };
+        t.push_str(&format!(
+            "[[store]]\nname = \"{}\"\nsystem = \"{}\"\nrealm = \"{REALM}\"\nkind = \"postgres\"\n\
+             url = \"{db}\"\n{own_key} = [{}]\n{query_key} = \"{query}\"\n\n",
+            spec.table,
+            spec.system,
+            owns.join(", ")
+        ));
+    }
+    t.push_str(&format!(
+        "[[store]]\nname = \"wallet_cache\"\nsystem = \"economy\"\nrealm = \"{REALM}\"\nkind = \"redis\"\n\
+         url = \"{REDIS_URL}\"\naccounts = [\"player:*\"]\nkey_prefix = \"{redis_prefix}{REALM}:\"\n"
+    ));
+    t
+}
+
+fn parse(text: &str) -> Config {
+    Config::parse(text, "test.toml", |_| None).expect("a valid config")
+}
+
+fn world_lines(events: usize, noise: Noise) -> Vec<Vec<u8>> {
+    let cfg = SimConfig {
+        events,
+        noise,
+        ..SimConfig::default()
+    };
+    let mut lines = Vec::new();
+    generate(&cfg, &mut |l: &[u8]| lines.push(l.to_vec()));
+    lines
+}
+
+fn write_events(lines: &[Vec<u8>]) -> tempfile_path::TempPath {
+    let p = tempfile_path::TempPath::new("events.ndjson");
+    let mut body = Vec::new();
+    for l in lines {
+        body.extend_from_slice(l);
+        body.push(b'\n');
+    }
+    std::fs::write(&p.0, body).expect("write events");
+    p
+}
+
+/// A file removed when dropped.
+mod tempfile_path {
+    pub struct TempPath(pub std::path::PathBuf);
+    impl TempPath {
+        pub fn new(name: &str) -> TempPath {
+            TempPath(
+                std::env::temp_dir().join(format!("{}-{name}", super::common::unique("recon"))),
+            )
+        }
+    }
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+fn shown(space: &str, v: &[Scalar]) -> Value {
+    match (space, v) {
+        (_, []) => Value::Null,
+        ("balances", [one]) => json!(one),
+        _ => json!(v),
+    }
+}
+
+/// Materializes a world (all lines applied) with `plan` drift; returns the planted list.
+async fn materialize(
+    db: &TestDb,
+    redis: &TestRedis,
+    lines: &[Vec<u8>],
+    plan: &[(Drift, usize)],
+) -> Vec<assayer::sim::stores::PlantedDrift> {
+    let mut w = StoreWorld::new();
+    for l in lines {
+        w.apply_line(l);
+    }
+    let mut tables = w.tables();
+    let planted = inject_drift(&mut tables, plan, 11);
+    let s = SimStores::connect(&db.url, Some(REDIS_URL), &redis.prefix)
+        .await
+        .expect("connect stores");
+    s.reset().await.expect("create store tables");
+    s.write_all(&tables).await.expect("write stores");
+    planted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_drift_class_is_found_exactly_with_key_and_values() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::create().await;
+    let lines = world_lines(6_000, Noise::default());
+    let plan = [
+        (Drift::ValueChanged, 4),
+        (Drift::RowDeleted, 4),
+        (Drift::RowInserted, 2),
+        (Drift::RedisStale, 3),
+    ];
+    let planted = materialize(&db, &redis, &lines, &plan).await;
+    assert_eq!(planted.len(), 13, "every requested drift was planted");
+    let events = write_events(&lines);
+    let config = parse(&config_text(
+        &db.url,
+        &redis.prefix,
+        "grace_ms = 10\ntree_depth = 8\nchunk_rows_min = 100\nchunk_rows_max = 500",
+        None,
+    ));
+    let mut opts = ReconOptions::new(Source::Events(events.0.clone()));
+    opts.record = Record::Yes;
+    let report = recon::run(&config, &opts).await.expect("reconcile");
+
+    let want: BTreeSet<String> = planted
+        .iter()
+        .map(|p| {
+            let space = match p.key.space() {
+                Space::Balances => "balances",
+                Space::Items => "items",
+            };
+            json!([
+                p.invariant.id(),
+                p.store,
+                p.realm,
+                p.key.subject(),
+                p.key,
+                shown(space, &p.expected),
+                shown(space, &p.actual)
+            ])
+            .to_string()
+        })
+        .collect();
+    let got: BTreeSet<String> = report
+        .findings
+        .iter()
+        .map(|f| {
+            json!([
+                f.invariant.id(),
+                f.evidence["store"],
+                f.realm,
+                f.subject,
+                f.evidence["key"],
+                f.evidence["expected"],
+                f.evidence["actual"]
+            ])
+            .to_string()
+        })
+        .collect();
+    assert_eq!(got, want, "exactly the planted drift, with keys and values");
+    assert_eq!(report.findings.len(), planted.len());
+    assert_eq!(report.outcome, Outcome::Divergent);
+    assert!(report.rows_compared > 1_000, "{}", report.rows_compared);
+    // Only the differing leaves were fetched row by row: far fewer candidates than rows.
+    let cands: usize = report.stores.iter().map(|s| s.candidates).sum();
+    assert_eq!(cands, planted.len());
+
+    // The run is recorded and the findings stored.
+    let mut c = db.connect().await;
+    let row: (String, i64, i64, i64, Option<i64>) = sqlx::query_as(
+        "SELECT outcome, divergent_keys, rows_compared, queries, watermark_position FROM recon_runs",
+    )
+    .fetch_one(&mut c)
+    .await
+    .expect("one recon_runs row");
+    assert_eq!(row.0, "divergent");
+    assert_eq!(row.1, planted.len() as i64);
+    assert_eq!(row.2, report.rows_compared as i64);
+    assert!(row.3 > 0);
+    assert_eq!(row.4, None, "an --events run has no journal position");
+    let stored: (i64,) =
+        sqlx::query_as("SELECT count(*) FROM findings WHERE invariant LIKE 'recon.%'")
+            .fetch_one(&mut c)
+            .await
+            .expect("count findings");
+    assert_eq!(stored.0, planted.len() as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_world_reconciles_clean_and_the_cli_exits_by_outcome() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::create().await;
+    let lines = world_lines(3_000, Noise::default());
+    materialize(&db, &redis, &lines, &[]).await;
+    let events = write_events(&lines);
+    let text = config_text(&db.url, &redis.prefix, "grace_ms = 10", None);
+    let config = parse(&text);
+    let report = recon::run(
+        &config,
+        &ReconOptions::new(Source::Events(events.0.clone())),
+    )
+    .await
+    .expect("reconcile");
+    assert!(report.findings.is_empty(), "{:#?}", report.findings);
+    assert_eq!(report.outcome, Outcome::Clean);
+    assert_eq!(report.stores.len(), TABLES.len() + 1);
+
+    let cfg = tempfile_path::TempPath::new("recon.toml");
+    std::fs::write(&cfg.0, &text).expect("write config");
+    let cli = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_assayer"))
+            .args(["reconcile", "--config"])
+            .arg(&cfg.0)
+            .arg("--events")
+            .arg(&events.0)
+            .args(["--format", "json", "--grace-ms", "0"])
+            .args(extra)
+            .output()
+            .expect("run assayer")
+    };
+    let out = cli(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rows compared") && err.contains("queries"),
+        "{err}"
+    );
+
+    // Drift one wallet: exit 2, the finding on stdout.
+    let mut c = db.connect().await;
+    sqlx::query("UPDATE wallets SET balance = balance + 7 WHERE account = (SELECT min(account) FROM wallets)")
+        .execute(&mut c)
+        .await
+        .expect("drift");
+    let out = cli(&["--system", "economy"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let findings: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json findings");
+    assert!(!findings.is_empty());
+    assert!(
+        findings.iter().all(
+            |f| f["invariant"] == "recon.value_mismatch" && f["evidence"]["store"] == "wallets"
+        )
+    );
+}
+
+/// A world the test writes to while reconciliation runs, standing in for the engine:
+/// it logs every value each key takes, so the grace re-check can see writes in flight.
+struct LiveWorld {
+    inner: Mutex<(StoreWorld, Vec<Logged>)>,
+}
+
+/// (realm, key, the value it took).
+type Logged = (String, RowKey, Vec<Scalar>);
+
+impl LiveWorld {
+    fn apply(&self, line: &[u8]) -> Vec<assayer::sim::stores::Change> {
+        let mut g = self.inner.lock().expect("lock");
+        let (world, log) = &mut *g;
+        let changes = world.apply_line(line);
+        let keys: BTreeSet<(String, RowKey)> = changes
+            .iter()
+            .map(|c| (c.realm.clone(), c.key.clone()))
+            .collect();
+        for (realm, key) in keys {
+            let v = world.current(&realm, &key);
+            log.push((realm, key, v));
+        }
+        changes
+    }
+}
+
+fn owned(key: &RowKey, v: Vec<Scalar>, own: &Ownership) -> Vec<Scalar> {
+    match key {
+        RowKey::Balance { account, .. } if !own.owns_account(account) => Vec::new(),
+        RowKey::Balance { .. } => v,
+        RowKey::Item { .. } => v
+            .into_iter()
+            .filter(|s| matches!(s, Scalar::Str(l) if own.owns_location(l)))
+            .collect(),
+    }
+}
+
+impl LiveExpected for LiveWorld {
+    fn snapshot(&self) -> Expected {
+        let g = self.inner.lock().expect("lock");
+        let mut e = g.0.expected();
+        e.watermark_position = Some(g.1.len() as i64);
+        e
+    }
+
+    fn history(&self, realm: &str, key: &RowKey, own: &Ownership, since: i64) -> Vec<Vec<Scalar>> {
+        let g = self.inner.lock().expect("lock");
+        g.1[since as usize..]
+            .iter()
+            .filter(|(r, k, _)| r == realm && k == key)
+            .map(|(_, _, v)| owned(key, v.clone(), own))
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_world_under_concurrent_writes_yields_no_finding() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::create().await;
+    let lines = world_lines(40_000, Noise::none());
+    let (first, rest) = lines.split_at(10_000);
+    let live = Arc::new(LiveWorld {
+        inner: Mutex::new((StoreWorld::new(), Vec::new())),
+    });
+    for l in first {
+        live.apply(l);
+    }
+    let stores = SimStores::connect(&db.url, Some(REDIS_URL), &redis.prefix)
+        .await
+        .expect("connect stores");
+    stores.reset().await.expect("reset");
+    let tables = live.inner.lock().expect("lock").0.tables();
+    stores.write_all(&tables).await.expect("write");
+
+    // The game keeps writing: the stream (the live world) first, the store right after.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let batches = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = {
+        let (live, stop, batches) = (live.clone(), stop.clone(), batches.clone());
+        let rest: Vec<Vec<u8>> = rest.to_vec();
+        tokio::spawn(async move {
+            for chunk in rest.chunks(10) {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let mut changes = Vec::new();
+                for l in chunk {
+                    changes.extend(live.apply(l));
+                }
+                stores.apply(&changes).await.expect("store write");
+                batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let config = parse(&config_text(
+        &db.url,
+        &redis.prefix,
+        "grace_ms = 300\nrecheck_rounds = 3\ntree_depth = 8\nchunk_rows_min = 200\nchunk_rows_max = 1000",
+        None,
+    ));
+    let before = batches.load(std::sync::atomic::Ordering::Relaxed);
+    let report = recon::run(&config, &ReconOptions::new(Source::Live(live.clone())))
+        .await
+        .expect("reconcile");
+    let during = batches.load(std::sync::atomic::Ordering::Relaxed) - before;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.expect("writer");
+    assert!(
+        during > 10,
+        "the world kept writing during the run ({during} batches)"
+    );
+    let cands: usize = report.stores.iter().map(|s| s.candidates).sum();
+    assert!(
+        cands > 0,
+        "concurrent writes made candidates for the re-check to clear"
+    );
+    assert!(
+        report.findings.is_empty(),
+        "no finding in a clean world: {:#?}",
+        report.findings
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_query_that_fails_or_times_out_is_an_error_not_a_finding() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::create().await;
+    let lines = world_lines(1_000, Noise::none());
+    materialize(&db, &redis, &lines, &[]).await;
+    let events = write_events(&lines);
+
+    // Times out: every row of the wallets query sleeps past statement_timeout_ms.
+    let slow = "SELECT account, asset, balance FROM wallets WHERE pg_sleep(0.5) IS NOT NULL";
+    let config = parse(&config_text(
+        &db.url,
+        &redis.prefix,
+        "grace_ms = 0\nstatement_timeout_ms = 100",
+        Some(slow),
+    ));
+    let mut opts = ReconOptions::new(Source::Events(events.0.clone()));
+    opts.systems = vec!["economy".into()];
+    opts.record = Record::Yes;
+    let err = recon::run(&config, &opts)
+        .await
+        .expect_err("a timed-out query is an error");
+    let text = err.to_string();
+    assert!(
+        text.contains("wallets") && text.contains("statement timeout"),
+        "{text}"
+    );
+    let mut c = db.connect().await;
+    let row: (String, Option<String>) =
+        sqlx::query_as("SELECT outcome, error FROM recon_runs ORDER BY id DESC LIMIT 1")
+            .fetch_one(&mut c)
+            .await
+            .expect("the failed run is recorded");
+    assert_eq!(row.0, "failed");
+    assert!(row.1.unwrap_or_default().contains("statement timeout"));
+    let stored: (i64,) = sqlx::query_as("SELECT count(*) FROM findings")
+        .fetch_one(&mut c)
+        .await
+        .expect("count findings");
+    assert_eq!(stored.0, 0, "no finding for an auditor failure");
+
+    // Fails: the query names a table that does not exist.
+    let config = parse(&config_text(
+        &db.url,
+        &redis.prefix,
+        "grace_ms = 0",
+        Some("SELECT account, asset, balance FROM no_such_table"),
+    ));
+    let mut opts = ReconOptions::new(Source::Events(events.0.clone()));
+    opts.systems = vec!["economy".into()];
+    let err = recon::run(&config, &opts)
+        .await
+        .expect_err("a failing query is an error");
+    assert!(err.to_string().contains("no_such_table"), "{err}");
+
+    // Redis unreachable: an error naming the store.
+    let text = config_text(
+        &db.url,
+        &redis.prefix,
+        "grace_ms = 0\nredis_timeout_ms = 500",
+        None,
+    )
+    .replace(REDIS_URL, "redis://127.0.0.1:1");
+    let mut opts = ReconOptions::new(Source::Events(events.0.clone()));
+    opts.systems = vec!["economy".into()];
+    let err = recon::run(&parse(&text), &opts)
+        .await
+        .expect_err("an unreachable cache is an error");
+    assert!(err.to_string().contains("wallet_cache"), "{err}");
+}
+
+#[test]
+fn store_config_mistakes_fail_at_startup() {
+    let bad = [
+        (
+            "[[store]]\nname = \"a\"\nsystem = \"s\"\nrealm = \"r\"\nkind = \"mysql\"\nurl = \"x\"\naccounts = [\"p:*\"]\n",
+            "kind",
+        ),
+        (
+            "[[store]]\nname = \"a\"\nsystem = \"s\"\nrealm = \"r\"\nkind = \"postgres\"\nurl = \"x\"\naccounts = [\"p:*\"]\n",
+            "balances_query",
+        ),
+        (
+            "[[store]]\nname = \"a\"\nsystem = \"s\"\nrealm = \"r\"\nkind = \"redis\"\nurl = \"x\"\nlocations = [\"p:*\"]\nkey_prefix = \"k:\"\n",
+            "balances only",
+        ),
+        (
+            "[[store]]\nname = \"a\"\nsystem = \"s\"\nrealm = \"r\"\nkind = \"postgres\"\nurl_env = \"NOPE_NOT_SET\"\naccounts = [\"p:*\"]\nbalances_query = \"q\"\n",
+            "NOPE_NOT_SET",
+        ),
+        (
+            "[[store]]\nname = \"a\"\nsystem = \"s\"\nrealm = \"r\"\nkind = \"postgres\"\nurl = \"x\"\naccounts = [\"p:*\"]\nbalances_query = \"q\"\ntypo = 1\n",
+            "typo",
+        ),
+        ("[reconcile]\ntree_depth = 30\n", "tree_depth"),
+    ];
+    for (text, needle) in bad {
+        let err = Config::parse(text, "t.toml", |_| None).expect_err(text);
+        assert!(err.to_string().contains(needle), "{err} (wanted {needle})");
+    }
+}
+
+/// Journals `lines` as the daemon would (group `recon-test`, as in the config).
+async fn journal(db: &TestDb, lines: &[Vec<u8>]) {
+    use assayer::adapters::postgres::{Batch, ConnectOptions, EntryKind, JournalEntry, Pg};
+    let pg = Pg::connect(
+        &ConnectOptions {
+            url: &db.url,
+            pool_size_max: 2,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+        },
+        "recon-test",
+    )
+    .await
+    .expect("connect");
+    pg.migrate().await.expect("migrate");
+    let mut batch = Batch::default();
+    for (i, l) in lines.iter().enumerate() {
+        let v = assayer::core::event::decode(l).expect("a clean world decodes");
+        let w = &v.wire;
+        batch.entries.push(JournalEntry {
+            position: i as i64 + 1,
+            kind: EntryKind::Event,
+            tx_id: Some(w.tx_id.to_string()),
+            realm: Some(v.realm().to_string()),
+            system: Some(w.system.to_string()),
+            seq: Some(w.seq as i64),
+            ts_us: Some(v.ts.0 / 1_000),
+            event_kind: Some(w.kind.to_string()),
+            actor: None,
+            body: l.clone(),
+            items: w
+                .items
+                .iter()
+                .map(|m| (m.item.to_string(), m.from.to_string(), m.to.to_string()))
+                .collect(),
+            postings: w
+                .postings
+                .iter()
+                .map(|p| (p.account.to_string(), p.asset.to_string(), p.delta))
+                .collect(),
+        });
+    }
+    batch.new_head = lines.len() as i64;
+    pg.commit(&batch).await.expect("journal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_schedule_records_runs_and_counts_them_in_metrics() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::create().await;
+    let lines = world_lines(1_000, Noise::none());
+    journal(&db, &lines).await;
+    materialize(&db, &redis, &lines, &[(Drift::RowDeleted, 1)]).await;
+    let config = parse(&config_text(
+        &db.url,
+        &redis.prefix,
+        "grace_ms = 10\ninterval_ms = 100",
+        None,
+    ));
+    let metrics = Arc::new(assayer::daemon::metrics::Metrics::new());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(recon::schedule(config, metrics.clone(), stop.clone()));
+    let mut c = db.connect().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: Result<(i64,), _> = sqlx::query_as("SELECT count(*) FROM recon_runs")
+            .fetch_one(&mut c)
+            .await;
+        if matches!(n, Ok((k,)) if k >= 2) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled runs recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    task.await.expect("schedule ends on shutdown");
+    let text = metrics.encode();
+    assert!(
+        text.contains("assayer_recon_runs_total{outcome=\"divergent\"}"),
+        "{text}"
+    );
+    assert!(text.contains("assayer_recon_divergent_keys 1"), "{text}");
+    assert!(
+        text.contains("assayer_recon_last_run_timestamp_seconds"),
+        "{text}"
+    );
+    let outcomes: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT outcome FROM recon_runs")
+        .fetch_all(&mut c)
+        .await
+        .expect("outcomes");
+    assert_eq!(outcomes, vec![("divergent".to_string(),)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemons_journal_is_the_expected_state_and_names_the_last_transactions() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::create().await;
+    let lines = world_lines(3_000, Noise::none());
+    journal(&db, &lines).await;
+
+    let planted = materialize(&db, &redis, &lines, &[(Drift::ValueChanged, 2)]).await;
+    let config = parse(&config_text(&db.url, &redis.prefix, "grace_ms = 10", None));
+    let report = recon::run(&config, &ReconOptions::new(Source::Journal))
+        .await
+        .expect("reconcile");
+    assert_eq!(report.watermark_position, Some(lines.len() as i64));
+    assert_eq!(
+        report.findings.len(),
+        planted.len(),
+        "{:#?}",
+        report.findings
+    );
+    let want: BTreeSet<&str> = planted.iter().map(|p| p.key.subject()).collect();
+    let got: BTreeSet<&str> = report
+        .findings
+        .iter()
+        .filter_map(|f| f.subject.as_deref())
+        .collect();
+    assert_eq!(got, want);
+    for f in &report.findings {
+        let last = f.evidence["last_transactions"]
+            .as_array()
+            .expect("last transactions");
+        assert!(!last.is_empty(), "{f:?}");
+        assert!(
+            last.iter()
+                .all(|t| t["tx_id"].is_string() && t["position"].is_i64())
+        );
+    }
+    // Journal runs are recorded by default.
+    let mut c = db.connect().await;
+    let row: (String, Option<i64>) =
+        sqlx::query_as("SELECT outcome, watermark_position FROM recon_runs")
+            .fetch_one(&mut c)
+            .await
+            .expect("recorded");
+    assert_eq!(row, ("divergent".to_string(), Some(lines.len() as i64)));
+}
