@@ -124,6 +124,103 @@ async fn gate_until(
     }
 }
 
+/// A login role that may only read (`SELECT`) the tables of `db`'s public schema, as
+/// reconciliation's store credentials should be; dropped with the guard.
+struct ReadOnlyRole {
+    name: String,
+    db_url: String,
+}
+
+impl ReadOnlyRole {
+    async fn create(db: &TestDb) -> ReadOnlyRole {
+        let name = unique("ro");
+        let mut admin = db.connect().await;
+        for sql in [
+            format!("CREATE ROLE {name} LOGIN"),
+            format!("GRANT CONNECT ON DATABASE {} TO {name}", db.name),
+            format!("GRANT USAGE ON SCHEMA public TO {name}"),
+            format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {name}"),
+            // Tables (re)created later by the store writer too.
+            format!("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {name}"),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut admin)
+                .await
+                .expect("read-only role");
+        }
+        ReadOnlyRole {
+            db_url: db
+                .url
+                .replace("postgres://root@", &format!("postgres://{name}@")),
+            name,
+        }
+    }
+}
+
+impl Drop for ReadOnlyRole {
+    fn drop(&mut self) {
+        let (name, url) = (
+            self.name.clone(),
+            self.db_url
+                .replace(&format!("postgres://{}@", self.name), "postgres://root@"),
+        );
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut c) = sqlx::PgConnection::connect(&url).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP OWNED BY {name}")))
+                        .execute(&mut c)
+                        .await;
+                    let _ = c.close().await;
+                }
+                if let Ok(mut admin) = sqlx::PgConnection::connect(PG_ADMIN).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {name}")))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Writes the reference world's stores for `lines` into `db` (and the Redis cache
+/// under `redis`), with `drift` planted.
+async fn materialize(
+    db: &TestDb,
+    redis: &TestRedis,
+    lines: &[Vec<u8>],
+    drift: &[(assayer::sim::stores::Drift, usize)],
+) -> Vec<assayer::sim::stores::PlantedDrift> {
+    let mut w = assayer::sim::stores::StoreWorld::new();
+    for l in lines {
+        w.apply_line(l);
+    }
+    let mut tables = w.tables();
+    let planted = assayer::sim::stores::inject_drift(&mut tables, drift, 5);
+    let s =
+        assayer::adapters::sim_stores::SimStores::connect(&db.url, Some(REDIS_URL), &redis.prefix)
+            .await
+            .expect("connect stores");
+    s.reset().await.expect("create store tables");
+    s.write_all(&tables).await.expect("write stores");
+    planted
+}
+
+fn reconcile(config: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_assayer"))
+        .args(["reconcile", "--format", "json", "--config"])
+        .arg(config)
+        .output()
+        .expect("run assayer reconcile")
+}
+
 async fn ack_invariant(db: &TestDb, inv: &str) -> u64 {
     let mut c = db.connect().await;
     sqlx::query(
@@ -140,15 +237,29 @@ async fn ack_invariant(db: &TestDb, inv: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clean_world_is_go_everywhere_then_marginal_then_no_go_when_the_daemon_stops() {
     let db = TestDb::create().await;
+    let redis = TestRedis::create().await;
     let bus = TestBus::new();
     bus.declare().await;
     let dir = tempdir();
     let port = free_port();
-    let policy = gate_policy(&dir, false, &|t| t);
+    // The shipped policy: reconciliation required.
+    let policy = gate_policy(&dir, true, &|t| t);
     let lines = world_ending_now(3_000, Vec::new(), 5);
     let journaled = offline(&lines).journaled;
+    let ro = ReadOnlyRole::create(&db).await;
+    materialize(&db, &redis, &lines, &[]).await;
     bus.publish(lines, 20).await;
-    let config = write_config(&dir, &db, &bus, port, &gate_section(&policy));
+    let stores = store_sections(&ro.db_url, &redis.prefix, "realm-1", None);
+    let config = write_config(
+        &dir,
+        &db,
+        &bus,
+        port,
+        &format!(
+            "{}\n[reconcile]\ngrace_ms = 10\n{stores}",
+            gate_section(&policy)
+        ),
+    );
     let mut daemon = DaemonProc::start(&config, dir.join("daemon.log"));
     wait_for_head(
         &db,
@@ -158,6 +269,22 @@ async fn clean_world_is_go_everywhere_then_marginal_then_no_go_when_the_daemon_s
         Some(&daemon),
     )
     .await;
+
+    // No reconciliation yet: fail closed.
+    let (code, r) = gate_until(&config, &policy, "NO-GO without reconciliation", |_, r| {
+        r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("no reconciliation has run"))
+    })
+    .await;
+    assert_eq!(code, 2, "{r:#}");
+    let out = reconcile(&config);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // GO, exit 0 — and the same decision from /v1/gate and the gauge.
     let (code, cli) = gate_until(&config, &policy, "GO", |c, _| c == 0).await;
@@ -194,6 +321,60 @@ async fn clean_world_is_go_everywhere_then_marginal_then_no_go_when_the_daemon_s
     let (_, metrics) = http_get(port, "/metrics").unwrap();
     assert!(metrics.contains("assayer_gate_decision{decision=\"marginal\"} 1"));
     assert_eq!(http_get(port, "/v1/gate/flagger").unwrap().0, 412);
+    assert_eq!(code, 3);
+
+    // The stores drift: each reconciliation class blocks, named, until acknowledged;
+    // the divergent run itself blocks until the stores are repaired and reconciled.
+    use assayer::sim::stores::Drift;
+    let planted = materialize(
+        &db,
+        &redis,
+        &journal_lines(&db).await,
+        &[
+            (Drift::ValueChanged, 1),
+            (Drift::RowDeleted, 1),
+            (Drift::RowInserted, 1),
+        ],
+    )
+    .await;
+    assert_eq!(planted.len(), 3);
+    let out = reconcile(&config);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for inv in [
+        Invariant::ReconUnexpected,
+        Invariant::ReconMissing,
+        Invariant::ReconValueMismatch,
+    ] {
+        let (code, r) = gate_cli(&config, &policy);
+        assert_eq!(code, 2, "{r:#}");
+        assert!(
+            r.to_string().contains(inv.id()),
+            "{} not named:\n{r:#}",
+            inv.id()
+        );
+        assert!(ack_invariant(&db, inv.id()).await >= 1, "{}", inv.id());
+    }
+    let (code, r) = gate_cli(&config, &policy);
+    assert_eq!(code, 2, "{r:#}");
+    assert!(
+        r["reason"].as_str().unwrap().contains("divergent key(s)"),
+        "{r:#}"
+    );
+    materialize(&db, &redis, &journal_lines(&db).await, &[]).await;
+    let out = reconcile(&config);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, r) = gate_until(&config, &policy, "MARGINAL after repair", |c, _| c == 3).await;
+    assert_eq!(r["decision"], "MARGINAL", "{r:#}");
     assert_eq!(code, 3);
 
     // The daemon stops: its status row goes stale and the gate fails closed.
@@ -280,6 +461,15 @@ async fn every_blocking_finding_class_is_no_go_naming_it_until_acknowledged() {
     let (code, r) = gate_until(&config, &policy, "GO", |c, _| c == 0).await;
     assert_eq!(r["decision"], "GO", "{r:#}");
     assert_eq!(code, 0);
+}
+
+/// The event bodies the daemon journaled, in order (what the stores should reflect).
+async fn journal_lines(db: &TestDb) -> Vec<Vec<u8>> {
+    let mut c = db.connect().await;
+    sqlx::query_scalar("SELECT body FROM journal WHERE entry_kind = 'event' ORDER BY position")
+        .fetch_all(&mut c)
+        .await
+        .expect("journal bodies")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,32 +28,10 @@ fn config_text(
     reconcile: &str,
     wallets_query: Option<&str>,
 ) -> String {
-    let mut t = format!(
-        "[database]\nurl = \"{db}\"\n[daemon]\ngroup = \"recon-test\"\n[reconcile]\n{reconcile}\n"
-    );
-    for spec in TABLES {
-        let owns: Vec<String> = spec.owns.iter().map(|p| format!("\"{p}\"")).collect();
-        let (own_key, query_key, cols) = match spec.space {
-            Space::Balances => ("accounts", "balances_query", "account, asset, balance"),
-            Space::Items => ("locations", "items_query", "item, location"),
-        };
-        let query = match (spec.table, wallets_query) {
-            ("wallets", Some(q)) => q.to_string(),
-            _ => format!("SELECT {cols} FROM {} WHERE realm = '{REALM}'", spec.table),
-        };
-        t.push_str(&format!(
-            "[[store]]\nname = \"{}\"\nsystem = \"{}\"\nrealm = \"{REALM}\"\nkind = \"postgres\"\n\
-             url = \"{db}\"\n{own_key} = [{}]\n{query_key} = \"{query}\"\n\n",
-            spec.table,
-            spec.system,
-            owns.join(", ")
-        ));
-    }
-    t.push_str(&format!(
-        "[[store]]\nname = \"wallet_cache\"\nsystem = \"economy\"\nrealm = \"{REALM}\"\nkind = \"redis\"\n\
-         url = \"{REDIS_URL}\"\naccounts = [\"player:*\"]\nkey_prefix = \"{redis_prefix}{REALM}:\"\n"
-    ));
-    t
+    format!(
+        "[database]\nurl = \"{db}\"\n[daemon]\ngroup = \"recon-test\"\n[reconcile]\n{reconcile}\n{}",
+        common::store_sections(db, redis_prefix, REALM, wallets_query)
+    )
 }
 
 fn parse(text: &str) -> Config {

@@ -113,7 +113,10 @@ pub enum Scope<'a> {
 }
 
 /// Open findings (status `open`: acknowledged and resolved ones no longer block).
-pub async fn open_findings(pool: &PgPool, scope: Scope<'_>) -> Result<Vec<OpenFinding>, StoreError> {
+pub async fn open_findings(
+    pool: &PgPool,
+    scope: Scope<'_>,
+) -> Result<Vec<OpenFinding>, StoreError> {
     let (drill, realm) = match scope {
         Scope::Production => (false, ""),
         Scope::Drill(r) => (true, r),
@@ -374,4 +377,34 @@ pub async fn pending_migrations(pool: &PgPool) -> Result<Vec<String>, StoreError
         .filter(|m| !applied.contains(&m.version))
         .map(|m| format!("{}_{}", m.version, m.description))
         .collect())
+}
+
+/// What a store's credentials may do: (superuser, tables it may write). For the
+/// preflight item "store credentials are read-only".
+pub async fn store_write_access(
+    url: &str,
+    timeout: std::time::Duration,
+) -> Result<(bool, Vec<String>), StoreError> {
+    use sqlx::Connection;
+    let connect = sqlx::PgConnection::connect(url);
+    let mut c = tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| StoreError::Timeout(timeout))??;
+    let superuser: bool =
+        sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(&mut c)
+            .await?;
+    let writable: Vec<String> = sqlx::query_scalar(
+        "SELECT n.nspname || '.' || c.relname FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('r', 'p')
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND n.nspname NOT LIKE 'pg_toast%'
+           AND has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')
+         ORDER BY 1 LIMIT 20",
+    )
+    .fetch_all(&mut c)
+    .await?;
+    let _ = c.close().await;
+    Ok((superuser, writable))
 }

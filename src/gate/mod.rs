@@ -244,6 +244,7 @@ impl Gate {
                 bus.close().await;
             }
         }
+        items.extend(self.store_credentials().await);
         items.push(match &c.gate.management_url {
             None => item(
                 "bindings",
@@ -292,12 +293,88 @@ impl Gate {
     }
 }
 
-/// The reconciliation step of `deploy begin` / `deploy verify`.
-pub async fn reconcile(_gate: &Gate) -> deploy::ReconStep {
-    deploy::ReconStep {
-        run: None,
-        outcome: "skipped".into(),
-        detail: "no store is configured ([[store]] in the config): nothing to reconcile".into(),
+impl Gate {
+    /// One preflight item per store: PostgreSQL credentials must not be able to write
+    /// (reconciliation only reads; credentials that could write are one bug away from
+    /// changing production). Redis ACLs are not inspected.
+    async fn store_credentials(&self) -> Vec<PreflightItem> {
+        use crate::recon::config::StoreKind;
+        let mut items = Vec::new();
+        for s in &self.config.recon.stores {
+            let name = format!("store {} read-only", s.name);
+            let (status, detail) = match s.kind {
+                StoreKind::Redis => (
+                    CheckStatus::Skip,
+                    "Redis ACLs are not inspected; reconciliation uses SCAN/HSCAN/HGETALL only"
+                        .to_string(),
+                ),
+                StoreKind::Postgres => {
+                    match gate_store::store_write_access(&s.url, self.config.database.connect_timeout)
+                        .await
+                    {
+                        Err(e) => (CheckStatus::Fail, format!("cannot connect: {e}")),
+                        Ok((true, _)) => (
+                            CheckStatus::Fail,
+                            "the store's role is a superuser: give reconciliation a role with SELECT only".to_string(),
+                        ),
+                        Ok((false, w)) if !w.is_empty() => (
+                            CheckStatus::Fail,
+                            format!(
+                                "the store's role can write {} table(s) ({}): give reconciliation a role with SELECT only",
+                                w.len(),
+                                w.join(", ")
+                            ),
+                        ),
+                        Ok((false, _)) => (
+                            CheckStatus::Pass,
+                            "the store's role can read but not write".to_string(),
+                        ),
+                    }
+                }
+            };
+            items.push(PreflightItem {
+                name,
+                status,
+                detail,
+            });
+        }
+        items
+    }
+}
+
+/// The reconciliation step of `deploy begin` / `deploy verify`: every configured store
+/// against the daemon group's journal, recorded in `recon_runs` (a failure too), so the
+/// gate's `reconciliation` check sees it.
+pub async fn reconcile(gate: &Gate) -> deploy::ReconStep {
+    if gate.config.recon.stores.is_empty() {
+        return deploy::ReconStep {
+            run: None,
+            outcome: "skipped".into(),
+            detail: "no [[store]] is configured: nothing to reconcile".into(),
+        };
+    }
+    let options = crate::recon::ReconOptions::new(crate::recon::Source::Journal);
+    match crate::recon::run(&gate.config, &options).await {
+        Ok(r) => deploy::ReconStep {
+            run: r.run_id,
+            outcome: match r.outcome {
+                crate::recon::Outcome::Clean => "clean".into(),
+                crate::recon::Outcome::Divergent => "divergent".into(),
+            },
+            detail: format!(
+                "{} rows compared in {} store(s) at journal position {}, {} divergent key(s), {} ms",
+                r.rows_compared,
+                r.stores.len(),
+                r.watermark_position.map_or("-".into(), |p| p.to_string()),
+                r.findings.len(),
+                r.elapsed_ms
+            ),
+        },
+        Err(e) => deploy::ReconStep {
+            run: None,
+            outcome: "failed".into(),
+            detail: e.to_string(),
+        },
     }
 }
 

@@ -472,6 +472,42 @@ pub async fn wait_http(
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
+/// `[[store]]` sections describing the reference world's stores of `realm` in the
+/// database `db` (tables written by `SimStores`) and its Redis wallet cache under
+/// `redis_prefix`; `wallets_query` replaces the wallets table's query.
+pub fn store_sections(
+    db: &str,
+    redis_prefix: &str,
+    realm: &str,
+    wallets_query: Option<&str>,
+) -> String {
+    use assayer::core::recon::Space;
+    let mut t = String::new();
+    for spec in assayer::sim::stores::TABLES {
+        let owns: Vec<String> = spec.owns.iter().map(|p| format!("\"{p}\"")).collect();
+        let (own_key, query_key, cols) = match spec.space {
+            Space::Balances => ("accounts", "balances_query", "account, asset, balance"),
+            Space::Items => ("locations", "items_query", "item, location"),
+        };
+        let query = match (spec.table, wallets_query) {
+            ("wallets", Some(q)) => q.to_string(),
+            _ => format!("SELECT {cols} FROM {} WHERE realm = '{realm}'", spec.table),
+        };
+        t.push_str(&format!(
+            "[[store]]\nname = \"{}\"\nsystem = \"{}\"\nrealm = \"{realm}\"\nkind = \"postgres\"\n\
+             url = \"{db}\"\n{own_key} = [{}]\n{query_key} = \"{query}\"\n\n",
+            spec.table,
+            spec.system,
+            owns.join(", ")
+        ));
+    }
+    t.push_str(&format!(
+        "[[store]]\nname = \"wallet_cache\"\nsystem = \"economy\"\nrealm = \"{realm}\"\nkind = \"redis\"\n\
+         url = \"{REDIS_URL}\"\naccounts = [\"player:*\"]\nkey_prefix = \"{redis_prefix}{realm}:\"\n"
+    ));
+    t
+}
+
 /// A Redis key prefix of its own; every key under it is deleted when this guard goes.
 pub struct TestRedis {
     pub prefix: String,
