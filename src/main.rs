@@ -31,6 +31,9 @@ fn main() -> ExitCode {
         Command::Demo(args) => cli::demo::run(args),
         Command::Daemon(args) => cli::daemon::run(args),
         Command::CheckConfig(args) => cli::daemon::check(args),
+        Command::Trace(args) => cli::trace::run(args),
+        Command::Findings(args) => cli::findings::run(args),
+        Command::Journal(args) => cli::journal::run(args),
     };
     match result {
         Ok(code) => code,

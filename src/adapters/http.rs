@@ -1,5 +1,6 @@
 //! HTTP (axum): `/healthz` (process alive), `/readyz` (can do its job now), `/metrics`
-//! (OpenMetrics). The only module that imports axum.
+//! (OpenMetrics), and the support console under `/ui` (`adapters::ui`). The only
+//! modules that import axum.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,10 +19,17 @@ use crate::daemon::metrics::Metrics;
 pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// The support console (`/ui`), when enabled.
+    pub ui: Option<Arc<crate::adapters::ui::Ui>>,
 }
 
 pub fn router(state: AppState) -> Router {
+    let console = match &state.ui {
+        Some(ui) => crate::adapters::ui::routes(ui.clone()),
+        None => Router::new(),
+    };
     Router::new()
+        .merge(console)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -3,4 +3,6 @@
 
 pub mod amqp;
 pub mod http;
+pub mod journal;
 pub mod postgres;
+pub mod ui;

@@ -4,8 +4,11 @@
 pub mod audit;
 pub mod daemon;
 pub mod demo;
+pub mod findings;
+pub mod journal;
 pub mod output;
 pub mod sim;
+pub mod trace;
 
 use clap::{Parser, Subcommand};
 
@@ -24,4 +27,7 @@ pub enum Command {
     Demo(demo::DemoArgs),
     Daemon(daemon::DaemonArgs),
     CheckConfig(daemon::CheckConfigArgs),
+    Trace(trace::TraceArgs),
+    Findings(findings::FindingsArgs),
+    Journal(journal::JournalArgs),
 }

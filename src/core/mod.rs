@@ -7,6 +7,7 @@ pub mod intern;
 pub mod ledger;
 pub mod merkle;
 pub mod policy;
+pub mod provenance;
 pub mod sequencer;
 pub mod time;
 pub mod verdict;

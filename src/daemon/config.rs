@@ -38,6 +38,7 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     pub http: HttpConfig,
     pub readiness: ReadinessConfig,
+    pub ui: UiConfig,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -106,6 +107,18 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
 }
 
+/// The support console at `/ui` (issue #6).
+#[derive(Debug, Clone, Serialize)]
+pub struct UiConfig {
+    pub enabled: bool,
+    /// The environment variable holding the token that allows acknowledging findings
+    /// from the console; without it the console is read-only.
+    pub ack_token_env: Option<String>,
+    /// The token itself (never printed).
+    #[serde(skip)]
+    pub ack_token: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ReadinessConfig {
     #[serde(serialize_with = "ms")]
@@ -153,6 +166,15 @@ struct Raw {
     http: RawHttp,
     #[serde(default)]
     readiness: RawReadiness,
+    #[serde(default)]
+    ui: RawUi,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUi {
+    enabled: Option<bool>,
+    ack_token_env: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -349,7 +371,27 @@ impl Config {
             None => d::BATCH_EVENTS_MAX,
         };
 
+        let ack_token = match &raw.ui.ack_token_env {
+            None => None,
+            Some(var) => match env(var) {
+                Some(t) if !t.trim().is_empty() => Some(t),
+                _ => {
+                    return Err(invalid(
+                        "ui.ack_token_env",
+                        format!(
+                            "the environment variable `{var}` is not set (or empty); set it, or remove the key for a read-only console"
+                        ),
+                    ));
+                }
+            },
+        };
+
         Ok(Config {
+            ui: UiConfig {
+                enabled: raw.ui.enabled.unwrap_or(true),
+                ack_token_env: raw.ui.ack_token_env,
+                ack_token,
+            },
             daemon: DaemonConfig {
                 group: raw.daemon.group.unwrap_or_else(|| queue.clone()),
                 shutdown_deadline: Duration::from_millis(positive(
