@@ -146,6 +146,7 @@ async fn run(url: &str, events: i64) -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
 
+    let pool = sqlx::PgPool::connect(url).await?;
     let j = Journal::connect(
         url,
         GROUP,
@@ -156,18 +157,16 @@ async fn run(url: &str, events: i64) -> anyhow::Result<()> {
     .await?;
 
     // Baseline: the raw indexed SELECT of the item's rows.
-    let (base_item, n) = time_it(|| async {
+    let (base_item, n) = time_it(|| {
         sqlx::query(
             "SELECT position, from_loc, to_loc FROM journal_items
               WHERE realm = 'realm-1' AND item = 'itm:traced' AND group_name = $1 ORDER BY position",
         )
         .bind(GROUP)
-        .fetch_all(&mut c)
-        .await
-        .map(|r| r.len())
+        .fetch_all(&pool)
     })
     .await;
-    let n = n?;
+    let n = n?.len();
     let (item_t, report) = time_it(|| item_report(&j, None, "itm:traced")).await;
     let report = report?;
     assert_eq!(
@@ -185,18 +184,16 @@ async fn run(url: &str, events: i64) -> anyhow::Result<()> {
         if ms(item_t) < 100.0 { "met" } else { "MISSED" }
     );
 
-    let (base_acct, n) = time_it(|| async {
+    let (base_acct, n) = time_it(|| {
         sqlx::query(
             "SELECT position, asset, delta FROM journal_postings
               WHERE realm = 'realm-2' AND account = 'player:traced' AND group_name = $1 ORDER BY position",
         )
         .bind(GROUP)
-        .fetch_all(&mut c)
-        .await
-        .map(|r| r.len())
+        .fetch_all(&pool)
     })
     .await;
-    let n = n?;
+    let n = n?.len();
     let (acct_t, t) = time_it(|| account_report(&j, None, "player:traced", None, 10)).await;
     let t = t?;
     assert_eq!(
