@@ -254,3 +254,125 @@ async fn console_search_item_fork_finding_and_token_guarded_ack_in_chromium() {
     assert_eq!(acked[0].tx_id.as_deref(), Some(fork_tx.as_str()));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A raw HTTP/1.0 POST of a urlencoded form: (status, body).
+fn http_post_form(port: u16, path: &str, form: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+        form.len()
+    )
+    .expect("write");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).expect("read");
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    (
+        status,
+        buf.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_without_a_token_is_read_only_and_escapes_what_it_echoes() {
+    let cfg = SimConfig {
+        seed: 78,
+        events: 600,
+        players: 10,
+        inject: vec![(Invariant::ItemDuplicated, 1)],
+        ..SimConfig::default()
+    };
+    let mut lines = Vec::new();
+    sim::generate(&cfg, &mut |l: &[u8]| lines.push(l.to_vec()));
+    let db = TestDb::create().await;
+    let bus = TestBus::new();
+    let pg = Pg::connect(
+        &ConnectOptions {
+            url: &db.url,
+            pool_size_max: 2,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(60),
+        },
+        &bus.queue,
+    )
+    .await
+    .expect("connect");
+    pg.migrate().await.expect("migrate");
+    let mut input = lines.join(&b'\n');
+    input.push(b'\n');
+    assayer::daemon::import::import(
+        &pg,
+        &Policy::builtin(),
+        &mut input.as_slice(),
+        1_000,
+        Timestamp::now(),
+    )
+    .await
+    .expect("journal the world");
+    let j = assayer::adapters::journal::Journal::connect(
+        &db.url,
+        &bus.queue,
+        1,
+        Duration::from_secs(5),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("journal");
+    let f = j
+        .findings(&Default::default(), 10, 0)
+        .await
+        .expect("findings")
+        .into_iter()
+        .next()
+        .expect("the planted finding");
+
+    let dir = std::env::temp_dir().join(common::unique("assayer_ui_ro"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let port = free_port();
+    let config = write_config(&dir, &db, &bus, port, "");
+    let _daemon = DaemonProc::start(&config, dir.join("daemon.log"));
+    let (code, page) = wait_http(
+        port,
+        &format!("/ui/findings/{}", f.fingerprint),
+        Duration::from_secs(30),
+        |c, _| c == 200,
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("read-only"),
+        "the finding page says the console is read-only"
+    );
+
+    let (code, body) = http_post_form(
+        port,
+        &format!("/ui/findings/{}/ack", f.fingerprint),
+        "by=mallory&reason=nothing&token=guess",
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("read-only"), "{body}");
+    assert_eq!(
+        j.finding(&f.fingerprint).await.expect("finding").status,
+        "open"
+    );
+
+    // What the console echoes is escaped.
+    let (code, body) =
+        common::http_get(port, "/ui/search?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E").expect("search");
+    assert_eq!(code, 404);
+    assert!(
+        body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{body}"
+    );
+    assert!(!body.contains("<script>alert"), "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

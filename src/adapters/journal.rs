@@ -67,6 +67,15 @@ pub struct FindingRow {
     pub status_at: Option<String>,
 }
 
+/// A journal entry found by transaction id.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TxEntry {
+    pub position: i64,
+    pub realm: Option<String>,
+    pub system: Option<String>,
+    pub kind: Option<String>,
+}
+
 /// Filters for listing findings; `None` means any.
 #[derive(Debug, Clone, Default)]
 pub struct FindingFilter {
@@ -421,12 +430,8 @@ impl Journal {
         Ok(row.is_some())
     }
 
-    /// Journal entries of a transaction id (a search box answer): (position, realm,
-    /// system, kind).
-    pub async fn tx_positions(
-        &self,
-        tx_id: &str,
-    ) -> Result<Vec<(i64, Option<String>, Option<String>, Option<String>)>, JournalError> {
+    /// Journal entries of a transaction id (a search box answer).
+    pub async fn tx_positions(&self, tx_id: &str) -> Result<Vec<TxEntry>, JournalError> {
         let rows = sqlx::query(
             "SELECT position, realm, system, kind FROM journal
               WHERE tx_id = $2 AND group_name = $1 ORDER BY position LIMIT 100",
@@ -437,7 +442,12 @@ impl Journal {
         .await?;
         Ok(rows
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .map(|r| TxEntry {
+                position: r.get(0),
+                realm: r.get(1),
+                system: r.get(2),
+                kind: r.get(3),
+            })
             .collect())
     }
 

@@ -527,16 +527,16 @@ async fn search(State(ui): State<Arc<Ui>>, Query(s): Query<SearchQuery>) -> Page
     let j = &ui.journal;
     let txs = j.tx_positions(&q).await.map_err(internal)?;
     if !txs.is_empty() {
-        let positions: Vec<i64> = txs.iter().map(|t| t.0).collect();
+        let positions: Vec<i64> = txs.iter().map(|t| t.position).collect();
         let items = j.items_at(&positions).await.map_err(internal)?;
         let postings = j.postings_at(&positions).await.map_err(internal)?;
         let findings = j
             .findings_for_txs(std::slice::from_ref(&q))
             .await
             .map_err(internal)?;
-        let realm = txs[0].1.clone().unwrap_or_default();
+        let realm = txs[0].realm.clone().unwrap_or_default();
         let body = html! {
-            p { (txs[0].2.clone().unwrap_or_default()) " · " (txs[0].3.clone().unwrap_or_default()) " · realm " (realm) }
+            p { (txs[0].system.clone().unwrap_or_default()) " · " (txs[0].kind.clone().unwrap_or_default()) " · realm " (realm) }
             h2 { "Items moved" }
             ul #tx-items { @for i in &items { li { a href=(item_url(&realm, i)) { (i) } } } }
             h2 { "Postings" }

@@ -32,6 +32,9 @@ pub struct ItemStep {
     pub to: String,
 }
 
+/// One leg of a transaction: (account, asset, delta).
+pub type Leg = (String, String, i64);
+
 /// How a fork created its copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -92,7 +95,7 @@ pub struct Taint {
     pub receiver: String,
     pub from_owner: String,
     /// Postings of the same transaction: (account, asset, delta).
-    pub postings: Vec<(String, String, i64)>,
+    pub postings: Vec<Leg>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -132,7 +135,7 @@ pub fn owner(loc: &str) -> &str {
 pub fn trace_item(
     item: &str,
     steps: Vec<ItemStep>,
-    postings_of: &dyn Fn(&str) -> Vec<(String, String, i64)>,
+    postings_of: &dyn Fn(&str) -> Vec<Leg>,
 ) -> ItemTrace {
     let mut copies: Vec<Copy> = Vec::new();
     let mut forks = Vec::new();
@@ -460,7 +463,7 @@ mod tests {
         }
     }
 
-    fn none(_: &str) -> Vec<(String, String, i64)> {
+    fn none(_: &str) -> Vec<Leg> {
         Vec::new()
     }
 
