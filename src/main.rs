@@ -34,6 +34,9 @@ fn main() -> ExitCode {
         Command::Gate(args) => cli::gate::run(args),
         Command::Deploy(args) => cli::deploy::run(args),
         Command::Reconcile(args) => cli::reconcile::run(args),
+        Command::Trace(args) => cli::trace::run(args),
+        Command::Findings(args) => cli::findings::run(args),
+        Command::Journal(args) => cli::journal::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,7 +1,8 @@
 //! HTTP (axum): `/healthz` (process alive), `/readyz` (can do its job now), `/metrics`
 //! (OpenMetrics), `/v1/gate` (the deploy gate's report, always 200 with an explicit
-//! decision, for Argo Rollouts' web provider) and `/v1/gate/flagger` (Flagger's
-//! webhook: 2xx only for GO). The only module that imports axum.
+//! decision, for Argo Rollouts' web provider), `/v1/gate/flagger` (Flagger's webhook:
+//! 2xx only for GO) and the support console under `/ui` (`adapters::ui`). The only
+//! modules that import axum.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,10 +24,17 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub gate: Arc<GateService>,
+    /// The support console (`/ui`), when enabled.
+    pub ui: Option<Arc<crate::adapters::ui::Ui>>,
 }
 
 pub fn router(state: AppState) -> Router {
+    let console = match &state.ui {
+        Some(ui) => crate::adapters::ui::routes(ui.clone()),
+        None => Router::new(),
+    };
     Router::new()
+        .merge(console)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -5,10 +5,13 @@ pub mod audit;
 pub mod daemon;
 pub mod demo;
 pub mod deploy;
+pub mod findings;
 pub mod gate;
+pub mod journal;
 pub mod output;
 pub mod reconcile;
 pub mod sim;
+pub mod trace;
 
 use clap::{Parser, Subcommand};
 
@@ -30,4 +33,7 @@ pub enum Command {
     Gate(gate::GateArgs),
     Deploy(deploy::DeployArgs),
     Reconcile(reconcile::ReconcileArgs),
+    Trace(trace::TraceArgs),
+    Findings(findings::FindingsArgs),
+    Journal(journal::JournalArgs),
 }

@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use crate::core::finding::Invariant;
-use crate::sim::{self, SimConfig};
+use crate::sim::{self, FaultClass, SimConfig};
 
 /// Generate the reference world's event stream (and an answer key of injected faults).
 #[derive(Debug, Args)]
@@ -26,9 +25,10 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 1)]
     pub realms: usize,
     /// Inject faults: CLASS=N, repeatable (e.g. `--inject item.duplicated=3`).
-    /// CLASS is any stream-level invariant id.
-    #[arg(long, value_name = "CLASS=N", value_parser = sim::parse_inject)]
-    pub inject: Vec<(Invariant, usize)>,
+    /// CLASS is any stream-level invariant id, or a duplication pattern
+    /// (`dup.mail_double_receive`, `dup.auction_cancel_buy`).
+    #[arg(long, value_name = "CLASS=N", value_parser = sim::parse_fault)]
+    pub inject: Vec<(FaultClass, usize)>,
     /// Redeliveries per thousand events (benign noise).
     #[arg(long, default_value_t = 10)]
     pub redelivery_per_mille: u32,
@@ -93,7 +93,22 @@ impl SimArgs {
             events: self.events,
             players: self.players,
             realms: self.realms,
-            inject: self.inject.clone(),
+            inject: self
+                .inject
+                .iter()
+                .filter_map(|&(c, n)| match c {
+                    FaultClass::Invariant(i) => Some((i, n)),
+                    FaultClass::Duplication(_) => None,
+                })
+                .collect(),
+            duplications: self
+                .inject
+                .iter()
+                .filter_map(|&(c, n)| match c {
+                    FaultClass::Duplication(d) => Some((d, n)),
+                    FaultClass::Invariant(_) => None,
+                })
+                .collect(),
             ..SimConfig::default()
         };
         cfg.noise.redelivery_per_mille = self.redelivery_per_mille;

@@ -8,6 +8,7 @@ pub mod intern;
 pub mod ledger;
 pub mod merkle;
 pub mod policy;
+pub mod provenance;
 pub mod recon;
 pub mod sequencer;
 pub mod time;

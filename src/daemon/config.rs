@@ -46,6 +46,7 @@ pub struct Config {
     /// `[reconcile]` and `[[store]]` (issue #4).
     #[serde(flatten)]
     pub recon: crate::recon::config::ReconConfig,
+    pub ui: UiConfig,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -114,6 +115,18 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
 }
 
+/// The support console at `/ui` (issue #6).
+#[derive(Debug, Clone, Serialize)]
+pub struct UiConfig {
+    pub enabled: bool,
+    /// The environment variable holding the token that allows acknowledging findings
+    /// from the console; without it the console is read-only.
+    pub ack_token_env: Option<String>,
+    /// The token itself (never printed).
+    #[serde(skip)]
+    pub ack_token: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ReadinessConfig {
     #[serde(serialize_with = "ms")]
@@ -169,6 +182,15 @@ struct Raw {
     reconcile: crate::recon::config::RawReconcile,
     #[serde(default)]
     store: Vec<crate::recon::config::RawStore>,
+    #[serde(default)]
+    ui: RawUi,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUi {
+    enabled: Option<bool>,
+    ack_token_env: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -369,10 +391,30 @@ impl Config {
         let rollback = gate_config::rollback(raw.rollback, &invalid)?;
         let recon = crate::recon::config::validate(raw.reconcile, raw.store, &env, &invalid)?;
 
+        let ack_token = match &raw.ui.ack_token_env {
+            None => None,
+            Some(var) => match env(var) {
+                Some(t) if !t.trim().is_empty() => Some(t),
+                _ => {
+                    return Err(invalid(
+                        "ui.ack_token_env",
+                        format!(
+                            "the environment variable `{var}` is not set (or empty); set it, or remove the key for a read-only console"
+                        ),
+                    ));
+                }
+            },
+        };
+
         Ok(Config {
             gate,
             rollback,
             recon,
+            ui: UiConfig {
+                enabled: raw.ui.enabled.unwrap_or(true),
+                ack_token_env: raw.ui.ack_token_env,
+                ack_token,
+            },
             daemon: DaemonConfig {
                 group: raw.daemon.group.unwrap_or_else(|| queue.clone()),
                 shutdown_deadline: Duration::from_millis(positive(

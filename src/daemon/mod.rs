@@ -13,6 +13,7 @@ pub mod config;
 pub mod gate_config;
 pub mod gate_service;
 pub mod health;
+pub mod import;
 pub mod metrics;
 
 use std::sync::Arc;
@@ -83,6 +84,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             metrics: metrics.clone(),
             health: health.clone(),
             gate: gate.clone(),
+            ui: console(&config)?,
         },
         http_stop.clone(),
     )
@@ -129,6 +131,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let _ = tokio::time::timeout(Duration::from_secs(2), recon).await;
     info!("assayer daemon stopped");
     Ok(())
+}
+
+/// The support console's state: a lazily connecting journal reader (the console answers
+/// with an error page while PostgreSQL is away; the daemon does not wait for it).
+fn console(config: &Config) -> anyhow::Result<Option<Arc<crate::adapters::ui::Ui>>> {
+    if !config.ui.enabled {
+        return Ok(None);
+    }
+    let journal = crate::adapters::journal::Journal::connect_lazy(
+        &config.database.url,
+        &config.daemon.group,
+        config.database.pool_size_max,
+        config.database.connect_timeout,
+        config.database.statement_timeout,
+    )?;
+    Ok(Some(Arc::new(crate::adapters::ui::Ui {
+        journal,
+        ack_token: config.ui.ack_token.clone(),
+    })))
 }
 
 /// The engine rebuilt from PostgreSQL, and where it stands in the journal.
@@ -464,20 +485,10 @@ impl<'a> Session<'a> {
                             .as_str()
                             .unwrap_or("malformed")
                             .to_string();
-                        pending.batch.entries.push(JournalEntry {
-                            position,
-                            kind: EntryKind::Malformed,
-                            tx_id: f.tx_id.clone(),
-                            realm: Some(f.realm.clone()),
-                            system: f.system.clone(),
-                            seq: f.seq.map(|s| s as i64),
-                            ts_us: None,
-                            event_kind: None,
-                            actor: None,
-                            body: line.to_vec(),
-                            items: Vec::new(),
-                            postings: Vec::new(),
-                        });
+                        pending
+                            .batch
+                            .entries
+                            .push(malformed_entry(position, f, line));
                         pending.batch.new_head = position;
                         bus.dead_letter(&self.topology, line, amqp::CONTENT_JSON, &reason)
                             .await?;
@@ -623,7 +634,27 @@ fn progress(engine: &Engine, head: i64) -> health::Progress {
     }
 }
 
-fn journal_entry(position: i64, v: &ValidEvent<'_>, body: &[u8]) -> JournalEntry {
+/// The journal row of a malformed input (set aside; its `seq` is accounted for), from
+/// its `event.malformed` finding.
+pub fn malformed_entry(position: i64, f: &Finding, line: &[u8]) -> JournalEntry {
+    JournalEntry {
+        position,
+        kind: EntryKind::Malformed,
+        tx_id: f.tx_id.clone(),
+        realm: Some(f.realm.clone()),
+        system: f.system.clone(),
+        seq: f.seq.map(|s| s as i64),
+        ts_us: None,
+        event_kind: None,
+        actor: None,
+        body: line.to_vec(),
+        items: Vec::new(),
+        postings: Vec::new(),
+    }
+}
+
+/// The journal row of an accepted event, with its item and posting index rows.
+pub fn journal_entry(position: i64, v: &ValidEvent<'_>, body: &[u8]) -> JournalEntry {
     let w = &v.wire;
     JournalEntry {
         position,

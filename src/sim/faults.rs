@@ -31,7 +31,7 @@ use super::world::{
     STORE_TEMPLATES, SeqMode, Sys, WORLD_LOOT, WORLD_QUEST, WORLD_REPAIR, WORLD_STORE,
     WORLD_VENDOR, World, bag, bank, equipped, pick_burnable, place_loc, player, trade_acct,
 };
-use super::{Expected, SimConfig};
+use super::{Duplication, Expected, FaultClass, SimConfig};
 
 /// No fault before this many transactions: players first need something to lose.
 const FAULT_FREE_PREFIX: usize = 50;
@@ -43,7 +43,7 @@ const STUCK_MARGIN_NS: i64 = 60 * 1_000_000_000;
 
 /// Where each requested fault goes: a transaction index in
 /// `[min(50, events), events]` (`events` = after the last clean transaction), sorted.
-pub(super) fn plan(cfg: &SimConfig, rng: &mut ChaCha8Rng) -> Vec<(usize, Invariant)> {
+pub(super) fn plan(cfg: &SimConfig, rng: &mut ChaCha8Rng) -> Vec<(usize, FaultClass)> {
     let lo = cfg.events.min(FAULT_FREE_PREFIX);
     let mut plan = Vec::new();
     for &(inv, n) in &cfg.inject {
@@ -51,7 +51,20 @@ pub(super) fn plan(cfg: &SimConfig, rng: &mut ChaCha8Rng) -> Vec<(usize, Invaria
             continue; // recon.* needs a store; parse_inject rejects it
         }
         for _ in 0..n {
-            plan.push((rng.random_range(lo..=cfg.events), inv));
+            plan.push((
+                rng.random_range(lo..=cfg.events),
+                FaultClass::Invariant(inv),
+            ));
+        }
+    }
+    // After the invariant classes, so a world without duplications draws exactly as
+    // before (same seed, same bytes).
+    for &(dup, n) in &cfg.duplications {
+        for _ in 0..n {
+            plan.push((
+                rng.random_range(lo..=cfg.events),
+                FaultClass::Duplication(dup),
+            ));
         }
     }
     // Shuffle then stable-sort: faults planned at the same index come in random order.
@@ -73,6 +86,117 @@ fn expect_tx(inv: Invariant, ev: &SimEvent, subject: Option<String>) -> Expected
 }
 
 impl World {
+    /// Plants one fault of any class in a random realm.
+    pub fn inject_class(&mut self, class: FaultClass, out: &mut Delivery) {
+        match class {
+            FaultClass::Invariant(inv) => self.inject(inv, out),
+            FaultClass::Duplication(d) => {
+                let r = self.rng.random_range(0..self.realms.len());
+                match d {
+                    Duplication::MailDoubleReceive => self.fault_mail_double_receive(r, out),
+                    Duplication::AuctionCancelBuy => self.fault_auction_cancel_buy(r, out),
+                }
+            }
+        }
+    }
+
+    /// A bag item of some player (looted first if nobody has one): (player, index).
+    fn ensure_bag_item(&mut self, r: usize, out: &mut Delivery) -> (usize, usize) {
+        for _ in 0..32 {
+            let p = self.random_player();
+            let realm = &self.realms[r];
+            if let Some(k) = pick_burnable(&mut self.rng, &realm.players[p].bag, &realm.dup_items) {
+                return (p, k);
+            }
+        }
+        let p = self.random_player();
+        self.loot_one_item(r, p, out);
+        (p, self.realms[r].players[p].bag.len() - 1)
+    }
+
+    /// `dup.mail_double_receive`: a clean `mail.send` of a bag item and its clean
+    /// `mail.receive`, then a second `mail.receive` of the emptied mail (the fork: the
+    /// recipient now holds two copies; the engine flags `item.phantom_source` there).
+    /// The item is frozen afterwards, like every duplicated item.
+    fn fault_mail_double_receive(&mut self, r: usize, out: &mut Delivery) {
+        let (p, k) = self.ensure_bag_item(r, out);
+        let q = if self.players < 2 {
+            p
+        } else {
+            self.random_other(p)
+        };
+        let send_ix = self.next_ix;
+        self.realms[r].next_mail += 1;
+        let acct = format!("mail:{}", self.realms[r].next_mail);
+        let mut d = Draft::new(r, Sys::Mail, "mail.send");
+        d.actor = Some(player(p));
+        let it = self.realms[r].players[p].bag.swap_remove(k);
+        d.depends_on(Some(it.last));
+        let name = self.item_name(r, it.id);
+        d.mv(name.clone(), bag(p), acct.clone(), it.template);
+        self.commit(d, out);
+        for fork in [false, true] {
+            let mut d = Draft::new(r, Sys::Mail, "mail.receive");
+            d.actor = Some(player(q));
+            d.depends_on(Some(send_ix));
+            d.mv(name.clone(), acct.clone(), bag(q), it.template);
+            if fork {
+                let subject = name.clone();
+                self.commit_fault(d, SeqMode::Next, out, |ev| {
+                    expect_tx(Invariant::ItemPhantomSource, ev, Some(subject))
+                });
+            } else {
+                self.commit(d, out);
+            }
+        }
+        self.realms[r].dup_items.insert(it.id);
+    }
+
+    /// `dup.auction_cancel_buy`: a clean `auction.list` of a bag item and its clean
+    /// `auction.cancel` back to the seller, then an `auction.buy` of the emptied listing
+    /// (the fork: the buyer pays — when someone can — and gets a second copy). The
+    /// engine flags `item.phantom_source` at the buy. The item is frozen afterwards.
+    fn fault_auction_cancel_buy(&mut self, r: usize, out: &mut Delivery) {
+        let (p, k) = self.ensure_bag_item(r, out);
+        let list_ix = self.next_ix;
+        self.realms[r].next_auction += 1;
+        let acct = format!("auction:{}", self.realms[r].next_auction);
+        let mut d = Draft::new(r, Sys::Auction, "auction.list");
+        d.actor = Some(player(p));
+        let it = self.realms[r].players[p].bag.swap_remove(k);
+        d.depends_on(Some(it.last));
+        let name = self.item_name(r, it.id);
+        d.mv(name.clone(), bag(p), acct.clone(), it.template);
+        self.commit(d, out);
+        let mut d = Draft::new(r, Sys::Auction, "auction.cancel");
+        d.actor = Some(player(p));
+        d.depends_on(Some(list_ix));
+        d.mv(name.clone(), acct.clone(), bag(p), it.template);
+        self.commit(d, out);
+
+        let buy_ix = self.next_ix;
+        let q = if self.players < 2 {
+            p
+        } else {
+            self.random_other(p)
+        };
+        let price = self.rng.random_range(10..=400);
+        let mut d = Draft::new(r, Sys::Auction, "auction.buy");
+        d.actor = Some(player(q));
+        d.depends_on(Some(list_ix));
+        if q != p && self.realms[r].players[q].gold >= price && self.room(r, p) >= price {
+            d.depends_on(self.realms[r].players[q].last_credit);
+            d.transfer(player(q), player(p), GOLD, price);
+            self.realms[r].players[q].gold -= price;
+            self.receive_gold(r, p, price, buy_ix);
+        }
+        d.mv(name.clone(), acct, bag(q), it.template);
+        self.commit_fault(d, SeqMode::Next, out, |ev| {
+            expect_tx(Invariant::ItemPhantomSource, ev, Some(name))
+        });
+        self.realms[r].dup_items.insert(it.id);
+    }
+
     /// Plants one fault of class `inv` in a random realm.
     pub fn inject(&mut self, inv: Invariant, out: &mut Delivery) {
         let r = self.rng.random_range(0..self.realms.len());

@@ -73,6 +73,9 @@ pub struct SimConfig {
     /// and one `balance.overdraft` per player balance (7 each) can be planted; the
     /// answer key lists what was.
     pub inject: Vec<(Invariant, usize)>,
+    /// Duplication patterns to plant on top of `inject` (each its own fault class; the
+    /// engine flags them as `item.phantom_source`, the answer key names the fork tx).
+    pub duplications: Vec<(Duplication, usize)>,
     pub noise: Noise,
     /// The `ts` of the first committed event; each later one is 2–20 ms after the
     /// previous.
@@ -124,6 +127,7 @@ impl Default for SimConfig {
             players: 200,
             realms: 1,
             inject: Vec::new(),
+            duplications: Vec::new(),
             noise: Noise::default(),
             start: DEFAULT_START,
         }
@@ -164,6 +168,71 @@ pub fn parse_inject(s: &str) -> Result<(Invariant, usize), String> {
         })?,
     };
     Ok((inv, n))
+}
+
+/// A duplication pattern the reference world can plant beyond the invariant classes:
+/// the ways a real game hands out a second copy of an item. (A double mint is
+/// `item.duplicated`, a resurrection after burn `item.resurrected`.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Duplication {
+    /// A mail is received, then received again (a second `mail.receive` of an
+    /// emptied `mail:M`): the recipient holds two copies.
+    MailDoubleReceive,
+    /// A listing is cancelled back to the seller and also bought (an `auction.buy`
+    /// of the emptied `auction:L`): seller and buyer both hold a copy.
+    AuctionCancelBuy,
+}
+
+impl Duplication {
+    pub const ALL: [Duplication; 2] = [
+        Duplication::MailDoubleReceive,
+        Duplication::AuctionCancelBuy,
+    ];
+
+    /// The fault class name `--inject` accepts.
+    pub fn id(self) -> &'static str {
+        match self {
+            Duplication::MailDoubleReceive => "dup.mail_double_receive",
+            Duplication::AuctionCancelBuy => "dup.auction_cancel_buy",
+        }
+    }
+
+    /// What the engine raises for it (at the fork transaction).
+    pub fn invariant(self) -> Invariant {
+        Invariant::ItemPhantomSource
+    }
+}
+
+/// A requested fault class: an invariant the world violates once, or a duplication
+/// pattern.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultClass {
+    Invariant(Invariant),
+    Duplication(Duplication),
+}
+
+/// Parses one `--inject` value that may also name a duplication pattern
+/// (`dup.mail_double_receive=2`).
+pub fn parse_fault(s: &str) -> Result<(FaultClass, usize), String> {
+    let (name, count) = match s.split_once('=') {
+        Some((n, c)) => (n.trim(), Some(c.trim())),
+        None => (s.trim(), None),
+    };
+    if let Some(d) = Duplication::ALL.into_iter().find(|d| d.id() == name) {
+        let n = match count {
+            None => 1,
+            Some(c) => c.parse::<usize>().map_err(|_| {
+                format!("`{s}`: the count after `=` must be a whole number ≥ 0, got `{c}`")
+            })?,
+        };
+        return Ok((FaultClass::Duplication(d), n));
+    }
+    parse_inject(s)
+        .map(|(i, n)| (FaultClass::Invariant(i), n))
+        .map_err(|e| {
+            let dups: Vec<&str> = Duplication::ALL.iter().map(|d| d.id()).collect();
+            format!("{e}; duplication patterns: {}", dups.join(", "))
+        })
 }
 
 /// One planted fault: the finding the auditor must raise for it. Fields that are `None`
@@ -209,17 +278,17 @@ pub fn generate(cfg: &SimConfig, emit: &mut dyn FnMut(&[u8])) -> AnswerKey {
 
     let mut next = 0;
     for i in 0..cfg.events {
-        while let Some(&(at, inv)) = plan.get(next) {
+        while let Some(&(at, class)) = plan.get(next) {
             if at > i {
                 break;
             }
-            world.inject(inv, &mut out);
+            world.inject_class(class, &mut out);
             next += 1;
         }
         world.step(cfg.events - i, &mut out);
     }
-    for &(_, inv) in &plan[next..] {
-        world.inject(inv, &mut out);
+    for &(_, class) in &plan[next..] {
+        world.inject_class(class, &mut out);
     }
     world.close(&mut out);
     out.finish();

@@ -905,3 +905,44 @@ fn score_matches_asserted_fields_only_and_counts_false_alarms() {
     let s = score(&expected[..2], &findings[..2]);
     assert!(s.missed.is_empty() && s.unexpected.is_empty());
 }
+
+#[test]
+fn duplication_patterns_raise_phantom_source_at_the_fork_tx() {
+    for (seed, events, players, realms) in [(11, 3_000, 50, 1), (12, 2_000, 2, 2), (13, 200, 1, 1)]
+    {
+        let mut c = cfg(seed, events, players, realms);
+        c.inject = vec![
+            (Invariant::ItemDuplicated, 1),
+            (Invariant::ItemResurrected, 1),
+        ];
+        c.duplications = Duplication::ALL.iter().map(|&d| (d, 2)).collect();
+        let (_, key) = run(&c);
+        assert_eq!(key.faults.len(), 6, "seed {seed}");
+        let phantom = key
+            .faults
+            .iter()
+            .filter(|e| e.invariant == Invariant::ItemPhantomSource)
+            .count();
+        assert_eq!(phantom, 4, "seed {seed}");
+        assert_oracle_agrees(&c);
+    }
+}
+
+#[test]
+fn parse_fault_accepts_duplication_patterns_and_invariants() {
+    assert_eq!(
+        parse_fault("dup.mail_double_receive=3"),
+        Ok((FaultClass::Duplication(Duplication::MailDoubleReceive), 3))
+    );
+    assert_eq!(
+        parse_fault("dup.auction_cancel_buy"),
+        Ok((FaultClass::Duplication(Duplication::AuctionCancelBuy), 1))
+    );
+    assert_eq!(
+        parse_fault("item.duplicated=2"),
+        Ok((FaultClass::Invariant(Invariant::ItemDuplicated), 2))
+    );
+    let e = parse_fault("dup.nope").unwrap_err();
+    assert!(e.contains("dup.mail_double_receive"), "{e}");
+    assert!(parse_fault("dup.auction_cancel_buy=x").is_err());
+}

@@ -287,6 +287,15 @@ pub struct DaemonProc {
 
 impl DaemonProc {
     pub fn start(config: &std::path::Path, log: PathBuf) -> DaemonProc {
+        DaemonProc::start_with_env(config, log, &[])
+    }
+
+    /// Starts the daemon with extra environment variables (e.g. a console token).
+    pub fn start_with_env(
+        config: &std::path::Path,
+        log: PathBuf,
+        envs: &[(&str, &str)],
+    ) -> DaemonProc {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -297,6 +306,7 @@ impl DaemonProc {
             .arg("--config")
             .arg(config)
             .env("ASSAYER_LOG", "info")
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()

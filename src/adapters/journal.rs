@@ -1,0 +1,642 @@
+//! Support queries over the daemon's PostgreSQL state (issue #6): an item's journaled
+//! moves, an account's postings, findings (list, show, acknowledge). Runtime-checked
+//! sqlx queries; every result set is bounded ([`TRACE_ROWS_MAX`], [`FINDINGS_PAGE_MAX`]).
+//!
+//! Rows come back in the order the engine applied them: `ts`, then journal position
+//! (the journal itself is in arrival order, which the reorder window may have changed).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+
+use crate::core::provenance::{self, AccountTrace, ItemStep, ItemTrace, OtherPosting, PostingRow};
+
+/// At most this many journal rows per trace: 100× the 10,000-move item and 10× the
+/// 100,000-posting account the support bench traces, and ~100 MB of rows in memory.
+pub const TRACE_ROWS_MAX: i64 = 1_000_000;
+/// At most this many findings per page (a console page, a `findings list`).
+pub const FINDINGS_PAGE_MAX: i64 = 1_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("PostgreSQL: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("{what} has more than {max} journal rows; narrow the query (--realm, --asset)")]
+    TooMany { what: String, max: i64 },
+    #[error("no finding with fingerprint or prefix `{0}`")]
+    NoFinding(String),
+    #[error("`{prefix}` matches several findings ({examples}…); give more of the fingerprint")]
+    Ambiguous { prefix: String, examples: String },
+    #[error("finding {0} is resolved; only open findings can be acknowledged")]
+    Resolved(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Read access to the journal of one daemon group, and to findings.
+#[derive(Clone)]
+pub struct Journal {
+    pool: PgPool,
+    group: String,
+}
+
+/// A stored finding, with its review status.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FindingRow {
+    pub fingerprint: String,
+    pub invariant: String,
+    pub severity: String,
+    pub realm: String,
+    pub system: Option<String>,
+    pub tx_id: Option<String>,
+    pub seq: Option<i64>,
+    pub subject: Option<String>,
+    pub message: String,
+    pub evidence: serde_json::Value,
+    /// RFC 3339.
+    pub detected_at: String,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub occurrences: i64,
+    pub status: String,
+    pub status_by: Option<String>,
+    pub status_reason: Option<String>,
+    pub status_at: Option<String>,
+}
+
+/// A journal entry found by transaction id.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TxEntry {
+    pub position: i64,
+    pub realm: Option<String>,
+    pub system: Option<String>,
+    pub kind: Option<String>,
+}
+
+/// Filters for listing findings; `None` means any.
+#[derive(Debug, Clone, Default)]
+pub struct FindingFilter {
+    pub severity: Option<String>,
+    pub invariant: Option<String>,
+    pub system: Option<String>,
+    pub realm: Option<String>,
+    pub status: Option<String>,
+    /// Detected at or after this instant (microseconds since the epoch).
+    pub since_us: Option<i64>,
+    pub subject: Option<String>,
+    pub tx_id: Option<String>,
+}
+
+pub const SEVERITIES: [&str; 4] = ["critical", "major", "minor", "info"];
+pub const STATUSES: [&str; 3] = ["open", "acknowledged", "resolved"];
+
+impl FindingFilter {
+    /// Rejects values the findings table cannot hold (a typo must not list nothing).
+    pub fn validate(&self) -> Result<(), JournalError> {
+        if let Some(s) = &self.severity
+            && !SEVERITIES.contains(&s.as_str())
+        {
+            return Err(JournalError::Invalid(format!(
+                "unknown severity `{s}`; one of {}",
+                SEVERITIES.join(", ")
+            )));
+        }
+        if let Some(s) = &self.status
+            && !STATUSES.contains(&s.as_str())
+        {
+            return Err(JournalError::Invalid(format!(
+                "unknown status `{s}`; one of {}",
+                STATUSES.join(", ")
+            )));
+        }
+        if let Some(i) = &self.invariant
+            && i.parse::<crate::core::finding::Invariant>().is_err()
+        {
+            return Err(JournalError::Invalid(format!("unknown invariant `{i}`")));
+        }
+        Ok(())
+    }
+}
+
+const FINDING_COLUMNS: &str =
+    "fingerprint, invariant, severity, realm, system, tx_id, seq, subject, message, evidence,
+    to_char(detected_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+    to_char(first_seen AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+    to_char(last_seen AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+    occurrences, status, status_by, status_reason,
+    to_char(status_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+
+/// The WHERE clause shared by list and count: `$1..$8` are the filter's fields.
+const FINDING_WHERE: &str = "($1::text IS NULL OR severity = $1)
+    AND ($2::text IS NULL OR invariant = $2)
+    AND ($3::text IS NULL OR system = $3)
+    AND ($4::text IS NULL OR realm = $4)
+    AND ($5::text IS NULL OR status = $5)
+    AND ($6::bigint IS NULL OR detected_at >= timestamptz 'epoch' + $6 * interval '1 microsecond')
+    AND ($7::text IS NULL OR subject = $7)
+    AND ($8::text IS NULL OR tx_id = $8)";
+
+fn finding_row(r: &PgRow) -> FindingRow {
+    FindingRow {
+        fingerprint: r.get(0),
+        invariant: r.get(1),
+        severity: r.get(2),
+        realm: r.get(3),
+        system: r.get(4),
+        tx_id: r.get(5),
+        seq: r.get(6),
+        subject: r.get(7),
+        message: r.get(8),
+        evidence: r.get(9),
+        detected_at: r.get(10),
+        first_seen: r.get(11),
+        last_seen: r.get(12),
+        occurrences: r.get(13),
+        status: r.get(14),
+        status_by: r.get(15),
+        status_reason: r.get(16),
+        status_at: r.get(17),
+    }
+}
+
+impl Journal {
+    pub async fn connect(
+        url: &str,
+        group: &str,
+        pool_size_max: u32,
+        connect_timeout: Duration,
+        statement_timeout: Duration,
+    ) -> Result<Journal, JournalError> {
+        let opts = PgConnectOptions::from_str(url)?
+            .application_name("assayer-support")
+            .options([(
+                "statement_timeout",
+                format!("{}ms", statement_timeout.as_millis()),
+            )]);
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size_max)
+            .acquire_timeout(connect_timeout)
+            .connect_with(opts)
+            .await?;
+        Ok(Journal {
+            pool,
+            group: group.to_string(),
+        })
+    }
+
+    /// A reader whose pool connects on first use (the daemon's console: startup must
+    /// not wait for PostgreSQL).
+    pub fn connect_lazy(
+        url: &str,
+        group: &str,
+        pool_size_max: u32,
+        connect_timeout: Duration,
+        statement_timeout: Duration,
+    ) -> Result<Journal, JournalError> {
+        let opts = PgConnectOptions::from_str(url)?
+            .application_name("assayer-console")
+            .options([(
+                "statement_timeout",
+                format!("{}ms", statement_timeout.as_millis()),
+            )]);
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size_max)
+            .acquire_timeout(connect_timeout)
+            .connect_lazy_with(opts);
+        Ok(Journal {
+            pool,
+            group: group.to_string(),
+        })
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Realms `table` has rows for, by a loose index scan over its leading `realm`
+    /// column (one index probe per realm, not a scan of millions of rows).
+    async fn realms(&self, table: &str) -> Result<Vec<String>, JournalError> {
+        debug_assert!(matches!(table, "journal_items" | "journal_postings"));
+        let q = format!(
+            "WITH RECURSIVE r(realm) AS (
+                SELECT min(realm) FROM {table}
+                UNION ALL
+                SELECT (SELECT min(realm) FROM {table} t WHERE t.realm > r.realm)
+                  FROM r WHERE r.realm IS NOT NULL)
+             SELECT realm FROM r WHERE realm IS NOT NULL"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(q))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn realm_list(
+        &self,
+        realm: Option<&str>,
+        table: &str,
+    ) -> Result<Vec<String>, JournalError> {
+        Ok(match realm {
+            Some(r) => vec![r.to_string()],
+            None => self.realms(table).await?,
+        })
+    }
+
+    /// Every journaled move of `item`, in applied order.
+    pub async fn item_steps(
+        &self,
+        realm: Option<&str>,
+        item: &str,
+    ) -> Result<Vec<ItemStep>, JournalError> {
+        let realms = self.realm_list(realm, "journal_items").await?;
+        let rows = sqlx::query(
+            "SELECT i.position, j.tx_id, i.realm, j.system, j.kind,
+                    (extract(epoch from j.ts) * 1000000)::bigint, j.actor, i.from_loc, i.to_loc
+               FROM journal_items i
+               JOIN journal j ON j.group_name = i.group_name AND j.position = i.position
+              WHERE i.realm = ANY($2) AND i.item = $3 AND i.group_name = $1
+              ORDER BY j.ts, i.position, i.ord
+              LIMIT $4",
+        )
+        .bind(&self.group)
+        .bind(&realms)
+        .bind(item)
+        .bind(TRACE_ROWS_MAX + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.len() as i64 > TRACE_ROWS_MAX {
+            return Err(JournalError::TooMany {
+                what: format!("item {item}"),
+                max: TRACE_ROWS_MAX,
+            });
+        }
+        Ok(rows
+            .iter()
+            .map(|r| ItemStep {
+                position: r.get(0),
+                tx_id: r.get::<Option<String>, _>(1).unwrap_or_default(),
+                realm: r.get(2),
+                system: r.get::<Option<String>, _>(3).unwrap_or_default(),
+                kind: r.get::<Option<String>, _>(4).unwrap_or_default(),
+                ts_us: r.get::<Option<i64>, _>(5).unwrap_or_default(),
+                actor: r.get(6),
+                from: r.get(7),
+                to: r.get(8),
+            })
+            .collect())
+    }
+
+    /// Postings of the transactions at `positions`: (tx_id, account, asset, delta).
+    pub async fn postings_at(&self, positions: &[i64]) -> Result<Vec<OtherPosting>, JournalError> {
+        let rows = sqlx::query(
+            "SELECT j.tx_id, p.account, p.asset, p.delta
+               FROM journal_postings p
+               JOIN journal j ON j.group_name = p.group_name AND j.position = p.position
+              WHERE p.group_name = $1 AND p.position = ANY($2)
+              ORDER BY p.position, p.ord",
+        )
+        .bind(&self.group)
+        .bind(positions)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| OtherPosting {
+                tx_id: r.get::<Option<String>, _>(0).unwrap_or_default(),
+                account: r.get(1),
+                asset: r.get(2),
+                delta: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Every posting to `account` (of `asset`, if given), in applied order.
+    pub async fn account_rows(
+        &self,
+        realm: Option<&str>,
+        account: &str,
+        asset: Option<&str>,
+    ) -> Result<Vec<PostingRow>, JournalError> {
+        let realms = self.realm_list(realm, "journal_postings").await?;
+        let rows = sqlx::query(
+            "SELECT p.position, j.tx_id, p.realm, j.system, j.kind,
+                    (extract(epoch from j.ts) * 1000000)::bigint, p.asset, p.delta
+               FROM journal_postings p
+               JOIN journal j ON j.group_name = p.group_name AND j.position = p.position
+              WHERE p.realm = ANY($2) AND p.account = $3 AND ($4::text IS NULL OR p.asset = $4)
+                AND p.group_name = $1
+              ORDER BY j.ts, p.position, p.ord
+              LIMIT $5",
+        )
+        .bind(&self.group)
+        .bind(&realms)
+        .bind(account)
+        .bind(asset)
+        .bind(TRACE_ROWS_MAX + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.len() as i64 > TRACE_ROWS_MAX {
+            return Err(JournalError::TooMany {
+                what: format!("account {account}"),
+                max: TRACE_ROWS_MAX,
+            });
+        }
+        Ok(rows
+            .iter()
+            .map(|r| PostingRow {
+                position: r.get(0),
+                tx_id: r.get::<Option<String>, _>(1).unwrap_or_default(),
+                realm: r.get(2),
+                system: r.get::<Option<String>, _>(3).unwrap_or_default(),
+                kind: r.get::<Option<String>, _>(4).unwrap_or_default(),
+                ts_us: r.get::<Option<i64>, _>(5).unwrap_or_default(),
+                asset: r.get(6),
+                delta: r.get(7),
+            })
+            .collect())
+    }
+
+    /// The other postings of the transactions `account` took part in (for its
+    /// counterparties), same realms and assets as [`Journal::account_rows`].
+    pub async fn account_counterpart_postings(
+        &self,
+        realm: Option<&str>,
+        account: &str,
+        asset: Option<&str>,
+    ) -> Result<Vec<OtherPosting>, JournalError> {
+        let realms = self.realm_list(realm, "journal_postings").await?;
+        let rows = sqlx::query(
+            "SELECT j.tx_id, o.account, o.asset, o.delta
+               FROM journal_postings p
+               JOIN journal_postings o ON o.group_name = p.group_name AND o.position = p.position
+                                      AND o.asset = p.asset AND o.account <> p.account
+               JOIN journal j ON j.group_name = p.group_name AND j.position = p.position
+              WHERE p.realm = ANY($2) AND p.account = $3 AND ($4::text IS NULL OR p.asset = $4)
+                AND p.group_name = $1
+              LIMIT $5",
+        )
+        .bind(&self.group)
+        .bind(&realms)
+        .bind(account)
+        .bind(asset)
+        .bind(TRACE_ROWS_MAX + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.len() as i64 > TRACE_ROWS_MAX {
+            return Err(JournalError::TooMany {
+                what: format!("counterparties of {account}"),
+                max: TRACE_ROWS_MAX,
+            });
+        }
+        Ok(rows
+            .iter()
+            .map(|r| OtherPosting {
+                tx_id: r.get::<Option<String>, _>(0).unwrap_or_default(),
+                account: r.get(1),
+                asset: r.get(2),
+                delta: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Whether the journal has any move of `item` (any realm).
+    pub async fn has_item(&self, item: &str) -> Result<bool, JournalError> {
+        let realms = self.realms("journal_items").await?;
+        let row = sqlx::query(
+            "SELECT 1 FROM journal_items WHERE realm = ANY($2) AND item = $3 AND group_name = $1 LIMIT 1",
+        )
+        .bind(&self.group)
+        .bind(&realms)
+        .bind(item)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Whether the journal has any posting to `account` (any realm).
+    pub async fn has_account(&self, account: &str) -> Result<bool, JournalError> {
+        let realms = self.realms("journal_postings").await?;
+        let row = sqlx::query(
+            "SELECT 1 FROM journal_postings WHERE realm = ANY($2) AND account = $3 AND group_name = $1 LIMIT 1",
+        )
+        .bind(&self.group)
+        .bind(&realms)
+        .bind(account)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Journal entries of a transaction id (a search box answer).
+    pub async fn tx_positions(&self, tx_id: &str) -> Result<Vec<TxEntry>, JournalError> {
+        let rows = sqlx::query(
+            "SELECT position, realm, system, kind FROM journal
+              WHERE tx_id = $2 AND group_name = $1 ORDER BY position LIMIT 100",
+        )
+        .bind(&self.group)
+        .bind(tx_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| TxEntry {
+                position: r.get(0),
+                realm: r.get(1),
+                system: r.get(2),
+                kind: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Item ids the transactions at `positions` moved.
+    pub async fn items_at(&self, positions: &[i64]) -> Result<Vec<String>, JournalError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT item FROM journal_items
+              WHERE group_name = $1 AND position = ANY($2) ORDER BY item LIMIT 1000",
+        )
+        .bind(&self.group)
+        .bind(positions)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    // ----- findings ---------------------------------------------------------------
+
+    /// Findings matching `f`, newest first, `limit` (≤ [`FINDINGS_PAGE_MAX`]) from
+    /// `offset`.
+    pub async fn findings(
+        &self,
+        f: &FindingFilter,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<FindingRow>, JournalError> {
+        f.validate()?;
+        let q = format!(
+            "SELECT {FINDING_COLUMNS} FROM findings WHERE {FINDING_WHERE}
+              ORDER BY detected_at DESC, fingerprint LIMIT $9 OFFSET $10"
+        );
+        let rows = bind_filter(sqlx::query(sqlx::AssertSqlSafe(q)), f)
+            .bind(limit.clamp(0, FINDINGS_PAGE_MAX))
+            .bind(offset.max(0))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(finding_row).collect())
+    }
+
+    pub async fn count_findings(&self, f: &FindingFilter) -> Result<i64, JournalError> {
+        f.validate()?;
+        let q = format!("SELECT count(*) FROM findings WHERE {FINDING_WHERE}");
+        let row = bind_filter(sqlx::query(sqlx::AssertSqlSafe(q)), f)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// The finding whose fingerprint is `id` or starts with it (unique prefix).
+    pub async fn finding(&self, id: &str) -> Result<FindingRow, JournalError> {
+        let id = id.trim();
+        if id.is_empty() {
+            return Err(JournalError::NoFinding(id.to_string()));
+        }
+        let q = format!(
+            "SELECT {FINDING_COLUMNS} FROM findings
+              WHERE fingerprint = $1 OR left(fingerprint, length($1)) = $1
+              ORDER BY (fingerprint = $1) DESC, fingerprint LIMIT 3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(q))
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        let rows: Vec<FindingRow> = rows.iter().map(finding_row).collect();
+        match rows.as_slice() {
+            [] => Err(JournalError::NoFinding(id.to_string())),
+            [one, ..] if one.fingerprint == id => Ok(one.clone()),
+            [one] => Ok(one.clone()),
+            many => Err(JournalError::Ambiguous {
+                prefix: id.to_string(),
+                examples: many
+                    .iter()
+                    .map(|r| r.fingerprint.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// Acknowledges a finding: status `acknowledged`, who, why and when. Resolved
+    /// findings stay resolved.
+    pub async fn ack(&self, id: &str, by: &str, reason: &str) -> Result<FindingRow, JournalError> {
+        if by.trim().is_empty() || reason.trim().is_empty() {
+            return Err(JournalError::Invalid(
+                "acknowledging needs a name (--by) and a reason (--reason)".into(),
+            ));
+        }
+        let found = self.finding(id).await?;
+        if found.status == "resolved" {
+            return Err(JournalError::Resolved(found.fingerprint));
+        }
+        sqlx::query(
+            "UPDATE findings SET status = 'acknowledged', status_by = $2, status_reason = $3,
+                    status_at = now()
+              WHERE fingerprint = $1 AND status <> 'resolved'",
+        )
+        .bind(&found.fingerprint)
+        .bind(by)
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        self.finding(&found.fingerprint).await
+    }
+
+    /// Findings raised at any of `tx_ids` (the invariants that flagged a fork).
+    pub async fn findings_for_txs(
+        &self,
+        tx_ids: &[String],
+    ) -> Result<Vec<FindingRow>, JournalError> {
+        let q = format!(
+            "SELECT {FINDING_COLUMNS} FROM findings WHERE tx_id = ANY($1)
+              ORDER BY detected_at LIMIT {FINDINGS_PAGE_MAX}"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(q))
+            .bind(tx_ids)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(finding_row).collect())
+    }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+fn bind_filter<'q>(q: PgQuery<'q>, f: &FindingFilter) -> PgQuery<'q> {
+    q.bind(f.severity.clone())
+        .bind(f.invariant.clone())
+        .bind(f.system.clone())
+        .bind(f.realm.clone())
+        .bind(f.status.clone())
+        .bind(f.since_us)
+        .bind(f.subject.clone())
+        .bind(f.tx_id.clone())
+}
+
+// ----- composed reports (the CLI and the console) ----------------------------------
+
+/// An item trace and the findings raised at its fork transactions.
+#[derive(Debug, Serialize)]
+pub struct ItemReport {
+    #[serde(flatten)]
+    pub trace: ItemTrace,
+    pub fork_findings: Vec<FindingRow>,
+}
+
+/// Reads and builds the item trace (shared by the CLI and the web console).
+pub async fn item_report(
+    j: &Journal,
+    realm: Option<&str>,
+    item: &str,
+) -> Result<ItemReport, JournalError> {
+    let steps = j.item_steps(realm, item).await?;
+    // Postings of the transactions that moved the item: what copies were traded for.
+    let mut positions: Vec<i64> = steps.iter().map(|s| s.position).collect();
+    positions.dedup();
+    let postings = j.postings_at(&positions).await?;
+    let postings_of = |tx: &str| {
+        postings
+            .iter()
+            .filter(|p| p.tx_id == tx)
+            .map(|p| (p.account.clone(), p.asset.clone(), p.delta))
+            .collect()
+    };
+    let trace = provenance::trace_item(item, steps, &postings_of);
+    let fork_txs: Vec<String> = trace.forks.iter().map(|f| f.tx_id.clone()).collect();
+    let fork_findings = if fork_txs.is_empty() {
+        Vec::new()
+    } else {
+        j.findings_for_txs(&fork_txs)
+            .await?
+            .into_iter()
+            .filter(|f| f.subject.as_deref().is_none_or(|s| s == item))
+            .collect()
+    };
+    Ok(ItemReport {
+        trace,
+        fork_findings,
+    })
+}
+
+pub async fn account_report(
+    j: &Journal,
+    realm: Option<&str>,
+    account: &str,
+    asset: Option<&str>,
+    top: usize,
+) -> Result<AccountTrace, JournalError> {
+    let rows = j.account_rows(realm, account, asset).await?;
+    let others = j
+        .account_counterpart_postings(realm, account, asset)
+        .await?;
+    Ok(provenance::trace_account(account, rows, &others, top))
+}
