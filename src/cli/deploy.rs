@@ -55,6 +55,15 @@ pub enum Step {
         #[arg(long = "for", value_parser = humantime::parse_duration, default_value = "30m")]
         window: Duration,
     },
+    /// Rehearse the rollback path end to end on the reference world, in a scratch realm
+    /// and schema: deploy marker, injected corruption, watch firing the configured hooks
+    /// (dry-run unless [rollback] enabled = true), post-rollback reconciliation. Exit 0
+    /// when every step passed, 2 when one failed.
+    Drill {
+        /// Clean events in the drill's reference world.
+        #[arg(long, default_value_t = 2_000)]
+        events: usize,
+    },
 }
 
 pub fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
@@ -64,6 +73,8 @@ pub fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let rt = super::daemon::runtime()?;
     let _rt = rt.enter();
     let gate = load(config, args.gate_policy.as_deref())?;
+    // The deploy tables may not exist yet on a database no daemon has used.
+    rt.block_on(gate.pg().migrate())?;
     let mut out = io::stdout().lock();
     match args.step {
         Step::Begin { version, by } => {
@@ -88,6 +99,35 @@ pub fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
             );
             render(&v.report, GateFormat::resolve(format), &mut out)?;
             Ok(ExitCode::from(v.report.decision.exit_code()))
+        }
+        Step::Drill { events } => {
+            let report = rt.block_on(crate::gate::drill::drill(&gate, events))?;
+            for st in &report.steps {
+                eprintln!(
+                    "{} {:<34} {:>6} ms  {}",
+                    if st.ok { "ok  " } else { "FAIL" },
+                    st.name,
+                    st.elapsed_ms,
+                    st.detail
+                );
+            }
+            eprintln!(
+                "drill {} in {} ms{}",
+                if report.ok { "passed" } else { "FAILED" },
+                report.elapsed_ms,
+                if report.dry_run {
+                    " (hooks dry-run: rollback.enabled = false)"
+                } else {
+                    ""
+                }
+            );
+            serde_json::to_writer_pretty(&mut out, &report)?;
+            writeln!(out)?;
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
         }
         Step::Watch { window } => {
             let watched = rt.block_on(async {

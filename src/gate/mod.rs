@@ -4,6 +4,7 @@
 //! all call [`Gate::evaluate`], so every interface shows the same decision.
 
 pub mod deploy;
+pub mod drill;
 pub mod hooks;
 
 use std::path::Path;

@@ -492,8 +492,8 @@ async fn reconcile(
     let limits = &config.recon.limits;
     let source = Arc::new(expected_source(config, options, db).await?);
     let grace = options.grace.unwrap_or(limits.grace);
-    // One permit per query in flight on a host; a store's reconciliation issues one
-    // query at a time, so it holds one permit throughout.
+    // One permit per query in flight on a host; a store issues one query at a time and
+    // holds its permit while reading, never while it waits out the grace period.
     let mut hosts: BTreeMap<String, Arc<Semaphore>> = BTreeMap::new();
     let mut tasks = Vec::new();
     for s in stores {
@@ -511,11 +511,7 @@ async fn reconcile(
         let source = source.clone();
         let progress = options.progress.clone();
         tasks.push(tokio::spawn(async move {
-            let _permit = sem
-                .acquire_owned()
-                .await
-                .map_err(|e| ReconError::Config(e.to_string()))?;
-            reconcile_store(&s, &limits, &source, grace, progress).await
+            reconcile_store(&s, &limits, &source, grace, progress, &sem).await
         }));
     }
     let mut per_store = Vec::new();
@@ -604,7 +600,14 @@ async fn reconcile_store(
     source: &ExpectedSource,
     grace: Duration,
     progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    host: &Semaphore,
 ) -> Result<(StoreReport, Vec<Candidate>), ReconError> {
+    let permit = || async {
+        host.acquire()
+            .await
+            .map_err(|e| ReconError::Config(e.to_string()))
+    };
+    let reading = permit().await?;
     let reader = Reader::open(s, limits).await?;
     let depth = limits.tree_depth;
     let expected = source.expected();
@@ -665,6 +668,7 @@ async fn reconcile_store(
         cands.extend(core_recon::candidates(exp_rows, kept));
     }
     let found = cands.len();
+    drop(reading);
     // The grace re-check: re-read each candidate from the store, wait the grace period
     // (longer than the stream's lag), then accept the store's value if the stream gave
     // the key that value at some point since the watermark: a write in flight.
@@ -673,10 +677,13 @@ async fn reconcile_store(
             break;
         }
         let mut reread = Vec::with_capacity(cands.len());
-        for c in &cands {
-            let (actual, st) = reader.lookup(&c.key).await?;
-            stats.add(st);
-            reread.push(actual);
+        {
+            let _reading = permit().await?;
+            for c in &cands {
+                let (actual, st) = reader.lookup(&c.key).await?;
+                stats.add(st);
+                reread.push(actual);
+            }
         }
         tokio::time::sleep(grace).await;
         let mut still = Vec::new();

@@ -147,6 +147,44 @@ pub struct Change {
     pub values: Vec<Scalar>,
 }
 
+/// `[[store]]` config sections describing the reference world's stores of `realm`:
+/// one PostgreSQL store per table in `db` (as [`crate::adapters::sim_stores`] writes
+/// them), and, with `cache = Some((redis_url, key_prefix))`, the Redis wallet cache.
+/// `wallets_query` replaces the wallets table's query.
+pub fn store_config_toml(
+    db: &str,
+    realm: &str,
+    cache: Option<(&str, &str)>,
+    wallets_query: Option<&str>,
+) -> String {
+    let mut t = String::new();
+    for spec in TABLES {
+        let owns: Vec<String> = spec.owns.iter().map(|p| format!("\"{p}\"")).collect();
+        let (own_key, query_key, cols) = match spec.space {
+            Space::Balances => ("accounts", "balances_query", "account, asset, balance"),
+            Space::Items => ("locations", "items_query", "item, location"),
+        };
+        let query = match (spec.table, wallets_query) {
+            ("wallets", Some(q)) => q.to_string(),
+            _ => format!("SELECT {cols} FROM {} WHERE realm = '{realm}'", spec.table),
+        };
+        t.push_str(&format!(
+            "[[store]]\nname = \"{}\"\nsystem = \"{}\"\nrealm = \"{realm}\"\nkind = \"postgres\"\n\
+             url = \"{db}\"\n{own_key} = [{}]\n{query_key} = \"{query}\"\n\n",
+            spec.table,
+            spec.system,
+            owns.join(", ")
+        ));
+    }
+    if let Some((redis_url, prefix)) = cache {
+        t.push_str(&format!(
+            "[[store]]\nname = \"wallet_cache\"\nsystem = \"economy\"\nrealm = \"{realm}\"\nkind = \"redis\"\n\
+             url = \"{redis_url}\"\naccounts = [\"player:*\"]\nkey_prefix = \"{prefix}{realm}:\"\n"
+        ));
+    }
+    t
+}
+
 /// The stores as the game would have written them.
 #[derive(Default)]
 pub struct StoreWorld {

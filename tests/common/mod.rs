@@ -491,31 +491,12 @@ pub fn store_sections(
     realm: &str,
     wallets_query: Option<&str>,
 ) -> String {
-    use assayer::core::recon::Space;
-    let mut t = String::new();
-    for spec in assayer::sim::stores::TABLES {
-        let owns: Vec<String> = spec.owns.iter().map(|p| format!("\"{p}\"")).collect();
-        let (own_key, query_key, cols) = match spec.space {
-            Space::Balances => ("accounts", "balances_query", "account, asset, balance"),
-            Space::Items => ("locations", "items_query", "item, location"),
-        };
-        let query = match (spec.table, wallets_query) {
-            ("wallets", Some(q)) => q.to_string(),
-            _ => format!("SELECT {cols} FROM {} WHERE realm = '{realm}'", spec.table),
-        };
-        t.push_str(&format!(
-            "[[store]]\nname = \"{}\"\nsystem = \"{}\"\nrealm = \"{realm}\"\nkind = \"postgres\"\n\
-             url = \"{db}\"\n{own_key} = [{}]\n{query_key} = \"{query}\"\n\n",
-            spec.table,
-            spec.system,
-            owns.join(", ")
-        ));
-    }
-    t.push_str(&format!(
-        "[[store]]\nname = \"wallet_cache\"\nsystem = \"economy\"\nrealm = \"{realm}\"\nkind = \"redis\"\n\
-         url = \"{REDIS_URL}\"\naccounts = [\"player:*\"]\nkey_prefix = \"{redis_prefix}{realm}:\"\n"
-    ));
-    t
+    assayer::sim::stores::store_config_toml(
+        db,
+        realm,
+        Some((REDIS_URL, redis_prefix)),
+        wallets_query,
+    )
 }
 
 /// A Redis key prefix of its own; every key under it is deleted when this guard goes.
