@@ -837,3 +837,106 @@ fn junit_output_validates_against_the_junit_schema_and_markdown_reads_well() {
         "{md}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drill_fires_each_real_hook_exactly_once_and_never_in_dry_run() {
+    let db = TestDb::create().await;
+    let dir = tempdir();
+    let (http_port, received) = receiver();
+    let marker = dir.join("drill-fired.txt");
+    let config = |enabled: bool| {
+        let path = dir.join(format!("drill-{enabled}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[database]\nurl = \"{}\"\n[rollback]\nenabled = {enabled}\nwatch_poll_ms = 100\n\
+                 [[rollback.hook]]\nname = \"write-file\"\nkind = \"command\"\n\
+                 command = [\"sh\", \"-c\", \"echo $ASSAYER_TRIGGER_INVARIANT >> {}\"]\n\
+                 [[rollback.hook]]\nname = \"webhook\"\nkind = \"http\"\nurl = \"http://127.0.0.1:{http_port}/rollback\"\n",
+                db.url,
+                marker.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let drill = |path: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_assayer"))
+            .args(["deploy", "drill", "--events", "800", "--config"])
+            .arg(path)
+            .output()
+            .expect("run the drill");
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+        (
+            out.status.code(),
+            report,
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    // Dry run: every step passes, the hooks are recorded as dry runs, nothing runs.
+    let (code, r, err) = drill(&config(false));
+    assert_eq!(code, Some(0), "{err}\n{r:#}");
+    assert_eq!(r["dry_run"], true);
+    let steps: Vec<&str> = r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "materialize stores",
+            "pre-deploy reconciliation",
+            "deploy marker",
+            "inject corruption",
+            "reconciliation detects the write",
+            "watch fires rollback hooks",
+            "restore the store",
+            "post-rollback reconciliation"
+        ]
+    );
+    assert!(
+        r["hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["outcome"] == "dry-run"),
+        "{r:#}"
+    );
+    assert!(!marker.exists());
+    assert!(received.lock().unwrap().is_empty());
+
+    // Enabled: each hook fires exactly once.
+    let (code, r, err) = drill(&config(true));
+    assert_eq!(code, Some(0), "{err}\n{r:#}");
+    assert!(
+        r["hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["outcome"] == "ok"),
+        "{r:#}"
+    );
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "tx.unbalanced\n");
+    assert_eq!(received.lock().unwrap().len(), 1);
+    for s in r["steps"].as_array().unwrap() {
+        assert!(s["elapsed_ms"].is_u64(), "{s}");
+    }
+
+    // The drill leaves nothing that blocks the real gate: no open finding, no schema.
+    let mut c = db.connect().await;
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM findings WHERE status = 'open'")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(open, 0);
+    let schemas: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'assayer_drill%'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(schemas, 0);
+}
