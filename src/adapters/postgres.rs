@@ -98,21 +98,25 @@ pub struct ConnectOptions<'a> {
     pub statement_timeout: Duration,
 }
 
+/// The pool and connection settings every assayer pool shares.
+fn pool_options(o: &ConnectOptions<'_>) -> Result<(PgPoolOptions, PgConnectOptions), StoreError> {
+    let opts = PgConnectOptions::from_str(o.url)?
+        .application_name("assayer")
+        .options([(
+            "statement_timeout",
+            format!("{}ms", o.statement_timeout.as_millis()),
+        )]);
+    let pool = PgPoolOptions::new()
+        .max_connections(o.pool_size_max)
+        .acquire_timeout(o.connect_timeout);
+    Ok((pool, opts))
+}
+
 impl Pg {
     pub async fn connect(o: &ConnectOptions<'_>, group: &str) -> Result<Pg, StoreError> {
-        let opts = PgConnectOptions::from_str(o.url)?
-            .application_name("assayer")
-            .options([(
-                "statement_timeout",
-                format!("{}ms", o.statement_timeout.as_millis()),
-            )]);
-        let pool = PgPoolOptions::new()
-            .max_connections(o.pool_size_max)
-            .acquire_timeout(o.connect_timeout)
-            .connect_with(opts)
-            .await?;
+        let (pool, opts) = pool_options(o)?;
         Ok(Pg {
-            pool,
+            pool: pool.connect_with(opts).await?,
             group: group.to_string(),
         })
     }
@@ -120,18 +124,9 @@ impl Pg {
     /// A pool that connects on first use (for the status writer and the gate, which must
     /// keep running — and report — while the database is away).
     pub fn lazy(o: &ConnectOptions<'_>, group: &str) -> Result<Pg, StoreError> {
-        let opts = PgConnectOptions::from_str(o.url)?
-            .application_name("assayer")
-            .options([(
-                "statement_timeout",
-                format!("{}ms", o.statement_timeout.as_millis()),
-            )]);
-        let pool = PgPoolOptions::new()
-            .max_connections(o.pool_size_max)
-            .acquire_timeout(o.connect_timeout)
-            .connect_lazy_with(opts);
+        let (pool, opts) = pool_options(o)?;
         Ok(Pg {
-            pool,
+            pool: pool.connect_lazy_with(opts),
             group: group.to_string(),
         })
     }
