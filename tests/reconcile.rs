@@ -491,7 +491,7 @@ fn store_config_mistakes_fail_at_startup() {
 
 /// Journals `lines` as the daemon would (group `recon-test`, as in the config).
 async fn journal(db: &TestDb, lines: &[Vec<u8>]) {
-    use assayer::adapters::postgres::{Batch, ConnectOptions, EntryKind, JournalEntry, Pg};
+    use assayer::adapters::postgres::{Batch, ConnectOptions, Pg};
     let pg = Pg::connect(
         &ConnectOptions {
             url: &db.url,
@@ -507,29 +507,9 @@ async fn journal(db: &TestDb, lines: &[Vec<u8>]) {
     let mut batch = Batch::default();
     for (i, l) in lines.iter().enumerate() {
         let v = assayer::core::event::decode(l).expect("a clean world decodes");
-        let w = &v.wire;
-        batch.entries.push(JournalEntry {
-            position: i as i64 + 1,
-            kind: EntryKind::Event,
-            tx_id: Some(w.tx_id.to_string()),
-            realm: Some(v.realm().to_string()),
-            system: Some(w.system.to_string()),
-            seq: Some(w.seq as i64),
-            ts_us: Some(v.ts.0 / 1_000),
-            event_kind: Some(w.kind.to_string()),
-            actor: None,
-            body: l.clone(),
-            items: w
-                .items
-                .iter()
-                .map(|m| (m.item.to_string(), m.from.to_string(), m.to.to_string()))
-                .collect(),
-            postings: w
-                .postings
-                .iter()
-                .map(|p| (p.account.to_string(), p.asset.to_string(), p.delta))
-                .collect(),
-        });
+        batch
+            .entries
+            .push(assayer::daemon::journal_entry(i as i64 + 1, &v, l));
     }
     batch.new_head = lines.len() as i64;
     pg.commit(&batch).await.expect("journal");
