@@ -2,11 +2,12 @@
 //! (filled with `generate_series`, rows shaped like the daemon's: every event a journal
 //! row with a JSON body; half move one item, half post two legs), then
 //! - `trace item` of an item with 10,000 moves,
-//! - `trace account` of an account with 100,000 postings,
+//! - `trace account` of an account with 100,000 postings (as the console asks: the
+//!   newest 500 postings, 10 largest inflows, 50 counterparties),
 //!
 //! each through the same code the CLI and the console run
-//! (`adapters::journal::{item_report, account_report}`), against a baseline measured in
-//! the same run: the raw indexed SELECT of the same rows. Target: < 100 ms each.
+//! (`adapters::journal::{item_report, Journal::account}`), against a baseline measured
+//! in the same run: the raw indexed SELECT of the same rows. Target: < 100 ms each.
 //!
 //! `cargo bench --bench trace` (PostgreSQL at 127.0.0.1:5432, trust auth). Set
 //! `ASSAYER_BENCH_EVENTS` to try a smaller journal (the figures then mean less).
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection, Executor, PgConnection};
 
-use assayer::adapters::journal::{Journal, account_report, item_report};
+use assayer::adapters::journal::{AccountQuery, Journal, item_report};
 use assayer::adapters::postgres::{ConnectOptions, Pg};
 
 const PG_ADMIN: &str = "postgres://root@127.0.0.1:5432/test";
@@ -107,10 +108,14 @@ async fn run(url: &str, events: i64) -> anyhow::Result<()> {
            FROM generate_series(1, {events}) g"
     )))
     .await?;
+    // Item moves and postings carry their transaction's columns, like the daemon's.
+    const TS_US: &str =
+        "(extract(epoch FROM timestamptz '2026-11-27 08:00:00Z') * 1000000)::bigint + g * 1000";
     // Even events move one item; every ITEM_EVERY-th moves the traced item along a
     // chain of players (all in realm-1: ITEM_EVERY is even, so g % 2 + 1 = 1).
     c.execute(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO journal_items (group_name, position, realm, item, from_loc, to_loc, ord)
+        "INSERT INTO journal_items (group_name, position, realm, item, from_loc, to_loc, ord,
+                                    tx_id, ts_us, system, kind, actor)
          SELECT '{GROUP}', g, 'realm-' || (g % 2 + 1),
                 CASE WHEN g % {ITEM_EVERY} = 0 THEN 'itm:traced' ELSE 'itm:' || (g % 2000000) END,
                 CASE WHEN g = {ITEM_EVERY} THEN 'world:loot'
@@ -118,27 +123,53 @@ async fn run(url: &str, events: i64) -> anyhow::Result<()> {
                      ELSE 'player:' || (g % 50000) || '/bag' END,
                 CASE WHEN g % {ITEM_EVERY} = 0 THEN 'player:' || (g / {ITEM_EVERY}) || '/bag'
                      ELSE 'player:' || ((g + 1) % 50000) || '/bag' END,
-                0
-           FROM generate_series(2, {events}, 2) g"
+                0, 'tx-' || g, {TS_US}, 'sys' || (g % 12), 'inventory.move', 'player:' || (g % 50000)
+           FROM generate_series(2::bigint, {events}, 2) g"
     )))
     .await?;
-    // Odd events post two legs; every ACCOUNT_EVERY-th (g % 100 = 1, realm-2) involves
-    // the traced account.
+    // Odd events post two legs (A → B); every ACCOUNT_EVERY-th (g % 100 = 1, realm-2)
+    // has the traced account as A.
+    let legs = format!(
+        "SELECT g, 'realm-' || (g % 2 + 1) AS realm,
+                CASE WHEN g % {ACCOUNT_EVERY} = 1 THEN 'player:traced' ELSE 'player:' || (g % 50000) END AS a,
+                'player:' || ((g * 7) % 50000) AS b,
+                CASE WHEN g % 3 = 0 THEN -(g % 500 + 1) ELSE g % 500 + 1 END AS d
+           FROM generate_series(1::bigint, {events}, 2) g"
+    );
     c.execute(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO journal_postings (group_name, position, realm, account, asset, delta, ord)
-         SELECT '{GROUP}', g, 'realm-' || (g % 2 + 1),
-                CASE WHEN g % {ACCOUNT_EVERY} = 1 THEN 'player:traced' ELSE 'player:' || (g % 50000) END,
-                'gold', CASE WHEN g % 3 = 0 THEN -(g % 500 + 1) ELSE g % 500 + 1 END, 0
-           FROM generate_series(1, {events}, 2) g
-         UNION ALL
-         SELECT '{GROUP}', g, 'realm-' || (g % 2 + 1), 'player:' || ((g * 7) % 50000), 'gold',
-                CASE WHEN g % 3 = 0 THEN g % 500 + 1 ELSE -(g % 500 + 1) END, 1
-           FROM generate_series(1, {events}, 2) g"
+        "INSERT INTO journal_postings (group_name, position, realm, account, asset, delta, ord,
+                                       tx_id, ts_us, system, kind)
+         SELECT '{GROUP}', g, realm, acct, 'gold', delta, ord, 'tx-' || g, {TS_US},
+                'sys' || (g % 12), 'economy.transfer'
+           FROM ({legs}) l,
+                LATERAL (VALUES (l.a, l.d, 0), (l.b, -l.d, 1)) AS leg(acct, delta, ord)"
     )))
     .await?;
-    c.execute("ANALYZE journal").await?;
-    c.execute("ANALYZE journal_items").await?;
-    c.execute("ANALYZE journal_postings").await?;
+    // The rollups the daemon keeps as it journals.
+    c.execute(
+        "INSERT INTO account_rollups (group_name, account, realm, asset, postings, balance)
+         SELECT group_name, account, realm, asset, count(*), sum(delta)
+           FROM journal_postings GROUP BY group_name, account, realm, asset",
+    )
+    .await?;
+    c.execute(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO account_counterparties
+                (group_name, account, realm, asset, counterparty, received, sent, transactions)
+         SELECT '{GROUP}', acct, realm, 'gold', party,
+                coalesce(sum(amount) FILTER (WHERE amount > 0), 0),
+                coalesce(-sum(amount) FILTER (WHERE amount < 0), 0), count(*)
+           FROM ({legs}) l,
+                LATERAL (VALUES (l.a, l.b, l.d), (l.b, l.a, -l.d)) AS pair(acct, party, amount)
+          WHERE l.a <> l.b
+          GROUP BY acct, realm, party"
+    )))
+    .await?;
+    // What autovacuum does to an insert-only table in production.
+    c.execute("VACUUM ANALYZE journal").await?;
+    c.execute("VACUUM ANALYZE journal_items").await?;
+    c.execute("VACUUM ANALYZE journal_postings").await?;
+    c.execute("VACUUM ANALYZE account_rollups").await?;
+    c.execute("VACUUM ANALYZE account_counterparties").await?;
     println!(
         "trace bench: filled {events} journal events ({} item moves, {} postings) in {:.1} s",
         events / 2,
@@ -160,7 +191,7 @@ async fn run(url: &str, events: i64) -> anyhow::Result<()> {
     let (base_item, n) = time_it(|| {
         sqlx::query(
             "SELECT position, from_loc, to_loc FROM journal_items
-              WHERE realm = 'realm-1' AND item = 'itm:traced' AND group_name = $1 ORDER BY position",
+              WHERE group_name = $1 AND item = 'itm:traced' ORDER BY position",
         )
         .bind(GROUP)
         .fetch_all(&pool)
@@ -187,24 +218,49 @@ async fn run(url: &str, events: i64) -> anyhow::Result<()> {
     let (base_acct, n) = time_it(|| {
         sqlx::query(
             "SELECT position, asset, delta FROM journal_postings
-              WHERE realm = 'realm-2' AND account = 'player:traced' AND group_name = $1 ORDER BY position",
+              WHERE group_name = $1 AND account = 'player:traced' AND realm = 'realm-2'
+              ORDER BY ts_us, position, ord",
         )
         .bind(GROUP)
         .fetch_all(&pool)
     })
     .await;
     let n = n?.len();
-    let (acct_t, t) = time_it(|| account_report(&j, None, "player:traced", None, 10)).await;
+    // What the console's account page asks for.
+    let q = AccountQuery {
+        history: 500,
+        counterparties: 50,
+        ..AccountQuery::new("player:traced")
+    };
+    let (acct_t, t) = time_it(|| j.account(&q)).await;
     let t = t?;
     assert_eq!(
-        t.history.len(),
-        n,
+        t.postings as usize, n,
         "trace and baseline see the same postings"
     );
+    assert_eq!(t.history.len(), 500);
+    let sum: i64 = sqlx::query_scalar(
+        "SELECT sum(delta)::bigint FROM journal_postings WHERE group_name = $1 AND account = 'player:traced'",
+    )
+    .bind(GROUP)
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(
+        t.balances[0].balance,
+        i128::from(sum),
+        "rollup balance = sum of postings"
+    );
+    assert_eq!(
+        t.history.last().map(|p| p.balance),
+        Some(i128::from(sum)),
+        "the newest posting's running balance is the account's balance"
+    );
     println!(
-        "trace account: {} postings, {} counterparties in {:.1} ms (baseline indexed SELECT {:.1} ms, ratio {:.2}×) — target < 100 ms: {}",
+        "trace account: {} postings (history {}, {} of {} counterparties) in {:.1} ms (baseline indexed SELECT of the postings {:.1} ms, ratio {:.2}×) — target < 100 ms: {}",
+        t.postings,
         t.history.len(),
         t.counterparties.len(),
+        t.counterparties_total,
         ms(acct_t),
         ms(base_acct),
         ms(acct_t) / ms(base_acct).max(0.001),

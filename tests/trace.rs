@@ -9,13 +9,13 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
+use assayer::adapters::journal::{AccountQuery, item_report};
 use assayer::adapters::journal::{FindingFilter, Journal};
-use assayer::adapters::journal::{account_report, item_report};
 use assayer::adapters::postgres::{ConnectOptions, Pg};
 use assayer::core::engine::Engine;
 use assayer::core::finding::Invariant;
 use assayer::core::policy::Policy;
-use assayer::core::provenance::ForkKind;
+use assayer::core::provenance::{ForkKind, counterparties};
 use assayer::core::time::Timestamp;
 use assayer::sim::{self, Duplication, SimConfig};
 use common::TestDb;
@@ -228,6 +228,54 @@ async fn trace_item_names_the_fork_tx_and_every_copy_for_each_duplication_patter
     }
 }
 
+/// Counterparty totals of `account` in `realm` recomputed from the raw stream (each
+/// tx_id once): (counterparty, asset) → (received, sent, transactions).
+fn raw_counterparties(
+    lines: &[Vec<u8>],
+    realm: &str,
+    account: &str,
+) -> BTreeMap<(String, String), (i64, i64, u64)> {
+    let mut seen = BTreeSet::new();
+    let mut out: BTreeMap<(String, String), (i64, i64, u64)> = BTreeMap::new();
+    for l in lines {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(l) else {
+            continue;
+        };
+        if v["realm"].as_str().unwrap_or("default") != realm
+            || !seen.insert(v["tx_id"].as_str().unwrap_or_default().to_string())
+        {
+            continue;
+        }
+        let legs: Vec<(String, String, i64)> = v["postings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p["account"].as_str().unwrap_or_default().to_string(),
+                    p["asset"].as_str().unwrap_or_default().to_string(),
+                    p["delta"].as_i64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        for c in counterparties(&legs)
+            .iter()
+            .filter(|c| c.account == account)
+        {
+            let e = out
+                .entry((c.counterparty.to_string(), c.asset.to_string()))
+                .or_default();
+            if c.amount > 0 {
+                e.0 += c.amount;
+            } else {
+                e.1 -= c.amount;
+            }
+            e.2 += 1;
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_account_agrees_with_the_engine_and_finds_the_overdraft() {
     let (lines, key, _) = world();
@@ -243,29 +291,67 @@ async fn trace_account_agrees_with_the_engine_and_finds_the_overdraft() {
     assert_eq!(overdrafts.len(), 2);
     for e in overdrafts {
         let account = e.subject.as_deref().expect("overdraft names the account");
-        let t = account_report(&j, Some(e.realm.as_str()), account, None, 5)
+        let t = j
+            .account(&AccountQuery {
+                realm: Some(e.realm.as_str()),
+                top: 5,
+                counterparties: 1_000,
+                history: 30,
+                ..AccountQuery::new(account)
+            })
             .await
             .expect("trace account");
-        for (asset, bal) in &t.balances {
+        // Rolled-up balances agree with the engine's ledger...
+        assert!(!t.balances.is_empty());
+        for b in &t.balances {
             let held = engine
                 .ledger()
-                .balance(engine.interner(), &e.realm, account, asset);
-            assert_eq!(*bal, held, "{account} {asset}");
+                .balance(engine.interner(), &e.realm, account, &b.asset);
+            assert_eq!(b.balance, held, "{account} {}", b.asset);
         }
-        let crossed: Vec<&str> = t
-            .below_zero
-            .iter()
-            .map(|&i| t.history[i].row.tx_id.as_str())
-            .collect();
+        // ... and with the running balance counted back over the newest postings.
+        assert_eq!(t.history.len() as u64, t.postings.min(30));
+        for b in &t.balances {
+            let newest = t.history.iter().rev().find(|p| p.row.asset == b.asset);
+            if let Some(p) = newest {
+                assert_eq!(p.balance, b.balance, "{account} {}", b.asset);
+            }
+        }
+        for w in t
+            .history
+            .windows(2)
+            .filter(|w| w[0].row.asset == w[1].row.asset)
+        {
+            assert_eq!(w[1].balance - w[0].balance, i128::from(w[1].row.delta));
+        }
+        let crossed: Vec<&str> = t.below_zero.iter().map(|p| p.row.tx_id.as_str()).collect();
         assert!(
             crossed.contains(&e.tx_id.as_deref().unwrap()),
             "{account}: crossings {crossed:?}, expected {:?}",
             e.tx_id
         );
-        assert!(!t.counterparties.is_empty(), "{account}: counterparties");
+        assert!(t.below_zero.iter().all(|p| p.balance < 0));
+        // Counterparties: every one, with the totals the raw stream implies.
+        let got: BTreeMap<(String, String), (i64, i64, u64)> = t
+            .counterparties
+            .iter()
+            .map(|c| {
+                (
+                    (c.account.clone(), c.asset.clone()),
+                    (c.received, c.sent, c.transactions),
+                )
+            })
+            .collect();
+        assert!(!got.is_empty(), "{account}: counterparties");
+        assert_eq!(t.counterparties_total as usize, got.len());
+        assert_eq!(
+            got,
+            raw_counterparties(&lines, &e.realm, account),
+            "{account}"
+        );
         assert!(t.largest_inflows.len() <= 5);
         for w in t.largest_inflows.windows(2) {
-            assert!(t.history[w[0]].row.delta >= t.history[w[1]].row.delta);
+            assert!(w[0].delta >= w[1].delta);
         }
     }
 }

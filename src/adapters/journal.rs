@@ -5,6 +5,7 @@
 //! Rows come back in the order the engine applied them: `ts`, then journal position
 //! (the journal itself is in arrival order, which the reorder window may have changed).
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -12,7 +13,10 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
-use crate::core::provenance::{self, AccountTrace, ItemStep, ItemTrace, OtherPosting, PostingRow};
+use crate::core::provenance::{
+    self, AccountTrace, AssetBalance, BalancePoint, CROSSINGS_MAX, Counterparty, ItemStep,
+    ItemTrace, OtherPosting, PostingRow,
+};
 
 /// At most this many journal rows per trace: 100× the 10,000-move item and 10× the
 /// 100,000-posting account the support bench traces, and ~100 MB of rows in memory.
@@ -216,54 +220,23 @@ impl Journal {
         &self.group
     }
 
-    /// Realms `table` has rows for, by a loose index scan over its leading `realm`
-    /// column (one index probe per realm, not a scan of millions of rows).
-    async fn realms(&self, table: &str) -> Result<Vec<String>, JournalError> {
-        debug_assert!(matches!(table, "journal_items" | "journal_postings"));
-        let q = format!(
-            "WITH RECURSIVE r(realm) AS (
-                SELECT min(realm) FROM {table}
-                UNION ALL
-                SELECT (SELECT min(realm) FROM {table} t WHERE t.realm > r.realm)
-                  FROM r WHERE r.realm IS NOT NULL)
-             SELECT realm FROM r WHERE realm IS NOT NULL"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(q))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
-    }
-
-    async fn realm_list(
-        &self,
-        realm: Option<&str>,
-        table: &str,
-    ) -> Result<Vec<String>, JournalError> {
-        Ok(match realm {
-            Some(r) => vec![r.to_string()],
-            None => self.realms(table).await?,
-        })
-    }
-
-    /// Every journaled move of `item`, in applied order.
+    /// Every journaled move of `item` (in `realm`, or every realm), in applied order:
+    /// one range of the `journal_items_trace` index.
     pub async fn item_steps(
         &self,
         realm: Option<&str>,
         item: &str,
     ) -> Result<Vec<ItemStep>, JournalError> {
-        let realms = self.realm_list(realm, "journal_items").await?;
         let rows = sqlx::query(
-            "SELECT i.position, j.tx_id, i.realm, j.system, j.kind,
-                    (extract(epoch from j.ts) * 1000000)::bigint, j.actor, i.from_loc, i.to_loc
-               FROM journal_items i
-               JOIN journal j ON j.group_name = i.group_name AND j.position = i.position
-              WHERE i.realm = ANY($2) AND i.item = $3 AND i.group_name = $1
-              ORDER BY j.ts, i.position, i.ord
+            "SELECT position, tx_id, realm, system, kind, ts_us, actor, from_loc, to_loc
+               FROM journal_items
+              WHERE group_name = $1 AND item = $2 AND ($3::text IS NULL OR realm = $3)
+              ORDER BY ts_us, position, ord
               LIMIT $4",
         )
         .bind(&self.group)
-        .bind(&realms)
         .bind(item)
+        .bind(realm)
         .bind(TRACE_ROWS_MAX + 1)
         .fetch_all(&self.pool)
         .await?;
@@ -273,157 +246,217 @@ impl Journal {
                 max: TRACE_ROWS_MAX,
             });
         }
-        Ok(rows
-            .iter()
-            .map(|r| ItemStep {
-                position: r.get(0),
-                tx_id: r.get::<Option<String>, _>(1).unwrap_or_default(),
-                realm: r.get(2),
-                system: r.get::<Option<String>, _>(3).unwrap_or_default(),
-                kind: r.get::<Option<String>, _>(4).unwrap_or_default(),
-                ts_us: r.get::<Option<i64>, _>(5).unwrap_or_default(),
-                actor: r.get(6),
-                from: r.get(7),
-                to: r.get(8),
+        rows.iter()
+            .map(|r| {
+                Ok(ItemStep {
+                    position: r.try_get(0)?,
+                    tx_id: r.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
+                    realm: r.try_get(2)?,
+                    system: r.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
+                    kind: r.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
+                    ts_us: r.try_get::<Option<i64>, _>(5)?.unwrap_or_default(),
+                    actor: r.try_get(6)?,
+                    from: r.try_get(7)?,
+                    to: r.try_get(8)?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Postings of the transactions at `positions`: (tx_id, account, asset, delta).
     pub async fn postings_at(&self, positions: &[i64]) -> Result<Vec<OtherPosting>, JournalError> {
         let rows = sqlx::query(
-            "SELECT j.tx_id, p.account, p.asset, p.delta
-               FROM journal_postings p
-               JOIN journal j ON j.group_name = p.group_name AND j.position = p.position
-              WHERE p.group_name = $1 AND p.position = ANY($2)
-              ORDER BY p.position, p.ord",
+            "SELECT tx_id, account, asset, delta FROM journal_postings
+              WHERE group_name = $1 AND position = ANY($2)
+              ORDER BY position, ord",
         )
         .bind(&self.group)
         .bind(positions)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| OtherPosting {
-                tx_id: r.get::<Option<String>, _>(0).unwrap_or_default(),
-                account: r.get(1),
-                asset: r.get(2),
-                delta: r.get(3),
+        rows.iter()
+            .map(|r| {
+                Ok(OtherPosting {
+                    tx_id: r.try_get::<Option<String>, _>(0)?.unwrap_or_default(),
+                    account: r.try_get(1)?,
+                    asset: r.try_get(2)?,
+                    delta: r.try_get(3)?,
+                })
             })
-            .collect())
+            .collect()
     }
 
-    /// Every posting to `account` (of `asset`, if given), in applied order.
-    pub async fn account_rows(
-        &self,
-        realm: Option<&str>,
-        account: &str,
-        asset: Option<&str>,
-    ) -> Result<Vec<PostingRow>, JournalError> {
-        let realms = self.realm_list(realm, "journal_postings").await?;
-        let rows = sqlx::query(
-            "SELECT p.position, j.tx_id, p.realm, j.system, j.kind,
-                    (extract(epoch from j.ts) * 1000000)::bigint, p.asset, p.delta
-               FROM journal_postings p
-               JOIN journal j ON j.group_name = p.group_name AND j.position = p.position
-              WHERE p.realm = ANY($2) AND p.account = $3 AND ($4::text IS NULL OR p.asset = $4)
-                AND p.group_name = $1
-              ORDER BY j.ts, p.position, p.ord
-              LIMIT $5",
-        )
-        .bind(&self.group)
-        .bind(&realms)
-        .bind(account)
-        .bind(asset)
-        .bind(TRACE_ROWS_MAX + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        if rows.len() as i64 > TRACE_ROWS_MAX {
-            return Err(JournalError::TooMany {
-                what: format!("account {account}"),
-                max: TRACE_ROWS_MAX,
-            });
-        }
-        Ok(rows
-            .iter()
-            .map(|r| PostingRow {
-                position: r.get(0),
-                tx_id: r.get::<Option<String>, _>(1).unwrap_or_default(),
-                realm: r.get(2),
-                system: r.get::<Option<String>, _>(3).unwrap_or_default(),
-                kind: r.get::<Option<String>, _>(4).unwrap_or_default(),
-                ts_us: r.get::<Option<i64>, _>(5).unwrap_or_default(),
-                asset: r.get(6),
-                delta: r.get(7),
-            })
-            .collect())
-    }
+    /// An account's trace (see [`AccountQuery`]), without reading all its postings:
+    /// totals and counterparties from the rollups the daemon keeps as it journals,
+    /// the newest postings and the largest inflows from one short index range per
+    /// realm and asset (running balances counted back from the rollup's total), and
+    /// the below-zero crossings from the engine's `balance.overdraft` findings.
+    pub async fn account(&self, q: &AccountQuery<'_>) -> Result<AccountTrace, JournalError> {
+        // $1 group, $2 account, $3 realm, $4 asset: the rollup rows the trace covers.
+        const ROLLUPS: &str = "r.group_name = $1 AND r.account = $2
+            AND ($3::text IS NULL OR r.realm = $3) AND ($4::text IS NULL OR r.asset = $4)";
+        const POSTING: &str =
+            "p.realm, p.asset, p.ts_us, p.position, p.delta, p.tx_id, p.system, p.kind";
+        let mut t = AccountTrace {
+            account: q.account.to_string(),
+            postings: 0,
+            balances: Vec::new(),
+            history: Vec::new(),
+            below_zero: Vec::new(),
+            largest_inflows: Vec::new(),
+            counterparties: Vec::new(),
+            counterparties_total: 0,
+        };
+        let bind = |sql: String| {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(self.group.clone())
+                .bind(q.account.to_string())
+                .bind(q.realm.map(str::to_string))
+                .bind(q.asset.map(str::to_string))
+        };
 
-    /// The other postings of the transactions `account` took part in (for its
-    /// counterparties), same realms and assets as [`Journal::account_rows`].
-    pub async fn account_counterpart_postings(
-        &self,
-        realm: Option<&str>,
-        account: &str,
-        asset: Option<&str>,
-    ) -> Result<Vec<OtherPosting>, JournalError> {
-        let realms = self.realm_list(realm, "journal_postings").await?;
-        let rows = sqlx::query(
-            "SELECT j.tx_id, o.account, o.asset, o.delta
-               FROM journal_postings p
-               JOIN journal_postings o ON o.group_name = p.group_name AND o.position = p.position
-                                      AND o.asset = p.asset AND o.account <> p.account
-               JOIN journal j ON j.group_name = p.group_name AND j.position = p.position
-              WHERE p.realm = ANY($2) AND p.account = $3 AND ($4::text IS NULL OR p.asset = $4)
-                AND p.group_name = $1
-              LIMIT $5",
-        )
-        .bind(&self.group)
-        .bind(&realms)
-        .bind(account)
-        .bind(asset)
-        .bind(TRACE_ROWS_MAX + 1)
+        let rows = bind(format!(
+            "SELECT r.realm, r.asset, r.postings, r.balance::text FROM account_rollups r
+              WHERE {ROLLUPS} ORDER BY r.realm, r.asset"
+        ))
         .fetch_all(&self.pool)
         .await?;
-        if rows.len() as i64 > TRACE_ROWS_MAX {
-            return Err(JournalError::TooMany {
-                what: format!("counterparties of {account}"),
-                max: TRACE_ROWS_MAX,
+        for r in &rows {
+            let postings = r.try_get::<i64, _>(2)? as u64;
+            t.postings += postings;
+            t.balances.push(AssetBalance {
+                realm: r.try_get(0)?,
+                asset: r.try_get(1)?,
+                postings,
+                balance: parse_i128(r.try_get(3)?)?,
             });
         }
-        Ok(rows
+        if t.postings == 0 {
+            return Ok(t);
+        }
+
+        // The newest postings of each realm and asset, newest first.
+        let rows = bind(format!(
+            "SELECT {POSTING} FROM account_rollups r
+             CROSS JOIN LATERAL (
+                 SELECT * FROM journal_postings p
+                  WHERE p.group_name = r.group_name AND p.account = r.account
+                    AND p.realm = r.realm AND p.asset = r.asset
+                  ORDER BY p.ts_us DESC, p.position DESC, p.ord DESC LIMIT $5) p
+             WHERE {ROLLUPS}"
+        ))
+        .bind(q.history.clamp(0, TRACE_ROWS_MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        // Each posting's balance after it: the total, less what came after it.
+        let mut after: BTreeMap<(String, String), i128> = t
+            .balances
             .iter()
-            .map(|r| OtherPosting {
-                tx_id: r.get::<Option<String>, _>(0).unwrap_or_default(),
-                account: r.get(1),
-                asset: r.get(2),
-                delta: r.get(3),
-            })
-            .collect())
+            .map(|b| ((b.realm.clone(), b.asset.clone()), b.balance))
+            .collect();
+        for r in &rows {
+            let row = posting_row(r)?;
+            let balance = after
+                .get_mut(&(row.realm.clone(), row.asset.clone()))
+                .map_or(0, |b| {
+                    let here = *b;
+                    *b -= i128::from(row.delta);
+                    here
+                });
+            t.history.push(BalancePoint { row, balance });
+        }
+        t.history
+            .sort_by_key(|p| std::cmp::Reverse((p.row.ts_us, p.row.position)));
+        t.history
+            .truncate(q.history.clamp(0, TRACE_ROWS_MAX) as usize);
+        t.history.reverse();
+
+        let rows = bind(format!(
+            "SELECT {POSTING} FROM account_rollups r
+             CROSS JOIN LATERAL (
+                 SELECT * FROM journal_postings p
+                  WHERE p.group_name = r.group_name AND p.account = r.account
+                    AND p.realm = r.realm AND p.asset = r.asset AND p.delta > 0
+                  ORDER BY p.delta DESC LIMIT $5) p
+             WHERE {ROLLUPS}"
+        ))
+        .bind(q.top.clamp(0, FINDINGS_PAGE_MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        t.largest_inflows = rows.iter().map(posting_row).collect::<Result<_, _>>()?;
+        t.largest_inflows
+            .sort_by(|a, b| (b.delta, a.ts_us, a.position).cmp(&(a.delta, b.ts_us, b.position)));
+        t.largest_inflows
+            .truncate(q.top.clamp(0, FINDINGS_PAGE_MAX) as usize);
+
+        // Crossings: the engine's overdraft findings the journal still holds.
+        let rows = bind(format!(
+            "SELECT p.realm, p.asset, p.ts_us, p.position, p.delta, p.tx_id, p.system, p.kind,
+                    f.evidence->>'balance_after'
+               FROM findings f
+               JOIN journal j ON j.group_name = $1 AND j.tx_id = f.tx_id
+               JOIN journal_postings p ON p.group_name = j.group_name AND p.position = j.position
+                                      AND p.account = f.subject AND p.asset = f.evidence->>'asset'
+                                      AND p.delta::text = f.evidence->>'delta'
+              WHERE f.invariant = 'balance.overdraft' AND f.subject = $2
+                AND ($3::text IS NULL OR f.realm = $3) AND ($4::text IS NULL OR f.evidence->>'asset' = $4)
+              ORDER BY p.ts_us, p.position, p.ord LIMIT {CROSSINGS_MAX}"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &rows {
+            t.below_zero.push(BalancePoint {
+                row: posting_row(r)?,
+                balance: parse_i128(r.try_get(8)?)?,
+            });
+        }
+
+        let rows = bind(format!(
+            "SELECT r.realm, r.asset, c.counterparty, least(c.received, 9223372036854775807)::bigint,
+                    least(c.sent, 9223372036854775807)::bigint, c.transactions,
+                    count(*) OVER ()
+               FROM account_rollups r
+               JOIN account_counterparties c
+                 ON c.group_name = r.group_name AND c.account = r.account
+                AND c.realm = r.realm AND c.asset = r.asset
+              WHERE {ROLLUPS}
+              ORDER BY c.received + c.sent DESC, c.counterparty, r.realm, r.asset
+              LIMIT $5"
+        ))
+        .bind(q.counterparties.clamp(0, FINDINGS_PAGE_MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &rows {
+            t.counterparties_total = r.try_get::<i64, _>(6)? as u64;
+            t.counterparties.push(Counterparty {
+                realm: r.try_get(0)?,
+                asset: r.try_get(1)?,
+                account: r.try_get(2)?,
+                received: r.try_get(3)?,
+                sent: r.try_get(4)?,
+                transactions: r.try_get::<i64, _>(5)? as u64,
+            });
+        }
+        Ok(t)
     }
 
     /// Whether the journal has any move of `item` (any realm).
     pub async fn has_item(&self, item: &str) -> Result<bool, JournalError> {
-        let realms = self.realms("journal_items").await?;
-        let row = sqlx::query(
-            "SELECT 1 FROM journal_items WHERE realm = ANY($2) AND item = $3 AND group_name = $1 LIMIT 1",
-        )
-        .bind(&self.group)
-        .bind(&realms)
-        .bind(item)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row =
+            sqlx::query("SELECT 1 FROM journal_items WHERE group_name = $1 AND item = $2 LIMIT 1")
+                .bind(&self.group)
+                .bind(item)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.is_some())
     }
 
     /// Whether the journal has any posting to `account` (any realm).
     pub async fn has_account(&self, account: &str) -> Result<bool, JournalError> {
-        let realms = self.realms("journal_postings").await?;
         let row = sqlx::query(
-            "SELECT 1 FROM journal_postings WHERE realm = ANY($2) AND account = $3 AND group_name = $1 LIMIT 1",
+            "SELECT 1 FROM journal_postings WHERE group_name = $1 AND account = $2 LIMIT 1",
         )
         .bind(&self.group)
-        .bind(&realms)
         .bind(account)
         .fetch_optional(&self.pool)
         .await?;
@@ -599,18 +632,12 @@ pub async fn item_report(
     item: &str,
 ) -> Result<ItemReport, JournalError> {
     let steps = j.item_steps(realm, item).await?;
-    // Postings of the transactions that moved the item: what copies were traded for.
-    let mut positions: Vec<i64> = steps.iter().map(|s| s.position).collect();
-    positions.dedup();
-    let postings = j.postings_at(&positions).await?;
-    let postings_of = |tx: &str| {
-        postings
-            .iter()
-            .filter(|p| p.tx_id == tx)
-            .map(|p| (p.account.clone(), p.asset.clone(), p.delta))
-            .collect()
-    };
-    let trace = provenance::trace_item(item, steps, &postings_of);
+    let mut trace = provenance::trace_item(item, steps);
+    // What the copies were traded for: the postings of the taint's transactions.
+    let positions = trace.taint_positions();
+    if !positions.is_empty() {
+        trace.attach_postings(&j.postings_at(&positions).await?);
+    }
     let fork_txs: Vec<String> = trace.forks.iter().map(|f| f.tx_id.clone()).collect();
     let fork_findings = if fork_txs.is_empty() {
         Vec::new()
@@ -627,16 +654,53 @@ pub async fn item_report(
     })
 }
 
-pub async fn account_report(
-    j: &Journal,
-    realm: Option<&str>,
-    account: &str,
-    asset: Option<&str>,
-    top: usize,
-) -> Result<AccountTrace, JournalError> {
-    let rows = j.account_rows(realm, account, asset).await?;
-    let others = j
-        .account_counterpart_postings(realm, account, asset)
-        .await?;
-    Ok(provenance::trace_account(account, rows, &others, top))
+/// What to trace of an account, and how much of it to show.
+#[derive(Debug, Clone, Copy)]
+pub struct AccountQuery<'a> {
+    pub account: &'a str,
+    /// Only this realm [default: every realm].
+    pub realm: Option<&'a str>,
+    /// Only this asset [default: every asset].
+    pub asset: Option<&'a str>,
+    /// How many of the newest postings to list (≤ [`TRACE_ROWS_MAX`]).
+    pub history: i64,
+    /// How many of the largest inflows to list.
+    pub top: i64,
+    /// How many counterparties to list, largest volume first.
+    pub counterparties: i64,
+}
+
+impl<'a> AccountQuery<'a> {
+    /// The defaults of `trace account` and the console: 50 newest postings, 10
+    /// largest inflows, 20 counterparties.
+    pub fn new(account: &'a str) -> AccountQuery<'a> {
+        AccountQuery {
+            account,
+            realm: None,
+            asset: None,
+            history: 50,
+            top: 10,
+            counterparties: 20,
+        }
+    }
+}
+
+fn parse_i128(s: Option<String>) -> Result<i128, JournalError> {
+    let s = s.unwrap_or_default();
+    s.parse()
+        .map_err(|_| JournalError::Invalid(format!("balance `{s}` is not an integer")))
+}
+
+/// A posting from the columns `realm, asset, ts_us, position, delta, tx_id, system, kind`.
+fn posting_row(r: &PgRow) -> Result<PostingRow, JournalError> {
+    Ok(PostingRow {
+        realm: r.try_get(0)?,
+        asset: r.try_get(1)?,
+        ts_us: r.try_get::<Option<i64>, _>(2)?.unwrap_or_default(),
+        position: r.try_get(3)?,
+        delta: r.try_get(4)?,
+        tx_id: r.try_get::<Option<String>, _>(5)?.unwrap_or_default(),
+        system: r.try_get::<Option<String>, _>(6)?.unwrap_or_default(),
+        kind: r.try_get::<Option<String>, _>(7)?.unwrap_or_default(),
+    })
 }

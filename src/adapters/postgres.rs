@@ -2,6 +2,7 @@
 //! imports sqlx. Queries are runtime-checked (no live database at build time); batches
 //! are written with `UNNEST` arrays, one round-trip per table per batch.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::core::finding::Finding;
+use crate::core::provenance;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -63,6 +65,185 @@ pub struct JournalEntry {
     pub items: Vec<(String, String, String)>,
     /// (account, asset, delta)
     pub postings: Vec<(String, String, i64)>,
+}
+
+/// `journal_items` rows of a batch, as column arrays for one `UNNEST` insert.
+#[derive(Default)]
+struct ItemRows<'a> {
+    position: Vec<i64>,
+    realm: Vec<&'a str>,
+    item: Vec<&'a str>,
+    from: Vec<&'a str>,
+    to: Vec<&'a str>,
+    ord: Vec<i32>,
+    tx_id: Vec<Option<&'a str>>,
+    ts_us: Vec<Option<i64>>,
+    system: Vec<Option<&'a str>>,
+    kind: Vec<Option<&'a str>>,
+    actor: Vec<Option<&'a str>>,
+}
+
+impl<'a> ItemRows<'a> {
+    fn push(&mut self, e: &'a JournalEntry) {
+        let realm = e.realm.as_deref().unwrap_or("default");
+        for (o, (item, from, to)) in e.items.iter().enumerate() {
+            self.position.push(e.position);
+            self.realm.push(realm);
+            self.item.push(item);
+            self.from.push(from);
+            self.to.push(to);
+            self.ord.push(o as i32);
+            self.tx_id.push(e.tx_id.as_deref());
+            self.ts_us.push(e.ts_us);
+            self.system.push(e.system.as_deref());
+            self.kind.push(e.event_kind.as_deref());
+            self.actor.push(e.actor.as_deref());
+        }
+    }
+}
+
+/// (account, realm, asset, counterparty)
+type CounterpartyKey<'a> = (&'a str, &'a str, &'a str, &'a str);
+/// (received, sent, transactions)
+type CounterpartySums = (i128, i128, i64);
+
+/// `journal_postings` rows of a batch, and the account rollups they add up to.
+#[derive(Default)]
+struct PostingRows<'a> {
+    position: Vec<i64>,
+    realm: Vec<&'a str>,
+    account: Vec<&'a str>,
+    asset: Vec<&'a str>,
+    delta: Vec<i64>,
+    ord: Vec<i32>,
+    tx_id: Vec<Option<&'a str>>,
+    ts_us: Vec<Option<i64>>,
+    system: Vec<Option<&'a str>>,
+    kind: Vec<Option<&'a str>>,
+    /// (account, realm, asset) → (postings, balance change)
+    rollups: BTreeMap<(&'a str, &'a str, &'a str), (i64, i128)>,
+    counterparties: BTreeMap<CounterpartyKey<'a>, CounterpartySums>,
+}
+
+impl<'a> PostingRows<'a> {
+    fn push(&mut self, e: &'a JournalEntry) {
+        let realm = e.realm.as_deref().unwrap_or("default");
+        for (o, (account, asset, delta)) in e.postings.iter().enumerate() {
+            self.position.push(e.position);
+            self.realm.push(realm);
+            self.account.push(account);
+            self.asset.push(asset);
+            self.delta.push(*delta);
+            self.ord.push(o as i32);
+            self.tx_id.push(e.tx_id.as_deref());
+            self.ts_us.push(e.ts_us);
+            self.system.push(e.system.as_deref());
+            self.kind.push(e.event_kind.as_deref());
+            let r = self.rollups.entry((account, realm, asset)).or_default();
+            r.0 += 1;
+            r.1 += i128::from(*delta);
+        }
+        for c in provenance::counterparties(&e.postings) {
+            let r = self
+                .counterparties
+                .entry((c.account, realm, c.asset, c.counterparty))
+                .or_default();
+            if c.amount > 0 {
+                r.0 += i128::from(c.amount);
+            } else {
+                r.1 -= i128::from(c.amount);
+            }
+            r.2 += 1;
+        }
+    }
+
+    /// Adds the batch's rollups to `account_rollups` and `account_counterparties`
+    /// (keys in order: concurrent writers cannot deadlock).
+    async fn upsert_rollups(
+        &self,
+        group: &str,
+        tx: &mut Transaction<'_, Postgres>,
+    ) -> Result<(), StoreError> {
+        let n = self.rollups.len();
+        let (mut account, mut realm, mut asset) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut postings, mut balance) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for ((a, r, s), (p, b)) in &self.rollups {
+            account.push(*a);
+            realm.push(*r);
+            asset.push(*s);
+            postings.push(*p);
+            balance.push(b.to_string());
+        }
+        sqlx::query(
+            "INSERT INTO account_rollups AS t (group_name, account, realm, asset, postings, balance)
+             SELECT $1, u.account, u.realm, u.asset, u.postings, u.balance::numeric
+               FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[])
+                    AS u(account, realm, asset, postings, balance)
+             ON CONFLICT (group_name, account, realm, asset) DO UPDATE
+                SET postings = t.postings + EXCLUDED.postings,
+                    balance = t.balance + EXCLUDED.balance",
+        )
+        .bind(group)
+        .bind(&account)
+        .bind(&realm)
+        .bind(&asset)
+        .bind(&postings)
+        .bind(&balance)
+        .execute(&mut **tx)
+        .await?;
+        if self.counterparties.is_empty() {
+            return Ok(());
+        }
+        let n = self.counterparties.len();
+        let (mut account, mut realm, mut asset, mut party) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut received, mut sent, mut txs) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for ((a, r, s, c), (rec, snt, t)) in &self.counterparties {
+            account.push(*a);
+            realm.push(*r);
+            asset.push(*s);
+            party.push(*c);
+            received.push(rec.to_string());
+            sent.push(snt.to_string());
+            txs.push(*t);
+        }
+        sqlx::query(
+            "INSERT INTO account_counterparties AS t
+                    (group_name, account, realm, asset, counterparty, received, sent, transactions)
+             SELECT $1, u.account, u.realm, u.asset, u.party, u.received::numeric,
+                    u.sent::numeric, u.txs
+               FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                           $8::bigint[])
+                    AS u(account, realm, asset, party, received, sent, txs)
+             ON CONFLICT (group_name, account, realm, asset, counterparty) DO UPDATE
+                SET received = t.received + EXCLUDED.received,
+                    sent = t.sent + EXCLUDED.sent,
+                    transactions = t.transactions + EXCLUDED.transactions",
+        )
+        .bind(group)
+        .bind(&account)
+        .bind(&realm)
+        .bind(&asset)
+        .bind(&party)
+        .bind(&received)
+        .bind(&sent)
+        .bind(&txs)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
 }
 
 /// One durable step: everything the daemon did since the last commit.
@@ -274,10 +455,8 @@ impl Pg {
         let mut ekind = Vec::with_capacity(n);
         let mut actor = Vec::with_capacity(n);
         let mut body = Vec::with_capacity(n);
-        let (mut i_pos, mut i_realm, mut i_item, mut i_from, mut i_to, mut i_ord) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
-        let (mut p_pos, mut p_realm, mut p_acct, mut p_asset, mut p_delta, mut p_ord) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let mut items = ItemRows::default();
+        let mut postings = PostingRows::default();
         for e in entries {
             position.push(e.position);
             kind.push(e.kind.as_str());
@@ -289,23 +468,8 @@ impl Pg {
             ekind.push(e.event_kind.as_deref());
             actor.push(e.actor.as_deref());
             body.push(e.body.as_slice());
-            let r = e.realm.as_deref().unwrap_or("default");
-            for (o, (item, from, to)) in e.items.iter().enumerate() {
-                i_pos.push(e.position);
-                i_realm.push(r);
-                i_item.push(item.as_str());
-                i_from.push(from.as_str());
-                i_to.push(to.as_str());
-                i_ord.push(o as i32);
-            }
-            for (o, (acct, asset, delta)) in e.postings.iter().enumerate() {
-                p_pos.push(e.position);
-                p_realm.push(r);
-                p_acct.push(acct.as_str());
-                p_asset.push(asset.as_str());
-                p_delta.push(*delta);
-                p_ord.push(o as i32);
-            }
+            items.push(e);
+            postings.push(e);
         }
         sqlx::query(
             "INSERT INTO journal (group_name, position, entry_kind, tx_id, realm, system, seq, ts, kind, actor, body)
@@ -330,35 +494,50 @@ impl Pg {
         .bind(&body)
         .execute(&mut **tx)
         .await?;
-        if !i_pos.is_empty() {
+        if !items.position.is_empty() {
             sqlx::query(
-                "INSERT INTO journal_items (group_name, position, realm, item, from_loc, to_loc, ord)
-                 SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[])",
+                "INSERT INTO journal_items (group_name, position, realm, item, from_loc, to_loc, ord,
+                                            tx_id, ts_us, system, kind, actor)
+                 SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                          $7::int[], $8::text[], $9::bigint[], $10::text[], $11::text[],
+                                          $12::text[])",
             )
             .bind(&self.group)
-            .bind(&i_pos)
-            .bind(&i_realm)
-            .bind(&i_item)
-            .bind(&i_from)
-            .bind(&i_to)
-            .bind(&i_ord)
+            .bind(&items.position)
+            .bind(&items.realm)
+            .bind(&items.item)
+            .bind(&items.from)
+            .bind(&items.to)
+            .bind(&items.ord)
+            .bind(&items.tx_id)
+            .bind(&items.ts_us)
+            .bind(&items.system)
+            .bind(&items.kind)
+            .bind(&items.actor)
             .execute(&mut **tx)
             .await?;
         }
-        if !p_pos.is_empty() {
+        if !postings.position.is_empty() {
             sqlx::query(
-                "INSERT INTO journal_postings (group_name, position, realm, account, asset, delta, ord)
-                 SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::int[])",
+                "INSERT INTO journal_postings (group_name, position, realm, account, asset, delta, ord,
+                                               tx_id, ts_us, system, kind)
+                 SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                                          $7::int[], $8::text[], $9::bigint[], $10::text[], $11::text[])",
             )
             .bind(&self.group)
-            .bind(&p_pos)
-            .bind(&p_realm)
-            .bind(&p_acct)
-            .bind(&p_asset)
-            .bind(&p_delta)
-            .bind(&p_ord)
+            .bind(&postings.position)
+            .bind(&postings.realm)
+            .bind(&postings.account)
+            .bind(&postings.asset)
+            .bind(&postings.delta)
+            .bind(&postings.ord)
+            .bind(&postings.tx_id)
+            .bind(&postings.ts_us)
+            .bind(&postings.system)
+            .bind(&postings.kind)
             .execute(&mut **tx)
             .await?;
+            postings.upsert_rollups(&self.group, tx).await?;
         }
         Ok(())
     }

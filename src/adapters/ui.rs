@@ -18,7 +18,7 @@ use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::adapters::journal::{FindingFilter, FindingRow, Journal, account_report, item_report};
+use crate::adapters::journal::{AccountQuery, FindingFilter, FindingRow, Journal, item_report};
 use crate::core::provenance::fmt_ts_us as ts;
 
 const CSS: &str = include_str!("ui/app.css");
@@ -26,7 +26,7 @@ const JS: &str = include_str!("ui/app.js");
 /// Findings per console page.
 const PAGE_SIZE: i64 = 50;
 /// Balance-history rows an account page shows (the newest); the CLI's JSON has all.
-const HISTORY_ROWS_MAX: usize = 500;
+const HISTORY_ROWS_MAX: i64 = 500;
 /// Longest id, filter value or form field the console accepts (events-v1 ids are far
 /// shorter); anything longer is refused before it reaches PostgreSQL.
 const FIELD_BYTES_MAX: usize = 512;
@@ -470,29 +470,35 @@ async fn account_page(State(ui): State<Arc<Ui>>, Query(q): Query<IdQuery>) -> Pa
     check_len("the account id", &q.id)?;
     let realm = empty_none(&q.realm);
     let asset = empty_none(&q.asset);
-    let t = account_report(&ui.journal, realm.as_deref(), &q.id, asset.as_deref(), 10)
+    let t = ui
+        .journal
+        .account(&AccountQuery {
+            realm: realm.as_deref(),
+            asset: asset.as_deref(),
+            history: HISTORY_ROWS_MAX,
+            counterparties: 50,
+            ..AccountQuery::new(&q.id)
+        })
         .await
         .map_err(internal)?;
-    if t.history.is_empty() {
+    if t.postings == 0 {
         return Err(error(
             StatusCode::NOT_FOUND,
             format!("account {} has no postings in the journal", q.id),
         ));
     }
-    let skip = t.history.len().saturating_sub(HISTORY_ROWS_MAX);
     let body = html! {
-        p.summary #balances { (t.history.len()) " postings · balances: "
-            @for (a, b) in &t.balances { span.balance { (b) " " (a) } " " } }
-        @for &i in &t.below_zero {
-            @let p = &t.history[i];
+        p.summary #balances { (t.postings) " postings · balances: "
+            @for b in &t.balances { span.balance { (b.balance) " " (b.asset) " (" (b.realm) ")" } " " } }
+        @for p in &t.below_zero {
             p.below-zero { "Below zero at " (p.row.tx_id) " (" (ts(p.row.ts_us)) "): " (format!("{:+}", p.row.delta)) " " (p.row.asset) " → " (p.balance) }
         }
-        h2 { "Balance history" @if skip > 0 { " (newest " (HISTORY_ROWS_MAX) ")" } }
+        h2 { "Balance history" @if (t.history.len() as u64) < t.postings { " (newest " (t.history.len()) " of " (t.postings) ")" } }
         table #history {
             thead { tr { th { "ts" } th { "tx" } th { "system" } th { "kind" } th { "asset" } th { "delta" } th { "balance" } } }
             tbody {
-                @for (i, p) in t.history.iter().enumerate().skip(skip) {
-                    tr class=[t.below_zero.contains(&i).then_some("fork")] {
+                @for p in &t.history {
+                    tr class=[t.crossed_at(&p.row).then_some("fork")] {
                         td { (ts(p.row.ts_us)) } td { (p.row.tx_id) } td { (p.row.system) } td { (p.row.kind) }
                         td { (p.row.asset) } td.num { (format!("{:+}", p.row.delta)) } td.num { (p.balance) }
                     }
@@ -500,13 +506,13 @@ async fn account_page(State(ui): State<Arc<Ui>>, Query(q): Query<IdQuery>) -> Pa
             }
         }
         h2 { "Largest inflows" }
-        table { tbody { @for &i in &t.largest_inflows { @let p = &t.history[i];
-            tr { td { (ts(p.row.ts_us)) } td { (p.row.tx_id) } td { (p.row.kind) } td { (p.row.asset) } td.num { (p.row.delta) } } } } }
-        h2 { "Counterparties" }
+        table { tbody { @for p in &t.largest_inflows {
+            tr { td { (ts(p.ts_us)) } td { (p.tx_id) } td { (p.kind) } td { (p.asset) } td.num { (p.delta) } } } } }
+        h2 { "Counterparties" @if (t.counterparties.len() as u64) < t.counterparties_total { " (top " (t.counterparties.len()) " of " (t.counterparties_total) ")" } }
         table #counterparties {
-            thead { tr { th { "account" } th { "asset" } th { "received from" } th { "sent to" } th { "transactions" } } }
-            tbody { @for c in t.counterparties.iter().take(50) {
-                tr { td { a href=(account_url(realm.as_deref().unwrap_or(""), &c.account)) { (c.account) } } td { (c.asset) } td.num { (c.received) } td.num { (c.sent) } td.num { (c.transactions) } }
+            thead { tr { th { "account" } th { "realm" } th { "asset" } th { "received from" } th { "sent to" } th { "transactions" } } }
+            tbody { @for c in &t.counterparties {
+                tr { td { a href=(account_url(&c.realm, &c.account)) { (c.account) } } td { (c.realm) } td { (c.asset) } td.num { (c.received) } td.num { (c.sent) } td.num { (c.transactions) } }
             } }
         }
     };

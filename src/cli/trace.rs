@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 
-use crate::adapters::journal::{ItemReport, Journal, account_report, item_report};
+use crate::adapters::journal::{AccountQuery, ItemReport, Journal, item_report};
 use crate::core::provenance::fmt_ts_us as ts;
 use crate::core::provenance::{self, AccountTrace};
 use crate::daemon::config::Config;
@@ -128,10 +128,15 @@ pub struct AccountArgs {
     pub asset: Option<String>,
     /// How many of the largest inflows to show.
     #[arg(long, default_value_t = 10)]
-    pub top: usize,
-    /// Show at most this many history rows in the table (all in JSON).
+    pub top: i64,
+    /// How many of the newest postings to list, with their running balance (at most
+    /// 1,000,000; balances, crossings and counterparties always cover the whole
+    /// history).
     #[arg(long, default_value_t = 50)]
-    pub history_rows: usize,
+    pub history_rows: i64,
+    /// How many counterparties to list, largest volume first.
+    #[arg(long, default_value_t = 20)]
+    pub counterparties: i64,
     #[arg(long, value_enum, default_value_t = TraceFormat::Table)]
     pub format: TraceFormat,
 }
@@ -165,15 +170,17 @@ pub fn run(args: TraceArgs) -> anyhow::Result<std::process::ExitCode> {
                 }
             }
             TraceWhat::Account(a) => {
-                let t = account_report(
-                    &j,
-                    a.realm.as_deref(),
-                    &a.account,
-                    a.asset.as_deref(),
-                    a.top,
-                )
-                .await?;
-                if t.history.is_empty() {
+                let t = j
+                    .account(&AccountQuery {
+                        account: &a.account,
+                        realm: a.realm.as_deref(),
+                        asset: a.asset.as_deref(),
+                        history: a.history_rows,
+                        top: a.top,
+                        counterparties: a.counterparties,
+                    })
+                    .await?;
+                if t.postings == 0 {
                     anyhow::bail!(
                         "account `{}` has no postings in the journal of group `{}`",
                         a.account,
@@ -190,7 +197,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<std::process::ExitCode> {
                             "--format dot draws an item's copy tree; use table or json for accounts"
                         )
                     }
-                    TraceFormat::Table => write!(out, "{}", account_table(&t, a.history_rows))?,
+                    TraceFormat::Table => write!(out, "{}", account_table(&t))?,
                 }
             }
         }
@@ -328,22 +335,21 @@ pub fn item_table(r: &ItemReport) -> String {
     s
 }
 
-pub fn account_table(t: &AccountTrace, history_rows: usize) -> String {
+pub fn account_table(t: &AccountTrace) -> String {
     let mut s = format!(
         "account {}: {} postings; balances from the journal: {}\n",
         t.account,
-        t.history.len(),
+        t.postings,
         t.balances
             .iter()
-            .map(|(a, b)| format!("{b} {a}"))
+            .map(|b| format!("{} {} ({})", b.balance, b.asset, b.realm))
             .collect::<Vec<_>>()
             .join(", ")
     );
     if t.below_zero.is_empty() {
-        s.push_str("never below zero\n");
+        s.push_str("never below zero (the engine raised no balance.overdraft)\n");
     }
-    for &i in &t.below_zero {
-        let p = &t.history[i];
+    for p in &t.below_zero {
         s.push_str(&format!(
             "BELOW ZERO: {} at {} ({} {}): {:+} {} → balance {}\n",
             p.row.tx_id,
@@ -357,9 +363,8 @@ pub fn account_table(t: &AccountTrace, history_rows: usize) -> String {
     }
     let mut h = table();
     h.set_header(["ts", "tx_id", "system", "kind", "asset", "delta", "balance"]);
-    let skip = t.history.len().saturating_sub(history_rows);
-    for (i, p) in t.history.iter().enumerate().skip(skip) {
-        let mark = if t.below_zero.contains(&i) {
+    for p in &t.history {
+        let mark = if t.crossed_at(&p.row) {
             " ◀ below 0"
         } else {
             ""
@@ -375,34 +380,35 @@ pub fn account_table(t: &AccountTrace, history_rows: usize) -> String {
         ]);
     }
     s.push_str(&format!(
-        "\nhistory (last {} of {})\n{h}\n",
-        t.history.len() - skip,
-        t.history.len()
+        "\nhistory (newest {} of {}; --history-rows for more)\n{h}\n",
+        t.history.len(),
+        t.postings
     ));
     let mut inf = table();
     inf.set_header(["ts", "tx_id", "kind", "asset", "amount"]);
-    for &i in &t.largest_inflows {
-        let p = &t.history[i];
+    for p in &t.largest_inflows {
         inf.add_row([
-            ts(p.row.ts_us),
-            p.row.tx_id.clone(),
-            p.row.kind.clone(),
-            p.row.asset.clone(),
-            p.row.delta.to_string(),
+            ts(p.ts_us),
+            p.tx_id.clone(),
+            p.kind.clone(),
+            p.asset.clone(),
+            p.delta.to_string(),
         ]);
     }
     s.push_str(&format!("\nlargest inflows\n{inf}\n"));
     let mut cp = table();
     cp.set_header([
         "counterparty",
+        "realm",
         "asset",
         "received from",
         "sent to",
         "transactions",
     ]);
-    for c in t.counterparties.iter().take(20) {
+    for c in &t.counterparties {
         cp.add_row([
             c.account.clone(),
+            c.realm.clone(),
             c.asset.clone(),
             c.received.to_string(),
             c.sent.to_string(),
@@ -411,8 +417,8 @@ pub fn account_table(t: &AccountTrace, history_rows: usize) -> String {
     }
     s.push_str(&format!(
         "\ncounterparties (top {} of {})\n{cp}\n",
-        t.counterparties.len().min(20),
-        t.counterparties.len()
+        t.counterparties.len(),
+        t.counterparties_total
     ));
     s
 }

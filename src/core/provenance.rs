@@ -118,6 +118,36 @@ impl ItemTrace {
     pub fn live_copies(&self) -> impl Iterator<Item = &Copy> {
         self.copies.iter().filter(|c| !c.burned)
     }
+
+    /// Journal positions of the taint's transactions (what copies were traded for is
+    /// in their postings).
+    pub fn taint_positions(&self) -> Vec<i64> {
+        let mut p: Vec<i64> = self
+            .taint
+            .iter()
+            .map(|t| self.steps[t.step].position)
+            .collect();
+        p.sort_unstable();
+        p.dedup();
+        p
+    }
+
+    /// Gives each taint entry the postings of its transaction.
+    pub fn attach_postings(&mut self, postings: &[OtherPosting]) {
+        let mut by_tx: BTreeMap<&str, Vec<Leg>> = BTreeMap::new();
+        for p in postings {
+            by_tx.entry(p.tx_id.as_str()).or_default().push((
+                p.account.clone(),
+                p.asset.clone(),
+                p.delta,
+            ));
+        }
+        for t in &mut self.taint {
+            if let Some(legs) = by_tx.get(t.tx_id.as_str()) {
+                t.postings.clone_from(legs);
+            }
+        }
+    }
 }
 
 /// `world:` locations mint and burn (events-v1).
@@ -131,12 +161,9 @@ pub fn owner(loc: &str) -> &str {
 }
 
 /// Builds the copy tree. `steps` must be in applied order (`ts`, then position);
-/// `postings_of(tx_id)` gives the postings of a transaction for the taint.
-pub fn trace_item(
-    item: &str,
-    steps: Vec<ItemStep>,
-    postings_of: &dyn Fn(&str) -> Vec<Leg>,
-) -> ItemTrace {
+/// The taint's postings are left empty: [`ItemTrace::taint_positions`] says which
+/// transactions to read them from, [`ItemTrace::attach_postings`] fills them in.
+pub fn trace_item(item: &str, steps: Vec<ItemStep>) -> ItemTrace {
     let mut copies: Vec<Copy> = Vec::new();
     let mut forks = Vec::new();
     let mut step_copy = Vec::with_capacity(steps.len());
@@ -210,7 +237,7 @@ pub fn trace_item(
                 copy: step_copy[i],
                 receiver: to.to_string(),
                 from_owner: from.to_string(),
-                postings: postings_of(&s.tx_id),
+                postings: Vec::new(),
             });
         }
     }
@@ -239,8 +266,14 @@ pub fn fmt_ts_us(us: i64) -> String {
 }
 
 // ----- accounts ---------------------------------------------------------------------
+//
+// An account can have 100,000s of postings, so its trace never reads them all: the
+// daemon rolls up each account's totals and counterparties as it journals (the pure
+// part is [`counterparties`], per transaction), and `adapters::journal` reads the
+// rollups plus the newest postings. Where the account crossed below zero is what the
+// engine raised: its `balance.overdraft` findings (one per crossing, in applied order).
 
-/// One posting to the traced account, with the transaction's other postings.
+/// One posting to the traced account.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PostingRow {
     pub position: i64,
@@ -256,13 +289,25 @@ pub struct PostingRow {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BalancePoint {
     pub row: PostingRow,
-    /// The balance of `row.asset` after this posting (i128: a sum of i64 deltas).
+    /// The balance of `row.asset` in `row.realm` after this posting (i128: a sum of
+    /// i64 deltas).
     #[serde(serialize_with = "ser_i128")]
     pub balance: i128,
 }
 
+/// The journal's final balance of one asset in one realm.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AssetBalance {
+    pub realm: String,
+    pub asset: String,
+    #[serde(serialize_with = "ser_i128")]
+    pub balance: i128,
+    pub postings: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Counterparty {
+    pub realm: String,
     pub account: String,
     pub asset: String,
     /// Sum of what the traced account received in transactions with this party.
@@ -274,31 +319,41 @@ pub struct Counterparty {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AccountTrace {
     pub account: String,
-    /// Balance history in applied order, running total per asset.
+    /// Every posting the journal holds for the account (and asset, if asked).
+    pub postings: u64,
+    /// Final balance per realm and asset.
+    pub balances: Vec<AssetBalance>,
+    /// The newest postings (as many as asked), in applied order, with the running
+    /// balance of their realm and asset computed over the whole history.
     pub history: Vec<BalancePoint>,
-    /// Final balance per asset.
-    #[serde(serialize_with = "ser_balances")]
-    pub balances: BTreeMap<String, i128>,
-    /// Indexes into `history` where an asset's balance went from ≥ 0 to < 0.
-    pub below_zero: Vec<usize>,
-    /// Indexes into `history` of the largest positive postings, largest first.
-    pub largest_inflows: Vec<usize>,
-    /// Largest first by total volume.
+    /// Postings where a balance went from ≥ 0 to < 0, in applied order: the engine's
+    /// `balance.overdraft` findings (`world:` accounts may go negative and have none;
+    /// at most [`CROSSINGS_MAX`]).
+    pub below_zero: Vec<BalancePoint>,
+    /// The largest positive postings, largest first.
+    pub largest_inflows: Vec<PostingRow>,
+    /// Largest first by total volume (at most as many as asked).
     pub counterparties: Vec<Counterparty>,
+    /// How many (account, asset) counterparties there are in all.
+    pub counterparties_total: u64,
 }
+
+impl AccountTrace {
+    /// Whether `row` is one of the below-zero crossings.
+    pub fn crossed_at(&self, row: &PostingRow) -> bool {
+        self.below_zero.iter().any(|z| {
+            (z.row.position, &z.row.tx_id, &z.row.asset) == (row.position, &row.tx_id, &row.asset)
+        })
+    }
+}
+
+/// At most this many below-zero crossings are listed (an account that crosses more
+/// often is a finding of its own; the first ones are what an investigator needs).
+pub const CROSSINGS_MAX: i64 = 1_000;
 
 fn ser_i128<S: serde::Serializer>(v: &i128, s: S) -> Result<S::Ok, S::Error> {
     // JSON numbers lose precision past 2^53 in most readers: say it as a string.
     s.serialize_str(&v.to_string())
-}
-
-fn ser_balances<S: serde::Serializer>(v: &BTreeMap<String, i128>, s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    let mut m = s.serialize_map(Some(v.len()))?;
-    for (k, b) in v {
-        m.serialize_entry(k, &b.to_string())?;
-    }
-    m.end()
 }
 
 /// A counterparty posting: in transaction `tx_id`, `account` moved `delta` of `asset`.
@@ -310,90 +365,52 @@ pub struct OtherPosting {
     pub delta: i64,
 }
 
-/// Running totals per asset, below-zero crossings, the `top` largest inflows and the
-/// counterparties (accounts posting the same asset with the opposite sign in the same
-/// transaction). `rows` must be in applied order.
-pub fn trace_account(
-    account: &str,
-    rows: Vec<PostingRow>,
-    others: &[OtherPosting],
-    top: usize,
-) -> AccountTrace {
-    let mut balances: BTreeMap<String, i128> = BTreeMap::new();
-    let mut history = Vec::with_capacity(rows.len());
-    let mut below_zero = Vec::new();
-    for row in rows {
-        let b = balances.entry(row.asset.clone()).or_insert(0);
-        let before = *b;
-        *b += i128::from(row.delta);
-        if before >= 0 && *b < 0 {
-            below_zero.push(history.len());
-        }
-        history.push(BalancePoint { balance: *b, row });
-    }
-    let mut inflows: Vec<usize> = (0..history.len())
-        .filter(|&i| history[i].row.delta > 0)
-        .collect();
-    inflows.sort_by(|&a, &b| {
-        history[b]
-            .row
-            .delta
-            .cmp(&history[a].row.delta)
-            .then(a.cmp(&b))
-    });
-    inflows.truncate(top);
+/// One counterparty relation in a transaction: `account` and `counterparty` moved
+/// `amount` of `asset` between them (> 0: `account` received it; < 0: sent it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterpartyLeg<'a> {
+    pub account: &'a str,
+    pub asset: &'a str,
+    pub counterparty: &'a str,
+    pub amount: i64,
+}
 
-    // Our net delta per (tx, asset), to know which side we were on.
-    let mut ours: BTreeMap<(&str, &str), i64> = BTreeMap::new();
-    for p in &history {
-        *ours
-            .entry((p.row.tx_id.as_str(), p.row.asset.as_str()))
-            .or_insert(0) += p.row.delta;
+/// A transaction's counterparties, from its postings `(account, asset, delta)`.
+///
+/// Each account's net change of each asset is compared with every other account's
+/// net change of that asset: when their signs are opposite, the two are counterparties
+/// and the amount between them is the smaller of the two nets (an auction buyer who
+/// pays 100 to a seller who nets 95 after a 5 fee: 95 between buyer and seller, 5
+/// between buyer and the fee account; the seller and the fee account are on the same
+/// side). Both directions are listed, in order of first appearance.
+pub fn counterparties(postings: &[(String, String, i64)]) -> Vec<CounterpartyLeg<'_>> {
+    let mut nets: Vec<(&str, &str, i128)> = Vec::new();
+    for (account, asset, delta) in postings {
+        match nets.iter_mut().find(|(a, s, _)| a == account && s == asset) {
+            Some(n) => n.2 += i128::from(*delta),
+            None => nets.push((account, asset, i128::from(*delta))),
+        }
     }
-    let mut parties: BTreeMap<(String, String), Counterparty> = BTreeMap::new();
-    for o in others {
-        if o.account == account {
-            continue;
-        }
-        let Some(&mine) = ours.get(&(o.tx_id.as_str(), o.asset.as_str())) else {
-            continue;
-        };
-        if mine == 0 || o.delta == 0 || (mine > 0) == (o.delta > 0) {
-            continue; // same side: not our counterparty in this asset
-        }
-        let c = parties
-            .entry((o.account.clone(), o.asset.clone()))
-            .or_insert_with(|| Counterparty {
-                account: o.account.clone(),
-                asset: o.asset.clone(),
-                received: 0,
-                sent: 0,
-                transactions: 0,
+    let mut out = Vec::new();
+    for &(account, asset, mine) in &nets {
+        for &(other, other_asset, theirs) in &nets {
+            if other == account || other_asset != asset || mine == 0 || theirs == 0 {
+                continue;
+            }
+            if (mine > 0) == (theirs > 0) {
+                continue; // same side
+            }
+            let amount =
+                i64::try_from(mine.unsigned_abs().min(theirs.unsigned_abs())).unwrap_or(i64::MAX);
+            out.push(CounterpartyLeg {
+                account,
+                asset,
+                counterparty: other,
+                amount: if mine > 0 { amount } else { -amount },
             });
-        // What moved between us is bounded by both sides.
-        let amount = mine.unsigned_abs().min(o.delta.unsigned_abs());
-        let amount = i64::try_from(amount).unwrap_or(i64::MAX);
-        if mine > 0 {
-            c.received = c.received.saturating_add(amount);
-        } else {
-            c.sent = c.sent.saturating_add(amount);
         }
-        c.transactions += 1;
     }
-    let mut counterparties: Vec<Counterparty> = parties.into_values().collect();
-    counterparties.sort_by(|a, b| {
-        (b.received.saturating_add(b.sent))
-            .cmp(&a.received.saturating_add(a.sent))
-            .then_with(|| a.account.cmp(&b.account))
-    });
-    AccountTrace {
-        account: account.to_string(),
-        history,
-        balances,
-        below_zero,
-        largest_inflows: inflows,
-        counterparties,
-    }
+    out
 }
 
 /// Graphviz `dot` of the copy tree: one node per copy (where it is now), an edge per
@@ -463,10 +480,6 @@ mod tests {
         }
     }
 
-    fn none(_: &str) -> Vec<Leg> {
-        Vec::new()
-    }
-
     #[test]
     fn clean_history_has_one_copy_and_no_fork() {
         let t = trace_item(
@@ -476,7 +489,6 @@ mod tests {
                 step(2, "t2", "player:1/bag", "mail:1"),
                 step(3, "t3", "mail:1", "player:2/bag"),
             ],
-            &none,
         );
         assert_eq!(t.copies.len(), 1);
         assert!(t.forks.is_empty());
@@ -486,7 +498,7 @@ mod tests {
 
     #[test]
     fn double_mint_forks_at_the_second_mint() {
-        let t = trace_item(
+        let mut t = trace_item(
             "i",
             vec![
                 step(1, "t1", "world:loot", "player:1/bag"),
@@ -494,14 +506,14 @@ mod tests {
                 step(3, "t3", "player:2/bag", "trade:9"),
                 step(4, "t4", "trade:9", "player:3/bag"),
             ],
-            &|tx| {
-                if tx == "t4" {
-                    vec![("player:3".into(), "gold".into(), -50)]
-                } else {
-                    vec![]
-                }
-            },
         );
+        assert_eq!(t.taint_positions(), [2, 3, 4]);
+        t.attach_postings(&[OtherPosting {
+            tx_id: "t4".into(),
+            account: "player:3".into(),
+            asset: "gold".into(),
+            delta: -50,
+        }]);
         let f = t.fork_point().expect("a fork");
         assert_eq!(
             (f.tx_id.as_str(), f.kind, f.parent, f.copy),
@@ -512,6 +524,7 @@ mod tests {
         let receivers: Vec<&str> = t.taint.iter().map(|x| x.receiver.as_str()).collect();
         assert_eq!(receivers, ["player:2", "trade:9", "player:3"]);
         assert_eq!(t.taint[2].postings.len(), 1);
+        assert!(t.taint[0].postings.is_empty());
     }
 
     #[test]
@@ -524,7 +537,6 @@ mod tests {
                 step(3, "t3", "mail:1", "player:2/bag"),
                 step(4, "t4", "mail:1", "player:2/bag"),
             ],
-            &none,
         );
         let f = t.fork_point().expect("a fork");
         assert_eq!((f.tx_id.as_str(), f.kind), ("t4", ForkKind::SecondRelease));
@@ -540,7 +552,6 @@ mod tests {
                 step(2, "t2", "player:1/bag", "world:vendor"),
                 step(3, "t3", "player:1/bag", "player:1/equipped"),
             ],
-            &none,
         );
         let f = t.fork_point().expect("a fork");
         assert_eq!(
@@ -553,65 +564,45 @@ mod tests {
 
     #[test]
     fn unrecorded_origin_is_not_a_fork() {
-        let t = trace_item(
-            "i",
-            vec![step(1, "t1", "player:1/bag", "player:1/bank")],
-            &none,
-        );
+        let t = trace_item("i", vec![step(1, "t1", "player:1/bag", "player:1/bank")]);
         assert!(t.forks.is_empty());
         assert_eq!(t.copies.len(), 1);
     }
 
-    fn prow(pos: i64, tx: &str, asset: &str, delta: i64) -> PostingRow {
-        PostingRow {
-            position: pos,
-            tx_id: tx.into(),
-            realm: "r".into(),
-            system: "s".into(),
-            kind: "k".into(),
-            ts_us: pos,
-            asset: asset.into(),
-            delta,
-        }
+    fn leg(a: &str, asset: &str, d: i64) -> (String, String, i64) {
+        (a.into(), asset.into(), d)
     }
 
     #[test]
-    fn account_running_totals_crossings_inflows_and_counterparties() {
-        let rows = vec![
-            prow(1, "t1", "gold", 100),
-            prow(2, "t2", "gold", -150),
-            prow(3, "t3", "gems", 5),
-            prow(4, "t4", "gold", 500),
-            prow(5, "t5", "gold", -600),
+    fn counterparties_are_the_opposite_side_of_each_accounts_net() {
+        // An auction sale: the buyer pays, the seller gets the price and pays the fee.
+        let legs = vec![
+            leg("player:buyer", "gold", -100),
+            leg("player:seller", "gold", 100),
+            leg("player:seller", "gold", -5),
+            leg("world:auction_fee", "gold", 5),
+            leg("player:buyer", "gems", 1),
+            leg("world:loot", "gems", -1),
         ];
-        let o = |tx: &str, a: &str, asset: &str, d: i64| OtherPosting {
-            tx_id: tx.into(),
-            account: a.into(),
-            asset: asset.into(),
-            delta: d,
-        };
-        let others = vec![
-            o("t1", "world:loot", "gold", -100),
-            o("t2", "player:2", "gold", 150),
-            o("t4", "player:2", "gold", -500),
-            o("t5", "world:vendor", "gold", 600),
-            o("t5", "player:9", "gold", -3), // same side as nobody: not a counterparty
-            o("t3", "player:1", "gems", 5),  // same sign as ours: not a counterparty
-        ];
-        let t = trace_account("player:1", rows, &others, 2);
-        let bal: Vec<i128> = t.history.iter().map(|p| p.balance).collect();
-        assert_eq!(bal, [100, -50, 5, 450, -150]);
-        assert_eq!(t.below_zero, [1, 4]);
-        assert_eq!(t.largest_inflows, [3, 0]);
-        assert_eq!(t.balances["gold"], -150);
-        let p2 = t
-            .counterparties
+        let pairs: Vec<(&str, &str, &str, i64)> = counterparties(&legs)
             .iter()
-            .find(|c| c.account == "player:2")
-            .unwrap();
-        assert_eq!((p2.received, p2.sent, p2.transactions), (500, 150, 2));
-        assert_eq!(t.counterparties[0].account, "player:2");
-        assert!(t.counterparties.iter().all(|c| c.account != "player:9"));
+            .map(|c| (c.account, c.asset, c.counterparty, c.amount))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                // The seller nets +95; the fee account is on the seller's side.
+                ("player:buyer", "gold", "player:seller", -95),
+                ("player:buyer", "gold", "world:auction_fee", -5),
+                ("player:seller", "gold", "player:buyer", 95),
+                ("world:auction_fee", "gold", "player:buyer", 5),
+                ("player:buyer", "gems", "world:loot", 1),
+                ("world:loot", "gems", "player:buyer", -1),
+            ]
+        );
+        // A transfer to oneself nets to zero: no counterparty.
+        let own = vec![leg("player:1", "gold", 7), leg("player:1", "gold", -7)];
+        assert!(counterparties(&own).is_empty());
     }
 
     #[test]
@@ -622,7 +613,6 @@ mod tests {
                 step(1, "t\"1", "world:loot", "player:1/bag"),
                 step(2, "t2", "world:loot", "player:2/bag"),
             ],
-            &none,
         );
         let d = to_dot(&t);
         assert!(d.starts_with("digraph \"a\\\"b\""), "{d}");
