@@ -83,6 +83,34 @@ async fn assert_same_as_uninterrupted(
     let want: BTreeSet<String> = expected.iter().map(|f| f.fingerprint.clone()).collect();
     assert_eq!(stored_fingerprints(db).await, want, "findings");
     assert_eq!(&durable_state(db, &bus.queue).await, state, "state");
+    // The support rollups were written exactly once too: they add up to the balances.
+    let nonzero = |b: &[(String, String, String, i128)]| -> Vec<(String, String, String, i128)> {
+        b.iter().filter(|x| x.3 != 0).cloned().collect()
+    };
+    assert_eq!(
+        nonzero(&rolled_up_balances(db, &bus.queue).await),
+        nonzero(&state.0),
+        "account_rollups"
+    );
+}
+
+/// (realm, account, asset, balance) from the support rollups, sorted.
+async fn rolled_up_balances(db: &TestDb, group: &str) -> Vec<(String, String, String, i128)> {
+    let mut c = db.connect().await;
+    let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT realm, account, asset, balance::text FROM account_rollups
+          WHERE group_name = $1 ORDER BY realm, account, asset",
+    )
+    .bind(group)
+    .fetch_all(&mut c)
+    .await
+    .expect("account_rollups");
+    let mut out: Vec<_> = rows
+        .into_iter()
+        .map(|(r, a, s, b)| (r, a, s, b.parse().expect("integer balance")))
+        .collect();
+    out.sort();
+    out
 }
 
 fn state_of(e: &assayer::core::engine::Engine) -> State {
