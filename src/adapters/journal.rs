@@ -335,7 +335,8 @@ impl Journal {
             return Ok(t);
         }
 
-        // The newest postings of each realm and asset, newest first.
+        // The newest postings of each realm and asset, newest first (the order the
+        // counting back below needs).
         let rows = bind(format!(
             "SELECT {POSTING} FROM account_rollups r
              CROSS JOIN LATERAL (
@@ -343,7 +344,8 @@ impl Journal {
                   WHERE p.group_name = r.group_name AND p.account = r.account
                     AND p.realm = r.realm AND p.asset = r.asset
                   ORDER BY p.ts_us DESC, p.position DESC, p.ord DESC LIMIT $5) p
-             WHERE {ROLLUPS}"
+             WHERE {ROLLUPS}
+             ORDER BY r.realm, r.asset, p.ts_us DESC, p.position DESC, p.ord DESC"
         ))
         .bind(q.history.clamp(0, TRACE_ROWS_MAX))
         .fetch_all(&self.pool)
