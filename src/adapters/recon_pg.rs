@@ -351,14 +351,14 @@ fn sql_netstring(col: &str) -> String {
     format!("coalesce(octet_length({col}) || ':' || {col} || ',', '~')")
 }
 
-/// The canonical key and row texts of a chunk row `c` (columns k0, k1, v).
+/// The canonical key text of a chunk row `c` (columns k0, k1, v) and the value's
+/// netstring that follows it in the row text.
 fn sql_texts(cols: &SummaryCols) -> (String, String) {
     let mut key = format!("'{}' || {}", cols.tag, sql_netstring("c.k0"));
     if cols.key_fields == 2 {
         key = format!("{key} || {}", sql_netstring("c.k1"));
     }
-    let row = format!("{key} || {}", sql_netstring("c.v"));
-    (key, row)
+    (key, sql_netstring("c.v"))
 }
 
 /// Big-endian integer of bytes `from..from+n` of a bytea (`get_byte` returns int4;
@@ -377,16 +377,14 @@ fn sql_be(bytes: &str, from: usize, n: usize, ty: &str) -> String {
         .join(" | ")
 }
 
-/// The bucket of a chunk row, from its key text (see `core::summary::bucket`).
-fn sql_bucket(key_text: &str, depth: u8) -> String {
+/// The bucket of a row from its key hash `kh` = `sha256(key text)` (see
+/// `core::summary::bucket`). `kh` must be a column computed below an `OFFSET 0`
+/// fence: PostgreSQL does not share repeated calls, and an inlined expression would
+/// hash the key once per byte read.
+fn sql_bucket(kh: &str, depth: u8) -> String {
     format!(
         "(({}) >> {})::int4",
-        sql_be(
-            &format!("sha256(convert_to({key_text}, 'UTF8'))"),
-            0,
-            4,
-            "int8"
-        ),
+        sql_be(kh, 0, 4, "int8"),
         32 - u32::from(depth)
     )
 }
@@ -532,8 +530,8 @@ impl PgStore {
     ) -> Result<ReadStats, ReadError> {
         let (q, _) = self.sql(space)?;
         let cols = summary_cols(space);
-        let (key_text, row_text) = sql_texts(&cols);
-        let bucket = sql_bucket(&key_text, depth);
+        let (key_text, value_text) = sql_texts(&cols);
+        let bucket = sql_bucket("h.kh", depth);
         let chunk_max = self.limits.summary_chunk_rows_max.max(1);
         let chunk_min = self.limits.chunk_rows_min.clamp(1, chunk_max);
         let mut chunk = self.limits.chunk_rows_max.clamp(chunk_min, chunk_max);
@@ -586,17 +584,21 @@ impl PgStore {
             match &mut pass {
                 Pass::Summarize { salt, out } => {
                     let sql = format!(
-                        // OFFSET 0 keeps the row hash computed once, not once per lane.
+                        // Each OFFSET 0 is a fence, so the texts are built once and each
+                        // hash computed once, not once per use.
                         "SELECT b, count(*)::int8, sum(l1)::int8, sum(l2)::int8 FROM (
                            SELECT {bucket} AS b, {l1} AS l1, {l2} AS l2 FROM (
-                             SELECT c.k0, c.k1, sha256(convert_to($1 || {row_text}, 'UTF8')) AS rh
-                               FROM (SELECT {k0} AS k0, {k1} AS k1, {v} AS v FROM ({q}) q
-                                      WHERE ({live}) AND {cond}) c
+                             SELECT sha256(convert_to(t.kt, 'UTF8')) AS kh,
+                                    sha256(convert_to($1 || t.kt || t.vt, 'UTF8')) AS rh
+                               FROM (SELECT {key_text} AS kt, {value_text} AS vt
+                                       FROM (SELECT {k0} AS k0, {k1} AS k1, {v} AS v FROM ({q}) q
+                                              WHERE ({live}) AND {cond}) c
+                                     OFFSET 0) t
                              OFFSET 0
-                           ) c
+                           ) h
                          ) x GROUP BY b",
-                        l1 = sql_be("c.rh", 0, 4, "int4"),
-                        l2 = sql_be("c.rh", 4, 4, "int4"),
+                        l1 = sql_be("h.rh", 0, 4, "int4"),
+                        l2 = sql_be("h.rh", 4, 4, "int4"),
                         k0 = cols.k0,
                         k1 = cols.k1,
                         v = cols.v,
@@ -629,14 +631,17 @@ impl PgStore {
                 }
                 Pass::Rows { buckets, on_rows } => {
                     let sel = match space {
-                        Space::Balances => "c.k0, c.k1, c.v",
-                        Space::Items => "c.k0, c.k1",
+                        Space::Balances => "h.k0, h.k1, h.v",
+                        Space::Items => "h.k0, h.k1",
                     };
                     let n_range = [range.after, range.until].iter().flatten().count() * 2;
                     let sql = format!(
-                        "SELECT {sel} FROM (SELECT {k0} AS k0, {k1} AS k1, {v} AS v FROM ({q}) q
-                                            WHERE ({live}) AND {cond}) c
-                          WHERE {bucket} = ANY(${arr}::int4[])",
+                        "SELECT {sel} FROM (
+                           SELECT c.*, sha256(convert_to({key_text}, 'UTF8')) AS kh
+                             FROM (SELECT {k0} AS k0, {k1} AS k1, {v} AS v FROM ({q}) q
+                                    WHERE ({live}) AND {cond}) c
+                           OFFSET 0
+                         ) h WHERE {bucket} = ANY(${arr}::int4[])",
                         k0 = cols.k0,
                         k1 = cols.k1,
                         v = cols.v,
