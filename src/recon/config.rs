@@ -67,9 +67,10 @@ pub mod defaults {
     /// 100,000 rows of ~60 bytes is ~6 MB per chunk: bounded memory.
     pub const CHUNK_ROWS_MAX: i64 = 100_000;
     /// A summary chunk ships at most 2^tree_depth rows however many it reads, so long
-    /// chunks are what keep it cheap on the wire; 1 s leaves a 5x margin under
-    /// `STATEMENT_TIMEOUT_MS` for a chunk that runs slower than the last.
-    pub const SUMMARY_TARGET_QUERY_MS: u64 = 1_000;
+    /// chunks are what keep it cheap on the wire (at 1 s, 1,000,000 rows took 8 chunks
+    /// and moved 1.05% of a pull's bytes; at 2 s, half that: docs/benchmarks.md); 2 s
+    /// leaves a 2.5x margin under `STATEMENT_TIMEOUT_MS` for a chunk slower than the last.
+    pub const SUMMARY_TARGET_QUERY_MS: u64 = 2_000;
     /// PostgreSQL holds only the 2^tree_depth groups of a summary chunk in memory,
     /// whatever its size, so this bounds time, not memory: at the 1–5 µs a row
     /// PostgreSQL spends hashing (docs/benchmarks.md) a million rows stay under
