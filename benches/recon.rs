@@ -6,6 +6,13 @@
 //! differences (10 changed, 5 deleted, 5 inserted) is reconciled with `recon::run`.
 //! Prints time, rows/s, bytes read, queries, differences found, peak RSS, and the ratio
 //! to each baseline. Needs PostgreSQL at 127.0.0.1:5432 (creates and drops its database).
+//!
+//! Summary mode (PostgreSQL computes the bucket digests) runs on the same table twice:
+//! unchanged (before the differences are planted), where its bytes are compared with
+//! pull mode's on the same unchanged table (target < 1%), and with the 20 differences,
+//! which it must find exactly. Both modes use `tree_depth` = log2(ROWS / 1000) (the
+//! docs' "~rows/1000 leaves"); the unchanged summary is also run at the default depth
+//! 12 for comparison.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -60,18 +67,22 @@ fn main() {
             .await
             .expect("create database");
         let url = format!("postgres://root@127.0.0.1:5432/{db}");
-        let found = bench(&url, rows).await;
+        let checks = bench(&url, rows).await;
         admin
             .execute(sqlx::AssertSqlSafe(format!(
                 "DROP DATABASE {db} WITH (FORCE)"
             )))
             .await
             .expect("drop database");
-        assert_eq!(found, 20, "every planted difference found, nothing else");
+        // Checked after the database is dropped, so a failure leaves nothing behind.
+        for (what, found, want) in checks {
+            assert_eq!(found, want, "{what}: differences found");
+        }
     });
 }
 
-async fn bench(url: &str, rows: i64) -> usize {
+/// Runs every measurement; returns (what, differences found, differences planted).
+async fn bench(url: &str, rows: i64) -> Vec<(&'static str, usize, usize)> {
     let mut c = PgConnection::connect(url).await.expect("connect");
     let t = Instant::now();
     c.execute(
@@ -98,6 +109,17 @@ async fn bench(url: &str, rows: i64) -> usize {
             i128::from((i * 7919) % 100_000 + 1),
         );
     }
+    let expected = Arc::new(Fixed(expected));
+    let depth = ((rows as f64 / 1000.0).log2().round() as i64).clamp(1, 20) as u8;
+
+    // Unchanged table: pull, then summary (at the docs' depth and the default).
+    let pull_clean = reconcile(url, &expected, Mode::Pull, depth).await;
+    let sum_clean = reconcile(url, &expected, Mode::Summary, depth).await;
+    let sum_clean_12 = reconcile(url, &expected, Mode::Summary, 12).await;
+    println!("recon bench: {rows} rows, tree_depth {depth}");
+    pull_clean.print("pull, unchanged", None);
+    sum_clean.print("summary, unchanged", Some(&pull_clean));
+    sum_clean_12.print("summary, unchanged, depth 12", Some(&pull_clean));
     // 20 differences: 10 changed, 5 deleted, 5 inserted.
     let step = rows / 21;
     for k in 1..=10 {
@@ -151,30 +173,14 @@ async fn bench(url: &str, rows: i64) -> usize {
     std::hint::black_box(acc);
     drop(sample);
 
-    // assayer.
-    let text = format!(
-        "[reconcile]\ngrace_ms = 0\nrecheck_rounds = 1\n\
-         [[store]]\nname = \"wallets\"\nsystem = \"economy\"\nrealm = \"r\"\nkind = \"postgres\"\n\
-         url = \"{url}\"\naccounts = [\"player:*\"]\n\
-         balances_query = \"SELECT account, asset, balance FROM wallets\"\n"
-    );
-    let config = Config::parse(&text, "bench.toml", |_| None).expect("config");
-    let source = Source::Live(Arc::new(Fixed(expected)));
-    let t = Instant::now();
-    let report = assayer::recon::run(&config, &ReconOptions::new(source))
-        .await
-        .expect("reconcile");
-    let secs = t.elapsed().as_secs_f64();
-    let rate = report.rows_compared as f64 / secs;
+    // assayer, 20 differences planted.
+    let pull = reconcile(url, &expected, Mode::Pull, depth).await;
+    let summ = reconcile(url, &expected, Mode::Summary, depth).await;
+    let rate = pull.rows as f64 / pull.secs;
     println!("recon bench: {rows} rows, 20 differences planted");
-    println!(
-        "  assayer:        {:.2} s, {:.0} rows/s, {} bytes read, {} queries, {} differences found",
-        secs,
-        rate,
-        report.bytes_read,
-        report.queries,
-        report.findings.len()
-    );
+    pull.print("pull", None);
+    summ.print("summary", Some(&pull));
+
     println!(
         "  raw COPY:       {:.2} s, {:.0} rows/s, {} bytes  (assayer / COPY rate = {:.2})",
         copy_s,
@@ -191,5 +197,71 @@ async fn bench(url: &str, rows: i64) -> usize {
         "  peak RSS:       {:.0} MiB (includes the expected state held in memory)",
         peak_rss_mib()
     );
-    report.findings.len()
+    vec![
+        ("pull, unchanged", pull_clean.found, 0),
+        ("summary, unchanged", sum_clean.found, 0),
+        ("summary, unchanged, depth 12", sum_clean_12.found, 0),
+        ("pull", pull.found, 20),
+        ("summary", summ.found, 20),
+    ]
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Pull,
+    Summary,
+}
+
+struct Run {
+    secs: f64,
+    rows: u64,
+    bytes: u64,
+    queries: u64,
+    found: usize,
+}
+
+impl Run {
+    fn print(&self, label: &str, vs: Option<&Run>) {
+        println!(
+            "  {:<30} {:>6.2} s, {:>9.0} rows/s, {:>10} bytes read, {:>4} queries, {} differences found{}",
+            format!("{label}:"),
+            self.secs,
+            self.rows as f64 / self.secs,
+            self.bytes,
+            self.queries,
+            self.found,
+            vs.map(|p| format!(
+                "  (bytes = {:.3}% of pull's, target < 1%; time {:.2}x pull's)",
+                100.0 * self.bytes as f64 / p.bytes as f64,
+                self.secs / p.secs
+            ))
+            .unwrap_or_default()
+        );
+    }
+}
+
+async fn reconcile(url: &str, expected: &Arc<Fixed>, mode: Mode, depth: u8) -> Run {
+    let mode = match mode {
+        Mode::Pull => "pull",
+        Mode::Summary => "summary",
+    };
+    let text = format!(
+        "[reconcile]\ngrace_ms = 0\nrecheck_rounds = 1\ntree_depth = {depth}\n\
+         [[store]]\nname = \"wallets\"\nsystem = \"economy\"\nrealm = \"r\"\nkind = \"postgres\"\n\
+         mode = \"{mode}\"\nurl = \"{url}\"\naccounts = [\"player:*\"]\n\
+         balances_query = \"SELECT account, asset, balance FROM wallets\"\n"
+    );
+    let config = Config::parse(&text, "bench.toml", |_| None).expect("config");
+    let source = Source::Live(expected.clone());
+    let t = Instant::now();
+    let report = assayer::recon::run(&config, &ReconOptions::new(source))
+        .await
+        .expect("reconcile");
+    Run {
+        secs: t.elapsed().as_secs_f64(),
+        rows: report.rows_compared,
+        bytes: report.bytes_read,
+        queries: report.queries,
+        found: report.findings.len(),
+    }
 }

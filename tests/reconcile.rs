@@ -482,6 +482,14 @@ fn store_config_mistakes_fail_at_startup() {
             "typo",
         ),
         ("[reconcile]\ntree_depth = 30\n", "tree_depth"),
+        (
+            "[[store]]\nname = \"a\"\nsystem = \"s\"\nrealm = \"r\"\nkind = \"redis\"\nurl = \"x\"\naccounts = [\"p:*\"]\nkey_prefix = \"k:\"\nmode = \"summary\"\n",
+            "summary",
+        ),
+        (
+            "[[store]]\nname = \"a\"\nsystem = \"s\"\nrealm = \"r\"\nkind = \"postgres\"\nurl = \"x\"\naccounts = [\"p:*\"]\nbalances_query = \"q\"\nmode = \"sumary\"\n",
+            "sumary",
+        ),
     ];
     for (text, needle) in bad {
         let err = Config::parse(text, "t.toml", |_| None).expect_err(text);
@@ -696,5 +704,257 @@ async fn sim_keeps_the_stores_in_step_while_publishing_and_plants_the_drift_it_l
     assert_eq!(
         got, want,
         "the stores were in step: only the planted drift differs"
+    );
+}
+
+/// The store readers' limits for the summary tests: tiny chunks, so a few dozen rows
+/// already take many key-range chunks (and duplicate keys meet chunk boundaries).
+fn tiny_chunks() -> assayer::adapters::recon_pg::ReadLimits {
+    assayer::adapters::recon_pg::ReadLimits {
+        statement_timeout: Duration::from_secs(5),
+        lock_timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(5),
+        concurrent_queries_max: 1,
+        target_query: Duration::from_millis(200),
+        chunk_rows_min: 1,
+        chunk_rows_max: 3,
+        summary_target_query: Duration::from_millis(200),
+        summary_chunk_rows_max: 3,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_summaries_equal_the_auditors_bit_for_bit_on_tricky_values() {
+    use assayer::adapters::recon_pg::PgStore;
+    use assayer::core::recon::Row;
+    use assayer::core::summary::{self, Salt};
+
+    let db = TestDb::create().await;
+    let mut c = db.connect().await;
+    sqlx::raw_sql(
+        "CREATE TABLE w (account TEXT, asset TEXT, balance NUMERIC);
+         CREATE TABLE i (item TEXT, location TEXT);",
+    )
+    .execute(&mut c)
+    .await
+    .expect("create");
+    let balances: Vec<Row> = vec![
+        Row::balance("", "gold", 1),
+        Row::balance("player:1", "", -1),
+        Row::balance("plåyer:ü", "🪙", 7),
+        Row::balance("a,b", "c", 2),
+        Row::balance("a", "b,c", 2),
+        Row::balance("3:x,", ":", 3),
+        Row::balance("~", "~,", 4),
+        Row::balance("min", "gold", i128::from(i64::MIN)),
+        Row::balance("max", "gold", i128::from(i64::MAX)),
+        Row::balance("huge", "gold", -(10_i128.pow(30))),
+        Row::balance("tab\tnew\nline", "'quote\"", 5),
+        Row::balance("back\\slash", "\\x41", 6),
+    ];
+    let items: Vec<Row> = vec![
+        Row::item("itm:1", "player:1/bag"),
+        // Two copies at one place: duplicate keys that a chunk boundary must not split.
+        Row::item("itm:2", "player:1/bag"),
+        Row::item("itm:2", "player:1/bag"),
+        Row::item("itm:2", "player:2/bank"),
+        Row::item("", ""),
+        Row::item("ïtem,é", "lo:c,~"),
+    ];
+    for r in &balances {
+        let (RowKey::Balance { account, asset }, Scalar::Int(v)) = (&r.key, &r.value) else {
+            unreachable!()
+        };
+        sqlx::query("INSERT INTO w VALUES ($1, $2, $3::numeric)")
+            .bind(account)
+            .bind(asset)
+            .bind(v.to_string())
+            .execute(&mut c)
+            .await
+            .expect("insert balance");
+    }
+    // A zero balance is no row, on both sides.
+    sqlx::query("INSERT INTO w VALUES ('zero', 'gold', 0)")
+        .execute(&mut c)
+        .await
+        .expect("insert zero");
+    for r in &items {
+        let (RowKey::Item { item }, Scalar::Str(l)) = (&r.key, &r.value) else {
+            unreachable!()
+        };
+        sqlx::query("INSERT INTO i VALUES ($1, $2)")
+            .bind(item)
+            .bind(l)
+            .execute(&mut c)
+            .await
+            .expect("insert item");
+    }
+    let pg = PgStore::connect(
+        "tricky",
+        &db.url,
+        Some("SELECT account, asset, balance FROM w".into()),
+        Some("SELECT item, location FROM i".into()),
+        tiny_chunks(),
+    )
+    .await
+    .expect("connect");
+    let salt = Salt::from_bytes(*b"0123456789abcdef");
+    for (space, rows) in [(Space::Balances, &balances), (Space::Items, &items)] {
+        for depth in [1u8, 6] {
+            let (theirs, st) = pg.summarize(space, depth, &salt).await.expect("summarize");
+            let ours = summary::expected_summaries(rows.clone(), depth, &salt);
+            assert_eq!(theirs, ours, "{space:?} at depth {depth}");
+            assert_eq!(st.rows, rows.len() as u64, "every live row summarised once");
+            assert!(st.queries > 4, "tiny chunks: {} queries", st.queries);
+            // Any single change shows: the same rows less one are not equal.
+            let fewer = summary::expected_summaries(rows[1..].to_vec(), depth, &salt);
+            assert_ne!(theirs, fewer);
+        }
+        // Pass 2 fetches exactly the rows of the asked buckets.
+        let depth = 3;
+        let mut want_buckets = vec![
+            summary::bucket(&rows[0].key, depth),
+            summary::bucket(&rows[3].key, depth),
+        ];
+        want_buckets.dedup();
+        let mut got = Vec::new();
+        pg.scan_buckets(space, depth, &want_buckets, |r| got.extend(r))
+            .await
+            .expect("scan buckets");
+        let set: std::collections::HashSet<usize> = want_buckets.iter().copied().collect();
+        let mut want: Vec<Row> = rows
+            .iter()
+            .filter(|r| summary::in_buckets(&r.key, depth, &set))
+            .cloned()
+            .collect();
+        want.sort();
+        got.sort();
+        assert!(!want.is_empty());
+        assert_eq!(got, want, "{space:?}");
+    }
+    // Another salt, other digests: what PostgreSQL sums is salted as the auditor's.
+    let other = Salt::from_bytes([9; 16]);
+    let (theirs, _) = pg
+        .summarize(Space::Balances, 6, &other)
+        .await
+        .expect("summarize");
+    assert_ne!(
+        theirs,
+        summary::expected_summaries(balances.clone(), 6, &salt)
+    );
+    assert_eq!(
+        theirs,
+        summary::expected_summaries(balances.clone(), 6, &other)
+    );
+
+    // A NULL is never skipped: its bucket differs, and the row pull names it.
+    sqlx::query("INSERT INTO w VALUES (NULL, 'gold', 5), ('nullbal', 'gold', NULL)")
+        .execute(&mut c)
+        .await
+        .expect("insert nulls");
+    let (theirs, st) = pg
+        .summarize(Space::Balances, 6, &salt)
+        .await
+        .expect("summarize");
+    assert_eq!(st.rows, balances.len() as u64 + 2);
+    let differing = summary::expected_summaries(balances.clone(), 6, &salt).diff(&theirs);
+    assert!(!differing.is_empty());
+    let err = pg
+        .scan_buckets(Space::Balances, 6, &differing, |_| {})
+        .await
+        .expect_err("a NULL column is an error");
+    assert!(err.to_string().contains("NULL"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn summary_mode_finds_exactly_the_drift_pull_mode_finds_and_moves_less() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::create().await;
+    let lines = world_lines(4_000, Noise::default());
+    let plan = [
+        (Drift::ValueChanged, 3),
+        (Drift::RowDeleted, 3),
+        (Drift::RowInserted, 2),
+        (Drift::RedisStale, 1),
+    ];
+    let planted = materialize(&db, &redis, &lines, &plan).await;
+    let events = write_events(&lines);
+    let pull_text = config_text(
+        &db.url,
+        &redis.prefix,
+        "grace_ms = 10\ntree_depth = 6",
+        None,
+    );
+    let summary_text = pull_text.replace(
+        "kind = \"postgres\"\n",
+        "kind = \"postgres\"\nmode = \"summary\"\n",
+    );
+    assert_eq!(
+        summary_text.matches("mode = \"summary\"").count(),
+        TABLES.len()
+    );
+    let run = |text: String| {
+        let events = events.0.clone();
+        async move {
+            recon::run(&parse(&text), &ReconOptions::new(Source::Events(events)))
+                .await
+                .expect("reconcile")
+        }
+    };
+    let pull = run(pull_text).await;
+    let summ = run(summary_text).await;
+    let found = |r: &recon::ReconReport| -> BTreeSet<String> {
+        r.findings
+            .iter()
+            .map(|f| {
+                json!([
+                    f.invariant.id(),
+                    f.evidence["store"],
+                    f.evidence["key"],
+                    f.evidence["expected"],
+                    f.evidence["actual"]
+                ])
+                .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(
+        found(&summ),
+        found(&pull),
+        "the same divergences, the same values"
+    );
+    assert_eq!(summ.findings.len(), planted.len());
+    assert_eq!(summ.rows_compared, pull.rows_compared);
+    let planted_in = |store: &str| planted.iter().filter(|p| p.store == store).count();
+    for (p, s) in pull.stores.iter().zip(&summ.stores) {
+        assert_eq!(p.store, s.store);
+        if s.store == "wallet_cache" {
+            assert_eq!(s.mode, assayer::recon::config::StoreMode::Pull);
+            continue;
+        }
+        assert_eq!(s.mode, assayer::recon::config::StoreMode::Summary);
+        // Equal data, equal summaries: a bucket differs only where drift was planted
+        // (an encoding mismatch would make every bucket differ).
+        assert!(
+            s.differing_leaves <= planted_in(&s.store),
+            "{}: {} differing buckets for {} planted",
+            s.store,
+            s.differing_leaves,
+            planted_in(&s.store)
+        );
+        assert_eq!(s.divergent_keys, planted_in(&s.store), "{}", s.store);
+    }
+    let pg_bytes = |r: &recon::ReconReport| -> u64 {
+        r.stores
+            .iter()
+            .filter(|s| s.store != "wallet_cache")
+            .map(|s| s.bytes_read)
+            .sum()
+    };
+    assert!(
+        pg_bytes(&summ) < pg_bytes(&pull),
+        "summary {} bytes, pull {} bytes",
+        pg_bytes(&summ),
+        pg_bytes(&pull)
     );
 }

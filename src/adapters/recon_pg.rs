@@ -10,6 +10,14 @@
 //! The store's queries are the operator's: `balances_query` must yield columns named
 //! `account, asset, balance`, `items_query` `item, location`. They are wrapped as a
 //! subquery, so filters and ordering by key reach the underlying table's index.
+//!
+//! Summary mode ([`PgStore::summarize`], [`PgStore::scan_buckets`]) has PostgreSQL
+//! compute the per-bucket digests of `core::summary` in SQL: the canonical text, the
+//! bucket and the lanes below must stay byte-identical to that module (the integration
+//! tests compare them on tricky values). Its chunks are key ranges: a cheap query finds
+//! the key `n` rows ahead (an index walk, nothing hashed), then the range up to and
+//! including it is summarised, so a chunk's time is bounded and duplicate keys never
+//! straddle two chunks.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -19,6 +27,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row as _, Transaction};
 
 use crate::core::recon::{Row, RowKey, Scalar, Space};
+use crate::core::summary::{BucketSummary, Salt, Summaries};
 use crate::core::time::Timestamp;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +62,9 @@ pub struct ReadLimits {
     pub target_query: Duration,
     pub chunk_rows_min: i64,
     pub chunk_rows_max: i64,
+    /// Summary mode: chunks adapt so one summary query takes about this long.
+    pub summary_target_query: Duration,
+    pub summary_chunk_rows_max: i64,
 }
 
 /// Counters of one store's reads.
@@ -293,6 +305,384 @@ impl PgStore {
         }
         out.sort();
         Ok((out, stats))
+    }
+}
+
+/// One key-space's columns in summary mode, as SQL over the operator's query `q`.
+struct SummaryCols {
+    /// The two key-ordering columns (the keyset), as text.
+    k0: &'static str,
+    k1: &'static str,
+    /// The value, as text (balances: the balance; items: the location).
+    v: &'static str,
+    /// Which rows exist (a zero balance and no row are the same state).
+    live: &'static str,
+    /// The type byte of the canonical text.
+    tag: &'static str,
+    /// Whether the key is (k0, k1) (balances) or k0 alone (items: k1 is the value).
+    key_fields: usize,
+}
+
+fn summary_cols(space: Space) -> SummaryCols {
+    match space {
+        Space::Balances => SummaryCols {
+            k0: "q.account::text",
+            k1: "q.asset::text",
+            v: "q.balance::text",
+            live: "q.balance IS DISTINCT FROM 0",
+            tag: "b",
+            key_fields: 2,
+        },
+        Space::Items => SummaryCols {
+            k0: "q.item::text",
+            k1: "q.location::text",
+            v: "q.location::text",
+            live: "true",
+            tag: "i",
+            key_fields: 1,
+        },
+    }
+}
+
+/// `core::summary`'s netstring of a text column: byte length, `:`, bytes, `,`; `~`
+/// for NULL (`||` with NULL is NULL). `octet_length` counts bytes of the server
+/// encoding, which [`PgStore::summarize`] checks is UTF8.
+fn sql_netstring(col: &str) -> String {
+    format!("coalesce(octet_length({col}) || ':' || {col} || ',', '~')")
+}
+
+/// The canonical key text of a chunk row `c` (columns k0, k1, v) and the value's
+/// netstring that follows it in the row text.
+fn sql_texts(cols: &SummaryCols) -> (String, String) {
+    let mut key = format!("'{}' || {}", cols.tag, sql_netstring("c.k0"));
+    if cols.key_fields == 2 {
+        key = format!("{key} || {}", sql_netstring("c.k1"));
+    }
+    (key, sql_netstring("c.v"))
+}
+
+/// Big-endian integer of bytes `from..from+n` of a bytea (`get_byte` returns int4;
+/// every shift parenthesised: `<<` and `|` share one precedence in PostgreSQL).
+fn sql_be(bytes: &str, from: usize, n: usize, ty: &str) -> String {
+    (from..from + n)
+        .map(|i| {
+            let shift = 8 * (from + n - 1 - i);
+            if shift == 0 {
+                format!("get_byte({bytes}, {i})::{ty}")
+            } else {
+                format!("(get_byte({bytes}, {i})::{ty} << {shift})")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// The bucket of a row from its key hash `kh` = `sha256(key text)` (see
+/// `core::summary::bucket`). `kh` must be a column computed below an `OFFSET 0`
+/// fence: PostgreSQL does not share repeated calls, and an inlined expression would
+/// hash the key once per byte read.
+fn sql_bucket(kh: &str, depth: u8) -> String {
+    format!(
+        "(({}) >> {})::int4",
+        sql_be(kh, 0, 4, "int8"),
+        32 - u32::from(depth)
+    )
+}
+
+/// A key range of one chunk: rows after `after` (exclusive) up to `until` (inclusive).
+/// Unbounded above, the range also takes rows with a NULL key (a keyset comparison
+/// with NULL is never true), so the last chunk surfaces them instead of skipping them.
+struct Range<'a> {
+    after: Option<&'a (String, String)>,
+    until: Option<&'a (String, String)>,
+}
+
+impl Range<'_> {
+    /// The WHERE condition, binding its keys from parameter `$first` on.
+    fn sql(&self, cols: &SummaryCols, first: usize) -> String {
+        let key = format!("({}, {})", cols.k0, cols.k1);
+        let mut n = first;
+        let mut param = || {
+            n += 2;
+            format!("(${}, ${})", n - 2, n - 1)
+        };
+        let lower = self.after.map(|_| format!("{key} > {}", param()));
+        let upper = self.until.map(|_| format!("{key} <= {}", param()));
+        match (lower, upper) {
+            (None, None) => "true".into(),
+            (Some(l), Some(u)) => format!("{l} AND {u}"),
+            (None, Some(u)) => u,
+            (Some(l), None) => format!("({l} OR {} IS NULL OR {} IS NULL)", cols.k0, cols.k1),
+        }
+    }
+
+    fn bind<'q>(
+        &self,
+        mut query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        for (a, b) in [self.after, self.until].into_iter().flatten() {
+            query = query.bind(a.clone()).bind(b.clone());
+        }
+        query
+    }
+}
+
+/// What a ranged pass does with each chunk.
+enum Pass<'a> {
+    /// Summarise every bucket (pass 1).
+    Summarize {
+        salt: &'a Salt,
+        out: &'a mut Summaries,
+    },
+    /// Fetch the rows of these buckets only (pass 2).
+    Rows {
+        buckets: &'a [i32],
+        on_rows: &'a mut (dyn FnMut(Vec<Row>) + Send),
+    },
+}
+
+impl PgStore {
+    /// Summary mode needs `octet_length` to count UTF-8 bytes.
+    async fn check_utf8(&self) -> Result<ReadStats, ReadError> {
+        let mut tx = self.begin().await?;
+        let enc: String = sqlx::query_scalar("SELECT current_setting('server_encoding')")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| self.query_err(e))?;
+        tx.rollback().await.map_err(|e| self.query_err(e))?;
+        if enc != "UTF8" {
+            return Err(ReadError::Data {
+                store: self.name.clone(),
+                message: format!(
+                    "summary mode needs a UTF8 database (this one is {enc}); use mode = \"pull\""
+                ),
+            });
+        }
+        Ok(ReadStats {
+            rows: 0,
+            bytes: enc.len() as u64,
+            queries: 1,
+        })
+    }
+
+    /// The per-bucket summaries of `space` (`core::summary`), computed by PostgreSQL in
+    /// key-range chunks; only the summaries cross the wire (≤ 2^depth rows a chunk).
+    /// `ReadStats::rows` counts the rows summarised.
+    pub async fn summarize(
+        &self,
+        space: Space,
+        depth: u8,
+        salt: &Salt,
+    ) -> Result<(Summaries, ReadStats), ReadError> {
+        let mut stats = self.check_utf8().await?;
+        let mut out = Summaries::new(depth);
+        stats.add(
+            self.ranged(
+                space,
+                depth,
+                Pass::Summarize {
+                    salt,
+                    out: &mut out,
+                },
+            )
+            .await?,
+        );
+        Ok((out, stats))
+    }
+
+    /// Streams the rows of `buckets` (summary buckets at `depth`) to `on_rows`: the
+    /// pull path restricted in SQL, so only those rows cross the wire.
+    pub async fn scan_buckets(
+        &self,
+        space: Space,
+        depth: u8,
+        buckets: &[usize],
+        mut on_rows: impl FnMut(Vec<Row>) + Send,
+    ) -> Result<ReadStats, ReadError> {
+        let buckets: Vec<i32> = buckets
+            .iter()
+            .map(|&b| {
+                i32::try_from(b).map_err(|_| ReadError::Data {
+                    store: self.name.clone(),
+                    message: format!("bucket {b} out of range"),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        self.ranged(
+            space,
+            depth,
+            Pass::Rows {
+                buckets: &buckets,
+                on_rows: &mut on_rows,
+            },
+        )
+        .await
+    }
+
+    /// Walks `space` in key-range chunks sized to `summary_target_query`, doing `pass`
+    /// on each: one read-only transaction per chunk holding the boundary query and the
+    /// pass's query.
+    async fn ranged(
+        &self,
+        space: Space,
+        depth: u8,
+        mut pass: Pass<'_>,
+    ) -> Result<ReadStats, ReadError> {
+        let (q, _) = self.sql(space)?;
+        let cols = summary_cols(space);
+        let (key_text, value_text) = sql_texts(&cols);
+        let bucket = sql_bucket("h.kh", depth);
+        let chunk_max = self.limits.summary_chunk_rows_max.max(1);
+        let chunk_min = self.limits.chunk_rows_min.clamp(1, chunk_max);
+        let mut chunk = self.limits.chunk_rows_max.clamp(chunk_min, chunk_max);
+        let mut stats = ReadStats::default();
+        let mut after: Option<(String, String)> = None;
+        loop {
+            let started = Instant::now();
+            let mut tx = self.begin().await?;
+            // The key `chunk` rows ahead: an index walk, nothing hashed.
+            let boundary_sql = format!(
+                "SELECT {k0}, {k1} FROM ({q}) q WHERE {cond} ORDER BY 1, 2 OFFSET $1 LIMIT 1",
+                k0 = cols.k0,
+                k1 = cols.k1,
+                // The boundary never needs NULL keys: those sort last and are taken
+                // by the final (unbounded) chunk.
+                cond = match &after {
+                    None => "true".to_string(),
+                    Some(_) => format!("({}, {}) > ($2, $3)", cols.k0, cols.k1),
+                },
+            );
+            let mut bq = sqlx::query(sqlx::AssertSqlSafe(boundary_sql)).bind(chunk - 1);
+            if let Some((a, b)) = &after {
+                bq = bq.bind(a.clone()).bind(b.clone());
+            }
+            let until: Option<(String, String)> = match bq
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| self.query_err(e))?
+            {
+                Some(r) => {
+                    let k0: Option<String> = r.try_get(0).map_err(|e| self.query_err(e))?;
+                    let k1: Option<String> = r.try_get(1).map_err(|e| self.query_err(e))?;
+                    match (k0, k1) {
+                        (Some(a), Some(b)) => {
+                            stats.bytes += (a.len() + b.len()) as u64;
+                            Some((a, b))
+                        }
+                        // The boundary reached the NULL keys at the end: the rest is
+                        // the final chunk.
+                        _ => None,
+                    }
+                }
+                None => None,
+            };
+            stats.queries += 1;
+            let range = Range {
+                after: after.as_ref(),
+                until: until.as_ref(),
+            };
+            match &mut pass {
+                Pass::Summarize { salt, out } => {
+                    let sql = format!(
+                        // Each OFFSET 0 is a fence, so the texts are built once and each
+                        // hash computed once, not once per use.
+                        "SELECT b, count(*)::int8, sum(l1)::int8, sum(l2)::int8 FROM (
+                           SELECT {bucket} AS b, {l1} AS l1, {l2} AS l2 FROM (
+                             SELECT sha256(convert_to(t.kt, 'UTF8')) AS kh,
+                                    sha256(convert_to($1 || t.kt || t.vt, 'UTF8')) AS rh
+                               FROM (SELECT {key_text} AS kt, {value_text} AS vt
+                                       FROM (SELECT {k0} AS k0, {k1} AS k1, {v} AS v FROM ({q}) q
+                                              WHERE ({live}) AND {cond}) c
+                                     OFFSET 0) t
+                             OFFSET 0
+                           ) h
+                         ) x GROUP BY b",
+                        l1 = sql_be("h.rh", 0, 4, "int4"),
+                        l2 = sql_be("h.rh", 4, 4, "int4"),
+                        k0 = cols.k0,
+                        k1 = cols.k1,
+                        v = cols.v,
+                        live = cols.live,
+                        cond = range.sql(&cols, 2),
+                    );
+                    let query = range.bind(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(salt.hex()));
+                    let rows = query
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(|e| self.query_err(e))?;
+                    let mut n = 0u64;
+                    for r in &rows {
+                        let b: i32 = r.try_get(0).map_err(|e| self.query_err(e))?;
+                        let s = BucketSummary {
+                            rows: r.try_get(1).map_err(|e| self.query_err(e))?,
+                            lane1: r.try_get(2).map_err(|e| self.query_err(e))?,
+                            lane2: r.try_get(3).map_err(|e| self.query_err(e))?,
+                        };
+                        n += s.rows.max(0) as u64;
+                        out.merge(i64::from(b), &s)
+                            .map_err(|message| ReadError::Data {
+                                store: self.name.clone(),
+                                message,
+                            })?;
+                        // bucket int4 + count and two sums, int8 each
+                        stats.bytes += 4 + 3 * 8;
+                    }
+                    stats.rows += n;
+                }
+                Pass::Rows { buckets, on_rows } => {
+                    let sel = match space {
+                        Space::Balances => "h.k0, h.k1, h.v",
+                        Space::Items => "h.k0, h.k1",
+                    };
+                    let n_range = [range.after, range.until].iter().flatten().count() * 2;
+                    let sql = format!(
+                        "SELECT {sel} FROM (
+                           SELECT c.*, sha256(convert_to({key_text}, 'UTF8')) AS kh
+                             FROM (SELECT {k0} AS k0, {k1} AS k1, {v} AS v FROM ({q}) q
+                                    WHERE ({live}) AND {cond}) c
+                           OFFSET 0
+                         ) h WHERE {bucket} = ANY(${arr}::int4[])",
+                        k0 = cols.k0,
+                        k1 = cols.k1,
+                        v = cols.v,
+                        live = cols.live,
+                        cond = range.sql(&cols, 1),
+                        arr = n_range + 1,
+                    );
+                    let query = range
+                        .bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+                        .bind(buckets.to_vec());
+                    let rows = query
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(|e| self.query_err(e))?;
+                    let mut page = Vec::with_capacity(rows.len());
+                    for r in &rows {
+                        if let Some(row) = self.decode(space, r)? {
+                            stats.bytes += row.wire_len() as u64;
+                            page.push(row);
+                        }
+                    }
+                    stats.rows += rows.len() as u64;
+                    on_rows(page);
+                }
+            }
+            tx.rollback().await.map_err(|e| self.query_err(e))?;
+            stats.queries += 1;
+            let Some(until) = until else {
+                break;
+            };
+            after = Some(until);
+            // Adapt as the pull does, to the summary target.
+            let took = started.elapsed();
+            let target = self.limits.summary_target_query.as_secs_f64();
+            let ratio = (target / took.as_secs_f64().max(1e-4)).clamp(0.25, 4.0);
+            chunk = ((chunk as f64 * ratio) as i64).clamp(chunk_min, chunk_max);
+            if took > self.limits.summary_target_query * 2 {
+                tokio::time::sleep(took).await;
+            }
+        }
+        Ok(stats)
     }
 }
 

@@ -97,6 +97,21 @@ pub fn run(args: ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
             .map(|id| format!(" (recon_runs.id {id})"))
             .unwrap_or_default()
     );
+    // Per store, so pull and summary mode's costs can be told apart.
+    for s in &report.stores {
+        eprintln!(
+            "  {} ({}): {} rows, {} bytes read, {} queries, {} differing buckets",
+            s.store,
+            match s.mode {
+                recon::config::StoreMode::Pull => "pull",
+                recon::config::StoreMode::Summary => "summary",
+            },
+            s.rows_compared,
+            s.bytes_read,
+            s.queries,
+            s.differing_leaves
+        );
+    }
     Ok(match report.outcome {
         Outcome::Clean => std::process::ExitCode::SUCCESS,
         Outcome::Divergent => std::process::ExitCode::from(2),

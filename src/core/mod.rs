@@ -11,5 +11,6 @@ pub mod policy;
 pub mod provenance;
 pub mod recon;
 pub mod sequencer;
+pub mod summary;
 pub mod time;
 pub mod verdict;

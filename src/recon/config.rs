@@ -19,6 +19,8 @@ pub struct RawReconcile {
     target_query_ms: Option<u64>,
     chunk_rows_min: Option<i64>,
     chunk_rows_max: Option<i64>,
+    summary_target_query_ms: Option<u64>,
+    summary_chunk_rows_max: Option<i64>,
     scan_count: Option<usize>,
     redis_timeout_ms: Option<u64>,
     grace_ms: Option<u64>,
@@ -45,6 +47,7 @@ pub struct RawStore {
     balances_query: Option<String>,
     items_query: Option<String>,
     key_prefix: Option<String>,
+    mode: Option<String>,
 }
 
 /// Defaults, each with where its number comes from.
@@ -63,6 +66,16 @@ pub mod defaults {
     pub const CHUNK_ROWS_MIN: i64 = 1_000;
     /// 100,000 rows of ~60 bytes is ~6 MB per chunk: bounded memory.
     pub const CHUNK_ROWS_MAX: i64 = 100_000;
+    /// A summary chunk ships at most 2^tree_depth rows however many it reads, so long
+    /// chunks are what keep it cheap on the wire (at 1 s, 1,000,000 rows took 8 chunks
+    /// and moved 1.05% of a pull's bytes; at 2 s, half that: docs/benchmarks.md); 2 s
+    /// leaves a 2.5x margin under `STATEMENT_TIMEOUT_MS` for a chunk slower than the last.
+    pub const SUMMARY_TARGET_QUERY_MS: u64 = 2_000;
+    /// PostgreSQL holds only the 2^tree_depth groups of a summary chunk in memory,
+    /// whatever its size, so this bounds time, not memory: at the 1–5 µs a row
+    /// PostgreSQL spends hashing (docs/benchmarks.md) a million rows stay under
+    /// `STATEMENT_TIMEOUT_MS` even when the target would let a chunk grow further.
+    pub const SUMMARY_CHUNK_ROWS_MAX: i64 = 1_000_000;
     /// Redis' own default SCAN hint is 10; a few hundred keeps each call well under a
     /// millisecond of server time while cutting round trips.
     pub const SCAN_COUNT: usize = 500;
@@ -92,6 +105,9 @@ pub struct ReconLimits {
     pub target_query: Duration,
     pub chunk_rows_min: i64,
     pub chunk_rows_max: i64,
+    #[serde(serialize_with = "ms")]
+    pub summary_target_query: Duration,
+    pub summary_chunk_rows_max: i64,
     pub scan_count: usize,
     #[serde(serialize_with = "ms")]
     pub redis_timeout: Duration,
@@ -124,6 +140,17 @@ pub enum StoreKind {
     Redis,
 }
 
+/// How a store is compared (docs/reconciliation.md, "Pull or summary").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreMode {
+    /// Rows are streamed to the auditor and digested there (every store kind).
+    Pull,
+    /// PostgreSQL computes per-bucket summaries (`core::summary`); only the rows of
+    /// differing buckets are pulled.
+    Summary,
+}
+
 /// A validated `[[store]]`.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreConfig {
@@ -131,6 +158,7 @@ pub struct StoreConfig {
     pub system: String,
     pub realm: String,
     pub kind: StoreKind,
+    pub mode: StoreMode,
     #[serde(serialize_with = "masked")]
     pub url: String,
     #[serde(skip)]
@@ -178,6 +206,15 @@ pub fn validate<E>(
             format!("must be between 1 and chunk_rows_max ({chunk_rows_max})"),
         ));
     }
+    let summary_chunk_rows_max = raw
+        .summary_chunk_rows_max
+        .unwrap_or(d::SUMMARY_CHUNK_ROWS_MAX);
+    if summary_chunk_rows_max < chunk_rows_min {
+        return Err(invalid(
+            "reconcile.summary_chunk_rows_max",
+            format!("must be at least chunk_rows_min ({chunk_rows_min})"),
+        ));
+    }
     let tree_depth = raw.tree_depth.unwrap_or(d::TREE_DEPTH);
     if !(1..=20).contains(&tree_depth) {
         return Err(invalid(
@@ -213,6 +250,12 @@ pub fn validate<E>(
         )?),
         chunk_rows_min,
         chunk_rows_max,
+        summary_target_query: Duration::from_millis(pos(
+            raw.summary_target_query_ms,
+            "reconcile.summary_target_query_ms",
+            d::SUMMARY_TARGET_QUERY_MS,
+        )?),
+        summary_chunk_rows_max,
         scan_count: pos(
             raw.scan_count.map(|v| v as u64),
             "reconcile.scan_count",
@@ -282,6 +325,25 @@ pub fn validate<E>(
                 ));
             }
         };
+        let mode = match (s.mode.as_deref(), kind) {
+            (None | Some("pull"), _) => StoreMode::Pull,
+            (Some("summary"), StoreKind::Postgres) => StoreMode::Summary,
+            (Some("summary"), StoreKind::Redis) => {
+                return Err(invalid(
+                    &key("mode"),
+                    format!(
+                        "store `{}`: `summary` is for PostgreSQL stores (Redis computes no digests)",
+                        s.name
+                    ),
+                ));
+            }
+            (Some(other), _) => {
+                return Err(invalid(
+                    &key("mode"),
+                    format!("store `{}`: `{other}` is not `pull` or `summary`", s.name),
+                ));
+            }
+        };
         if s.accounts.is_empty() && s.locations.is_empty() {
             return Err(invalid(
                 &key("accounts"),
@@ -346,6 +408,7 @@ pub fn validate<E>(
             system: s.system,
             realm: s.realm,
             kind,
+            mode,
             url,
             accounts: s.accounts,
             locations: s.locations,

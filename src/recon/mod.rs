@@ -2,7 +2,9 @@
 //! read gently and digested into a Merkle tree of key-hash buckets, only differing
 //! leaves fetched row by row, every candidate re-checked after a grace period, findings
 //! stored and the run recorded in `recon_runs`. The pure logic is
-//! [`crate::core::recon`]; the store readers are `adapters::{recon_pg, redis}`.
+//! [`crate::core::recon`] (and [`crate::core::summary`] for PostgreSQL stores in
+//! summary mode, where the database computes the bucket digests); the store readers are
+//! `adapters::{recon_pg, redis}`.
 //!
 //! Entry point for the CLI, the daemon's schedule and the deploy gate: [`run`].
 
@@ -29,10 +31,11 @@ use crate::core::policy::Policy;
 use crate::core::recon::{
     self as core_recon, Candidate, Expected, FindingContext, Ownership, Row, RowKey, Scalar, Space,
 };
+use crate::core::summary::{self, Salt};
 use crate::core::time::Timestamp;
 use crate::daemon::config::Config;
 
-use config::{ReconLimits, StoreConfig, StoreKind};
+use config::{ReconLimits, StoreConfig, StoreKind, StoreMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconError {
@@ -117,6 +120,7 @@ impl ReconOptions {
 pub struct StoreReport {
     pub store: String,
     pub system: String,
+    pub mode: StoreMode,
     pub rows_compared: u64,
     pub bytes_read: u64,
     pub queries: u64,
@@ -170,6 +174,8 @@ impl Reader {
                         target_query: l.target_query,
                         chunk_rows_min: l.chunk_rows_min,
                         chunk_rows_max: l.chunk_rows_max,
+                        summary_target_query: l.summary_target_query,
+                        summary_chunk_rows_max: l.summary_chunk_rows_max,
                     },
                 )
                 .await?,
@@ -492,6 +498,8 @@ async fn reconcile(
     let limits = &config.recon.limits;
     let source = Arc::new(expected_source(config, options, db).await?);
     let grace = options.grace.unwrap_or(limits.grace);
+    // Fresh per run: summary digests cannot be anticipated by whoever writes the rows.
+    let salt = Salt::from_bytes(rand::random());
     // One permit per query in flight on a host; a store issues one query at a time and
     // holds its permit while reading, never while it waits out the grace period.
     let mut hosts: BTreeMap<String, Arc<Semaphore>> = BTreeMap::new();
@@ -510,8 +518,9 @@ async fn reconcile(
         let limits = limits.clone();
         let source = source.clone();
         let progress = options.progress.clone();
+        let salt = salt.clone();
         tasks.push(tokio::spawn(async move {
-            reconcile_store(&s, &limits, &source, grace, progress, &sem).await
+            reconcile_store(&s, &limits, &source, &salt, grace, progress, &sem).await
         }));
     }
     let mut per_store = Vec::new();
@@ -597,7 +606,8 @@ fn digest_rows(tree: &mut Tree, rows: &[Row]) {
 async fn reconcile_store(
     s: &StoreConfig,
     limits: &ReconLimits,
-    source: &ExpectedSource,
+    source: &Arc<ExpectedSource>,
+    salt: &Salt,
     grace: Duration,
     progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
     host: &Semaphore,
@@ -621,6 +631,47 @@ async fn reconcile_store(
         }
     };
     for space in s.own.spaces() {
+        if s.mode == StoreMode::Summary {
+            let Reader::Pg(pg) = &reader else {
+                return Err(ReconError::Config(format!(
+                    "store `{}`: summary mode needs a PostgreSQL store",
+                    s.name
+                )));
+            };
+            let (differing, st) =
+                summary_differing(s, pg, source, salt, space, depth, &tick).await?;
+            compared += st.rows;
+            stats.add(st);
+            leaves += differing.len();
+            if differing.is_empty() {
+                continue;
+            }
+            // Pass 2: the rows of differing buckets only, filtered in SQL.
+            let mut kept: Vec<Row> = Vec::new();
+            let mut overflow = false;
+            stats.add(
+                pg.scan_buckets(space, depth, &differing, |rows| {
+                    if kept.len() + rows.len() > limits.candidate_rows_max {
+                        overflow = true;
+                    } else {
+                        kept.extend(rows);
+                    }
+                })
+                .await?,
+            );
+            if overflow {
+                return Err(ReconError::TooManyCandidates {
+                    store: s.name.clone(),
+                    max: limits.candidate_rows_max,
+                });
+            }
+            let set: HashSet<usize> = differing.into_iter().collect();
+            let exp_rows = expected
+                .slice(&s.realm, space, &s.own)
+                .filter(|r| summary::in_buckets(&r.key, depth, &set));
+            cands.extend(core_recon::candidates(exp_rows, kept));
+            continue;
+        }
         // Pass 1: digest both sides; compare top-down.
         let ours = core_recon::expected_tree(expected.slice(&s.realm, space, &s.own), depth);
         let mut theirs = Tree::new(depth);
@@ -699,6 +750,7 @@ async fn reconcile_store(
         StoreReport {
             store: s.name.clone(),
             system: s.system.clone(),
+            mode: s.mode,
             rows_compared: compared,
             bytes_read: stats.bytes,
             queries: stats.queries,
@@ -708,6 +760,55 @@ async fn reconcile_store(
         },
         cands,
     ))
+}
+
+/// Summaries of expected rows, hashed in parallel a batch at a time (two SHA-256 a
+/// row), so memory is one batch whatever the slice's size.
+fn summarize_rows(rows: impl Iterator<Item = Row>, depth: u8, salt: &Salt) -> summary::Summaries {
+    /// Enough rows to keep the cores busy, few enough to stay a few MB.
+    const BATCH_ROWS: usize = 16_384;
+    let mut out = summary::Summaries::new(depth);
+    let mut rows = rows.peekable();
+    let mut batch = Vec::with_capacity(BATCH_ROWS);
+    while rows.peek().is_some() {
+        batch.clear();
+        batch.extend(rows.by_ref().take(BATCH_ROWS));
+        let hashed: Vec<(usize, (i32, i32))> = batch
+            .par_iter()
+            .with_min_len(1_024)
+            .map(|r| summary::hash_row(r, depth, salt))
+            .collect();
+        for (b, lanes) in hashed {
+            out.add_hashed(b, lanes);
+        }
+    }
+    out
+}
+
+/// Summary mode, pass 1: PostgreSQL summarises the store's buckets while the expected
+/// slice is summarised here (on the blocking pool: two SHA-256 a row); returns the
+/// differing buckets and the summary reads.
+async fn summary_differing(
+    s: &StoreConfig,
+    pg: &PgStore,
+    source: &Arc<ExpectedSource>,
+    salt: &Salt,
+    space: Space,
+    depth: u8,
+    tick: &(dyn Fn(u64) + Sync),
+) -> Result<(Vec<usize>, ReadStats), ReconError> {
+    let ours = {
+        let (source, realm, own, salt) =
+            (source.clone(), s.realm.clone(), s.own.clone(), salt.clone());
+        tokio::task::spawn_blocking(move || {
+            summarize_rows(source.expected().slice(&realm, space, &own), depth, &salt)
+        })
+    };
+    let (ours, theirs) = tokio::join!(ours, pg.summarize(space, depth, salt));
+    let ours = ours.map_err(|e| ReconError::Config(format!("the summary thread failed: {e}")))?;
+    let (theirs, st) = theirs?;
+    tick(st.rows);
+    Ok((ours.diff(&theirs), st))
 }
 
 /// The daemon's continuous reconciliation: every `[reconcile] interval_ms`, one run
