@@ -9,7 +9,12 @@ use tokio_util::sync::CancellationToken;
 use crate::daemon::config::Config;
 
 /// Run the shadow-audit daemon: consume events from RabbitMQ, audit them, keep state
-/// and findings in PostgreSQL, serve /healthz, /readyz and /metrics.
+/// and findings in PostgreSQL.
+///
+/// On its `[http] listen` address (default 127.0.0.1:9187) it serves /healthz, /readyz,
+/// /metrics (Prometheus), /v1/gate and /v1/gate/flagger (the deploy gate, for CI, Argo
+/// Rollouts and Flagger) and /ui (the support console). SIGTERM or SIGINT stops it
+/// gracefully: it finishes the batch, checkpoints, acks and exits.
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
     /// TOML config file (docs/configuration.md). Secrets may come from
