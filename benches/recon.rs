@@ -2,10 +2,16 @@
 //! same run: a raw `COPY (SELECT …) TO STDOUT` of the same rows into this process (the
 //! physical floor of pulling rows) and blake3 leaf hashing alone.
 //!
-//! A table of ROWS balances (default 1,000,000; `ASSAYER_RECON_BENCH_ROWS`) holding 20
-//! differences (10 changed, 5 deleted, 5 inserted) is reconciled with `recon::run`.
-//! Prints time, rows/s, bytes read, queries, differences found, peak RSS, and the ratio
-//! to each baseline. Needs PostgreSQL at 127.0.0.1:5432 (creates and drops its database).
+//! Tables of ROWS balances (1,000,000 and 10,000,000 by default;
+//! `ASSAYER_RECON_BENCH_ROWS=1000000` for one size) holding 20 differences (10 changed,
+//! 5 deleted, 5 inserted) are reconciled with `recon::run`. Prints time, rows/s, bytes
+//! read, queries, differences found, peak RSS, and the ratio to each baseline. Needs
+//! PostgreSQL at 127.0.0.1:5432 (creates and drops its database).
+//!
+//! The peer tool, `reladiff` (PyPI, pinned, installed on first use into a virtual
+//! environment under `target/`), diffs the same table against a copy of the expected
+//! state with its hashdiff algorithm, through a proxy that counts the bytes PostgreSQL
+//! sends it. It cannot key on text, so the table carries an integer `id` for it.
 //!
 //! Summary mode (PostgreSQL computes the bucket digests) runs on the same table twice:
 //! unchanged (before the differences are planted), where its bytes are compared with
@@ -48,57 +54,178 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() {
-    let rows: i64 = std::env::var("ASSAYER_RECON_BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    // Table sizes, comma-separated: the issue's 1M and 10M by default.
+    let sizes: Vec<i64> = std::env::var("ASSAYER_RECON_BENCH_ROWS")
+        .unwrap_or_else(|_| "1000000,10000000".into())
+        .split(',')
+        .map(|v| {
+            v.trim()
+                .parse()
+                .expect("ASSAYER_RECON_BENCH_ROWS: row counts, comma-separated")
+        })
+        .collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let db = format!("assayer_recon_bench_{}", std::process::id());
-    rt.block_on(async {
-        let mut admin = PgConnection::connect(ADMIN).await.unwrap_or_else(|e| {
-            panic!("PostgreSQL is not reachable at {ADMIN} ({e}); start it first")
+    let venv = reladiff_venv();
+    for rows in sizes {
+        let db = format!("assayer_recon_bench_{}_{rows}", std::process::id());
+        rt.block_on(async {
+            let mut admin = PgConnection::connect(ADMIN).await.unwrap_or_else(|e| {
+                panic!("PostgreSQL is not reachable at {ADMIN} ({e}); start it first")
+            });
+            admin
+                .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+                .await
+                .expect("create database");
+            let url = format!("postgres://root@127.0.0.1:5432/{db}");
+            let checks = bench(&url, &db, rows, &venv).await;
+            admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE {db} WITH (FORCE)"
+                )))
+                .await
+                .expect("drop database");
+            // Checked after the database is dropped, so a failure leaves nothing behind.
+            for (what, found, want) in checks {
+                assert_eq!(found, want, "{what}: differences found");
+            }
         });
-        admin
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-            .await
-            .expect("create database");
-        let url = format!("postgres://root@127.0.0.1:5432/{db}");
-        let checks = bench(&url, rows).await;
-        admin
-            .execute(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE {db} WITH (FORCE)"
-            )))
-            .await
-            .expect("drop database");
-        // Checked after the database is dropped, so a failure leaves nothing behind.
-        for (what, found, want) in checks {
-            assert_eq!(found, want, "{what}: differences found");
+    }
+}
+
+/// The peer tool: `reladiff` from PyPI in a virtual environment under `target/`
+/// (created on first use; pinned version).
+fn reladiff_venv() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/reladiff-venv");
+    let bin = dir.join("bin/reladiff");
+    if !bin.exists() {
+        eprintln!(
+            "installing reladiff {RELADIFF} from PyPI into {}",
+            dir.display()
+        );
+        let ok = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success())
+            && std::process::Command::new(dir.join("bin/pip"))
+                .args([
+                    "install",
+                    "-q",
+                    &format!("reladiff[postgresql]=={RELADIFF}"),
+                ])
+                .status()
+                .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "could not install reladiff into {} (needs python3 with venv and PyPI)",
+            dir.display()
+        );
+    }
+    bin
+}
+
+const RELADIFF: &str = "0.6.0";
+
+/// A TCP proxy to PostgreSQL counting the bytes the server sends: what the peer tool
+/// pulls over the wire.
+async fn counting_proxy() -> (u16, Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind proxy");
+    let port = listener.local_addr().expect("proxy addr").port();
+    let from_server = Arc::new(AtomicU64::new(0));
+    let counter = from_server.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await else {
+                    return;
+                };
+                if let Ok((_, down)) = tokio::io::copy_bidirectional(&mut client, &mut server).await
+                {
+                    counter.fetch_add(down, Ordering::Relaxed);
+                }
+            });
         }
     });
+    (port, from_server)
+}
+
+/// reladiff's hashdiff between the expected table and the store, through the counting
+/// proxy. reladiff cannot key on text, so it keys on the table's integer `id` and
+/// compares the other columns (the same rows assayer compares by (account, asset)).
+async fn reladiff(db: &str, rows: i64, bin: &std::path::Path) -> Run {
+    let (port, bytes) = counting_proxy().await;
+    let url = format!("postgresql://root@127.0.0.1:{port}/{db}");
+    let t = Instant::now();
+    let out = tokio::process::Command::new(bin)
+        .args([url.as_str(), "wallets_expected", url.as_str(), "wallets"])
+        .args(["-k", "id", "-c", "account", "-c", "asset", "-c", "balance"])
+        .args(["-a", "hashdiff", "--json"])
+        .output()
+        .await
+        .expect("run reladiff");
+    let secs = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "reladiff failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One JSON line per differing row version (`["-", [id, …]]`, `["+", [id, …]]`):
+    // a difference is a distinct id.
+    let keys: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v[1][0].as_str().map(str::to_string))
+        .collect();
+    Run {
+        secs,
+        rows: rows as u64,
+        bytes: bytes.load(std::sync::atomic::Ordering::Relaxed),
+        queries: 0,
+        found: keys.len(),
+    }
 }
 
 /// Runs every measurement; returns (what, differences found, differences planted).
-async fn bench(url: &str, rows: i64) -> Vec<(&'static str, usize, usize)> {
+async fn bench(
+    url: &str,
+    db: &str,
+    rows: i64,
+    venv: &std::path::Path,
+) -> Vec<(&'static str, usize, usize)> {
     let mut c = PgConnection::connect(url).await.expect("connect");
     let t = Instant::now();
     c.execute(
         "CREATE TABLE wallets (account TEXT NOT NULL, asset TEXT NOT NULL, balance BIGINT NOT NULL,
-                               PRIMARY KEY (account, asset))",
+                               id BIGINT NOT NULL UNIQUE, PRIMARY KEY (account, asset))",
     )
     .await
     .expect("create");
     sqlx::query(
-        "INSERT INTO wallets SELECT 'player:' || i, 'gold', (i * 7919) % 100000 + 1 FROM generate_series(1, $1) i",
+        "INSERT INTO wallets SELECT 'player:' || i, 'gold', (i * 7919) % 100000 + 1, i FROM generate_series(1, $1) i",
     )
     .bind(rows)
     .execute(&mut c)
     .await
     .expect("fill");
+    // The expected state as a table too, for the peer tool (which diffs two tables).
+    c.execute("CREATE TABLE wallets_expected AS SELECT * FROM wallets")
+        .await
+        .expect("expected table");
+    c.execute("CREATE UNIQUE INDEX ON wallets_expected (id)")
+        .await
+        .expect("expected index");
     c.execute("VACUUM ANALYZE wallets").await.expect("vacuum");
+    c.execute("VACUUM ANALYZE wallets_expected")
+        .await
+        .expect("vacuum");
     eprintln!("setup: {rows} rows in {:.1} s", t.elapsed().as_secs_f64());
 
     // The expected state: the table as it was.
@@ -137,8 +264,9 @@ async fn bench(url: &str, rows: i64) -> Vec<(&'static str, usize, usize)> {
             .expect("delete");
     }
     for k in 1..=5 {
-        sqlx::query("INSERT INTO wallets VALUES ($1, 'gold', 42)")
+        sqlx::query("INSERT INTO wallets VALUES ($1, 'gold', 42, $2)")
             .bind(format!("player:{}", rows + k))
+            .bind(rows + k)
             .execute(&mut c)
             .await
             .expect("insert");
@@ -193,8 +321,10 @@ async fn bench(url: &str, rows: i64) -> Vec<(&'static str, usize, usize)> {
         hash_rate,
         rate / hash_rate
     );
+    let peer = reladiff(db, rows, venv).await;
+    peer.print_peer(&format!("reladiff {RELADIFF} (hashdiff)"), &pull);
     println!(
-        "  peak RSS:       {:.0} MiB (includes the expected state held in memory)",
+        "  peak RSS:       {:.0} MiB so far (includes the expected state held in memory)",
         peak_rss_mib()
     );
     vec![
@@ -203,6 +333,7 @@ async fn bench(url: &str, rows: i64) -> Vec<(&'static str, usize, usize)> {
         ("summary, unchanged, depth 12", sum_clean_12.found, 0),
         ("pull", pull.found, 20),
         ("summary", summ.found, 20),
+        ("reladiff", peer.found, 20),
     ]
 }
 
@@ -221,6 +352,19 @@ struct Run {
 }
 
 impl Run {
+    /// The peer tool's line, against assayer's pull run on the same table.
+    fn print_peer(&self, label: &str, ours: &Run) {
+        println!(
+            "  {:<30} {:>6.2} s, {:>9.0} rows/s, {:>10} bytes from PostgreSQL, {} differences found  (assayer pull is {:.1}x faster; target >= 10x at 10M rows)",
+            format!("{label}:"),
+            self.secs,
+            self.rows as f64 / self.secs,
+            self.bytes,
+            self.found,
+            self.secs / ours.secs
+        );
+    }
+
     fn print(&self, label: &str, vs: Option<&Run>) {
         println!(
             "  {:<30} {:>6.2} s, {:>9.0} rows/s, {:>10} bytes read, {:>4} queries, {} differences found{}",
