@@ -141,16 +141,30 @@ async fn counting_proxy() -> (u16, Arc<std::sync::atomic::AtomicU64>) {
     let from_server = Arc::new(AtomicU64::new(0));
     let counter = from_server.clone();
     tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
+        while let Ok((client, _)) = listener.accept().await {
             let counter = counter.clone();
             tokio::spawn(async move {
-                let Ok(mut server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await else {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let Ok(server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await else {
                     return;
                 };
-                if let Ok((_, down)) = tokio::io::copy_bidirectional(&mut client, &mut server).await
-                {
-                    counter.fetch_add(down, Ordering::Relaxed);
+                let (mut client_r, mut client_w) = client.into_split();
+                let (mut server_r, mut server_w) = server.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_r, &mut server_w).await;
+                });
+                // Counted as it passes, so the total is complete once the client exits.
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = server_r.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                    if client_w.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
                 }
+                up.abort();
             });
         }
     });
