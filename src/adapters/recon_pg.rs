@@ -26,7 +26,7 @@ use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row as _, Transaction};
 
-use crate::core::recon::{Row, RowKey, Scalar, Space};
+use crate::core::recon::{Row, RowKey, RowRef, Scalar, Space};
 use crate::core::summary::{BucketSummary, Salt, Summaries};
 use crate::core::time::Timestamp;
 
@@ -184,88 +184,6 @@ impl PgStore {
         })
     }
 
-    /// Streams every row of `space` to `on_rows` in chunks (keyset pagination by key,
-    /// chunk size adapting to the target query time). Memory: one chunk.
-    pub async fn scan(
-        &self,
-        space: Space,
-        mut on_rows: impl FnMut(Vec<Row>),
-    ) -> Result<ReadStats, ReadError> {
-        let (q, cols) = self.sql(space)?;
-        let order = match space {
-            Space::Balances => "1, 2",
-            Space::Items => "1, 2",
-        };
-        let mut stats = ReadStats::default();
-        let mut chunk = self
-            .limits
-            .chunk_rows_min
-            .max(1_000)
-            .min(self.limits.chunk_rows_max);
-        let mut after: Option<(String, String)> = None;
-        loop {
-            let started = Instant::now();
-            let mut tx = self.begin().await?;
-            let sql = match after {
-                None => format!("SELECT {cols} FROM ({q}) q ORDER BY {order} LIMIT $1"),
-                Some(_) => format!(
-                    "SELECT {cols} FROM ({q}) q WHERE ({k}) > ($2, $3) ORDER BY {order} LIMIT $1",
-                    k = match space {
-                        Space::Balances => "q.account::text, q.asset::text",
-                        Space::Items => "q.item::text, q.location::text",
-                    }
-                ),
-            };
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(chunk);
-            if let Some((a, b)) = &after {
-                query = query.bind(a.clone()).bind(b.clone());
-            }
-            let mut rows = Vec::with_capacity(chunk as usize);
-            let mut got = 0i64;
-            let mut last: Option<(String, String)> = None;
-            {
-                let mut stream = query.fetch(&mut *tx);
-                while let Some(r) = stream.try_next().await.map_err(|e| self.query_err(e))? {
-                    got += 1;
-                    let k0: String = r
-                        .try_get::<Option<String>, _>(0)
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default();
-                    let k1: String = r
-                        .try_get::<Option<String>, _>(1)
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default();
-                    stats.bytes += (k0.len() + k1.len()) as u64;
-                    if let Some(row) = self.decode(space, &r)? {
-                        stats.bytes += row.value.wire_len() as u64;
-                        rows.push(row);
-                    }
-                    last = Some((k0, k1));
-                }
-            }
-            tx.rollback().await.map_err(|e| self.query_err(e))?;
-            stats.queries += 1;
-            stats.rows += got as u64;
-            on_rows(rows);
-            if got < chunk {
-                break;
-            }
-            after = last;
-            // Adapt: aim the next chunk at the target time; pause after a slow one.
-            let took = started.elapsed();
-            let target = self.limits.target_query.as_secs_f64();
-            let ratio = (target / took.as_secs_f64().max(1e-4)).clamp(0.25, 4.0);
-            chunk = ((chunk as f64 * ratio) as i64)
-                .clamp(self.limits.chunk_rows_min, self.limits.chunk_rows_max);
-            if took > self.limits.target_query * 2 {
-                tokio::time::sleep(took).await;
-            }
-        }
-        Ok(stats)
-    }
-
     /// The values the store holds for one key now (the grace re-check).
     pub async fn lookup(&self, key: &RowKey) -> Result<(Vec<Scalar>, ReadStats), ReadError> {
         let space = key.space();
@@ -389,25 +307,40 @@ fn sql_bucket(kh: &str, depth: u8) -> String {
     )
 }
 
+/// A chunk boundary: a key, and the same key as SQL literals quoted by PostgreSQL
+/// (`quote_literal`), for `COPY`, which takes no parameters.
+struct Bound {
+    key: (String, String),
+    lit: (String, String),
+}
+
 /// A key range of one chunk: rows after `after` (exclusive) up to `until` (inclusive).
 /// Unbounded above, the range also takes rows with a NULL key (a keyset comparison
 /// with NULL is never true), so the last chunk surfaces them instead of skipping them.
 struct Range<'a> {
-    after: Option<&'a (String, String)>,
-    until: Option<&'a (String, String)>,
+    after: Option<&'a Bound>,
+    until: Option<&'a Bound>,
 }
 
 impl Range<'_> {
     /// The WHERE condition, binding its keys from parameter `$first` on.
     fn sql(&self, cols: &SummaryCols, first: usize) -> String {
-        let key = format!("({}, {})", cols.k0, cols.k1);
         let mut n = first;
-        let mut param = || {
+        self.condition(cols, |_, _| {
             n += 2;
             format!("(${}, ${})", n - 2, n - 1)
-        };
-        let lower = self.after.map(|_| format!("{key} > {}", param()));
-        let upper = self.until.map(|_| format!("{key} <= {}", param()));
+        })
+    }
+
+    /// The WHERE condition with the keys inlined as PostgreSQL-quoted literals.
+    fn sql_literal(&self, cols: &SummaryCols) -> String {
+        self.condition(cols, |b, _| format!("({}, {})", b.lit.0, b.lit.1))
+    }
+
+    fn condition(&self, cols: &SummaryCols, mut key: impl FnMut(&Bound, bool) -> String) -> String {
+        let k = format!("({}, {})", cols.k0, cols.k1);
+        let lower = self.after.map(|b| format!("{k} > {}", key(b, false)));
+        let upper = self.until.map(|b| format!("{k} <= {}", key(b, true)));
         match (lower, upper) {
             (None, None) => "true".into(),
             (Some(l), Some(u)) => format!("{l} AND {u}"),
@@ -420,8 +353,8 @@ impl Range<'_> {
         &self,
         mut query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
     ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
-        for (a, b) in [self.after, self.until].into_iter().flatten() {
-            query = query.bind(a.clone()).bind(b.clone());
+        for b in [self.after, self.until].into_iter().flatten() {
+            query = query.bind(b.key.0.clone()).bind(b.key.1.clone());
         }
         query
     }
@@ -438,6 +371,11 @@ enum Pass<'a> {
     Rows {
         buckets: &'a [i32],
         on_rows: &'a mut (dyn FnMut(Vec<Row>) + Send),
+    },
+    /// Pull every row through a binary `COPY` (pull mode), in batches borrowed from
+    /// the read buffer.
+    Pull {
+        on_rows: &'a mut (dyn FnMut(&[RowRef<'_>]) + Send),
     },
 }
 
@@ -519,9 +457,9 @@ impl PgStore {
         .await
     }
 
-    /// Walks `space` in key-range chunks sized to `summary_target_query`, doing `pass`
-    /// on each: one read-only transaction per chunk holding the boundary query and the
-    /// pass's query.
+    /// Walks `space` in key-range chunks sized to the target query time (summary's or
+    /// the pull's), doing `pass` on each: one read-only transaction per chunk holding
+    /// the boundary query and the pass's query.
     async fn ranged(
         &self,
         space: Space,
@@ -532,17 +470,25 @@ impl PgStore {
         let cols = summary_cols(space);
         let (key_text, value_text) = sql_texts(&cols);
         let bucket = sql_bucket("h.kh", depth);
-        let chunk_max = self.limits.summary_chunk_rows_max.max(1);
+        let (target, chunk_max) = match pass {
+            Pass::Pull { .. } => (self.limits.target_query, self.limits.chunk_rows_max),
+            _ => (
+                self.limits.summary_target_query,
+                self.limits.summary_chunk_rows_max,
+            ),
+        };
+        let chunk_max = chunk_max.max(1);
         let chunk_min = self.limits.chunk_rows_min.clamp(1, chunk_max);
         let mut chunk = self.limits.chunk_rows_max.clamp(chunk_min, chunk_max);
         let mut stats = ReadStats::default();
-        let mut after: Option<(String, String)> = None;
+        let mut after: Option<Bound> = None;
         loop {
             let started = Instant::now();
             let mut tx = self.begin().await?;
             // The key `chunk` rows ahead: an index walk, nothing hashed.
             let boundary_sql = format!(
-                "SELECT {k0}, {k1} FROM ({q}) q WHERE {cond} ORDER BY 1, 2 OFFSET $1 LIMIT 1",
+                "SELECT {k0}, {k1}, quote_literal({k0}), quote_literal({k1}) FROM ({q}) q
+                  WHERE {cond} ORDER BY 1, 2 OFFSET $1 LIMIT 1",
                 k0 = cols.k0,
                 k1 = cols.k1,
                 // The boundary never needs NULL keys: those sort last and are taken
@@ -553,21 +499,25 @@ impl PgStore {
                 },
             );
             let mut bq = sqlx::query(sqlx::AssertSqlSafe(boundary_sql)).bind(chunk - 1);
-            if let Some((a, b)) = &after {
-                bq = bq.bind(a.clone()).bind(b.clone());
+            if let Some(b) = &after {
+                bq = bq.bind(b.key.0.clone()).bind(b.key.1.clone());
             }
-            let until: Option<(String, String)> = match bq
+            let until: Option<Bound> = match bq
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(|e| self.query_err(e))?
             {
                 Some(r) => {
-                    let k0: Option<String> = r.try_get(0).map_err(|e| self.query_err(e))?;
-                    let k1: Option<String> = r.try_get(1).map_err(|e| self.query_err(e))?;
-                    match (k0, k1) {
-                        (Some(a), Some(b)) => {
-                            stats.bytes += (a.len() + b.len()) as u64;
-                            Some((a, b))
+                    let get = |i: usize| -> Result<Option<String>, ReadError> {
+                        r.try_get(i).map_err(|e| self.query_err(e))
+                    };
+                    match (get(0)?, get(1)?, get(2)?, get(3)?) {
+                        (Some(a), Some(b), Some(la), Some(lb)) => {
+                            stats.bytes += (a.len() + b.len() + la.len() + lb.len()) as u64;
+                            Some(Bound {
+                                key: (a, b),
+                                lit: (la, lb),
+                            })
                         }
                         // The boundary reached the NULL keys at the end: the rest is
                         // the final chunk.
@@ -666,6 +616,21 @@ impl PgStore {
                     stats.rows += rows.len() as u64;
                     on_rows(page);
                 }
+                Pass::Pull { on_rows } => {
+                    let sel = match space {
+                        Space::Balances => format!("{}, {}, {}", cols.k0, cols.k1, cols.v),
+                        Space::Items => format!("{}, {}", cols.k0, cols.k1),
+                    };
+                    let sql = format!(
+                        "COPY (SELECT {sel} FROM ({q}) q WHERE ({live}) AND {cond}) TO STDOUT (FORMAT binary)",
+                        live = cols.live,
+                        cond = range.sql_literal(&cols),
+                    );
+                    stats.add(
+                        self.copy_chunk(&mut tx, &sql, space, &mut **on_rows)
+                            .await?,
+                    );
+                }
             }
             tx.rollback().await.map_err(|e| self.query_err(e))?;
             stats.queries += 1;
@@ -673,16 +638,221 @@ impl PgStore {
                 break;
             };
             after = Some(until);
-            // Adapt as the pull does, to the summary target.
+            // Adapt: aim the next chunk at the target time; pause after a slow one.
             let took = started.elapsed();
-            let target = self.limits.summary_target_query.as_secs_f64();
-            let ratio = (target / took.as_secs_f64().max(1e-4)).clamp(0.25, 4.0);
+            let ratio = (target.as_secs_f64() / took.as_secs_f64().max(1e-4)).clamp(0.25, 4.0);
             chunk = ((chunk as f64 * ratio) as i64).clamp(chunk_min, chunk_max);
-            if took > self.limits.summary_target_query * 2 {
+            if took > target * 2 {
                 tokio::time::sleep(took).await;
             }
         }
         Ok(stats)
+    }
+
+    /// Streams every row of `space` to `on_rows` (pull mode): key-range chunks sized
+    /// to `target_query`, each one binary `COPY` in its own read-only transaction,
+    /// parsed in place and handed over in batches that borrow the read buffer.
+    /// Memory: one batch (a few MB) whatever the table's size. `ReadStats::bytes`
+    /// counts the fields' bytes as text, as the other readers do.
+    pub async fn pull(
+        &self,
+        space: Space,
+        mut on_rows: impl FnMut(&[RowRef<'_>]) + Send,
+    ) -> Result<ReadStats, ReadError> {
+        self.ranged(
+            space,
+            0,
+            Pass::Pull {
+                on_rows: &mut on_rows,
+            },
+        )
+        .await
+    }
+
+    /// One chunk of [`PgStore::pull`]: `COPY (…) TO STDOUT (FORMAT binary)`.
+    async fn copy_chunk(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        sql: &str,
+        space: Space,
+        on_rows: &mut (dyn FnMut(&[RowRef<'_>]) + Send),
+    ) -> Result<ReadStats, ReadError> {
+        /// Parse and hand over rows once this much has arrived.
+        const BATCH_BYTES: usize = 4 << 20;
+        let mut stats = ReadStats::default();
+        let mut copy = CopyBinary::new(match space {
+            Space::Balances => 3,
+            Space::Items => 2,
+        });
+        let mut buf: Vec<u8> = Vec::with_capacity(BATCH_BYTES + (64 << 10));
+        let mut stream = tx.copy_out_raw(sql).await.map_err(|e| self.query_err(e))?;
+        loop {
+            let next = stream.try_next().await.map_err(|e| self.query_err(e))?;
+            let done = next.is_none();
+            if let Some(bytes) = next {
+                buf.extend_from_slice(&bytes);
+                if buf.len() < BATCH_BYTES {
+                    continue;
+                }
+            }
+            let used = {
+                let mut rows = Vec::new();
+                let used = copy
+                    .parse(&buf, done, &mut rows)
+                    .map_err(|message| self.data_err(message))?;
+                let mut batch = Vec::with_capacity(rows.len());
+                for f in &rows {
+                    let row = self.row_ref(space, f)?;
+                    stats.rows += 1;
+                    if let Some(r) = row {
+                        stats.bytes += r.wire_len() as u64;
+                        batch.push(r);
+                    }
+                }
+                on_rows(&batch);
+                used
+            };
+            buf.drain(..used);
+            if done {
+                break;
+            }
+        }
+        Ok(stats)
+    }
+
+    fn data_err(&self, message: String) -> ReadError {
+        ReadError::Data {
+            store: self.name.clone(),
+            message,
+        }
+    }
+
+    /// A COPY tuple as a row; `None` for a zero balance (the same state as no row).
+    fn row_ref<'b>(
+        &self,
+        space: Space,
+        f: &[Option<&'b [u8]>; 3],
+    ) -> Result<Option<RowRef<'b>>, ReadError> {
+        let text = |i: usize| -> Result<&'b str, ReadError> {
+            let bytes = f[i].ok_or_else(|| self.data_err(format!("column {} is NULL", i + 1)))?;
+            std::str::from_utf8(bytes)
+                .map_err(|_| self.data_err(format!("column {} is not valid UTF-8", i + 1)))
+        };
+        Ok(match space {
+            Space::Balances => {
+                let (account, asset, b) = (text(0)?, text(1)?, text(2)?);
+                let balance: i128 = b.parse().map_err(|_| {
+                    self.data_err(format!(
+                        "balance `{b}` of {account}/{asset} is not an integer"
+                    ))
+                })?;
+                (balance != 0).then_some(RowRef::Balance {
+                    account,
+                    asset,
+                    balance,
+                })
+            }
+            Space::Items => Some(RowRef::Item {
+                item: text(0)?,
+                location: text(1)?,
+            }),
+        })
+    }
+}
+
+/// A reader of PostgreSQL's binary `COPY` format: an 11-byte signature, an i32 of
+/// flags and an i32-prefixed header extension; then per tuple an i16 field count and
+/// per field an i32 length (-1: NULL) and the bytes; an i16 of -1 ends the data.
+/// (tokio-postgres has this reader, but for its own client; sqlx hands over the raw
+/// bytes.)
+struct CopyBinary {
+    fields: usize,
+    header_done: bool,
+    ended: bool,
+}
+
+const COPY_SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+
+impl CopyBinary {
+    fn new(fields: usize) -> CopyBinary {
+        CopyBinary {
+            fields,
+            header_done: false,
+            ended: false,
+        }
+    }
+
+    /// Parses the complete tuples at the start of `buf` into `out`; returns the bytes
+    /// consumed. With `last`, `buf` must hold everything up to the end marker.
+    fn parse<'b>(
+        &mut self,
+        buf: &'b [u8],
+        last: bool,
+        out: &mut Vec<[Option<&'b [u8]>; 3]>,
+    ) -> Result<usize, String> {
+        let mut at = 0usize;
+        let be16 = |b: &[u8], i: usize| b.get(i..i + 2).map(|s| i16::from_be_bytes([s[0], s[1]]));
+        let be32 = |b: &[u8], i: usize| {
+            b.get(i..i + 4)
+                .map(|s| i32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+        };
+        if !self.header_done {
+            let ext = match (buf.get(..11), be32(buf, 15)) {
+                (Some(sig), Some(ext)) => {
+                    if sig != COPY_SIGNATURE {
+                        return Err("COPY output is not in binary format".into());
+                    }
+                    usize::try_from(ext).map_err(|_| "bad COPY header".to_string())?
+                }
+                _ if last => return Err("COPY output ended inside its header".into()),
+                _ => return Ok(0),
+            };
+            if buf.len() < 19 + ext {
+                return if last {
+                    Err("COPY output ended inside its header".into())
+                } else {
+                    Ok(0)
+                };
+            }
+            at = 19 + ext;
+            self.header_done = true;
+        }
+        'tuples: while !self.ended {
+            let Some(n) = be16(buf, at) else { break };
+            if n == -1 {
+                self.ended = true;
+                at += 2;
+                break;
+            }
+            if n as usize != self.fields {
+                return Err(format!(
+                    "COPY tuple of {n} fields, expected {}",
+                    self.fields
+                ));
+            }
+            let mut p = at + 2;
+            let mut row = [None; 3];
+            for slot in row.iter_mut().take(self.fields) {
+                let Some(len) = be32(buf, p) else {
+                    break 'tuples;
+                };
+                p += 4;
+                if len >= 0 {
+                    let len = len as usize;
+                    let Some(bytes) = buf.get(p..p + len) else {
+                        break 'tuples;
+                    };
+                    *slot = Some(bytes);
+                    p += len;
+                }
+            }
+            out.push(row);
+            at = p;
+        }
+        if last && !self.ended {
+            return Err("COPY output ended inside a tuple".into());
+        }
+        Ok(at)
     }
 }
 
@@ -862,5 +1032,78 @@ impl ReconDb {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|r| r.try_get(0)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A binary COPY stream as PostgreSQL writes it: header, tuples, end marker.
+    fn copy_bytes(tuples: &[[Option<&str>; 3]]) -> Vec<u8> {
+        let mut b = COPY_SIGNATURE.to_vec();
+        b.extend(0i32.to_be_bytes()); // flags
+        b.extend(4i32.to_be_bytes()); // a header extension of 4 bytes
+        b.extend([1, 2, 3, 4]);
+        for t in tuples {
+            b.extend(3i16.to_be_bytes());
+            for f in t {
+                match f {
+                    Some(s) => {
+                        b.extend((s.len() as i32).to_be_bytes());
+                        b.extend(s.as_bytes());
+                    }
+                    None => b.extend((-1i32).to_be_bytes()),
+                }
+            }
+        }
+        b.extend((-1i16).to_be_bytes());
+        b
+    }
+
+    /// However the stream is cut into messages, the same tuples come out, once each.
+    #[test]
+    fn the_binary_copy_reader_is_independent_of_how_the_bytes_arrive() {
+        let tuples = [
+            [Some("player:1"), Some("gold"), Some("10")],
+            [Some(""), Some("tab\t'q"), None],
+            [Some("ü"), Some("🪙"), Some("-5")],
+        ];
+        let all = copy_bytes(&tuples);
+        for cut in 0..all.len() {
+            let mut copy = CopyBinary::new(3);
+            let mut buf: Vec<u8> = Vec::new();
+            let mut got: Vec<[Option<Vec<u8>>; 3]> = Vec::new();
+            for (piece, last) in [(&all[..cut], false), (&all[cut..], true)] {
+                buf.extend_from_slice(piece);
+                let mut out = Vec::new();
+                let used = copy.parse(&buf, last, &mut out).expect("parse");
+                got.extend(out.iter().map(|t| t.map(|f| f.map(<[u8]>::to_vec))));
+                buf.drain(..used);
+            }
+            assert!(buf.is_empty(), "cut at {cut}: {} bytes left", buf.len());
+            let want: Vec<[Option<Vec<u8>>; 3]> = tuples
+                .iter()
+                .map(|t| t.map(|f| f.map(|s| s.as_bytes().to_vec())))
+                .collect();
+            assert_eq!(got, want, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_truncated_or_foreign_copy_stream_is_an_error() {
+        let all = copy_bytes(&[[Some("a"), Some("b"), Some("1")]]);
+        let mut out = Vec::new();
+        assert!(
+            CopyBinary::new(3)
+                .parse(&all[..all.len() - 3], true, &mut out)
+                .is_err()
+        );
+        assert!(
+            CopyBinary::new(3)
+                .parse(b"a\tb\t1\n", true, &mut out)
+                .is_err()
+        );
+        assert!(CopyBinary::new(2).parse(&all, true, &mut out).is_err());
     }
 }

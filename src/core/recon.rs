@@ -141,6 +141,95 @@ impl Row {
     }
 }
 
+/// A row borrowed from a store's read buffer or from the expected state: digested
+/// without copying its strings (the pull path hashes millions of these a second).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowRef<'a> {
+    Balance {
+        account: &'a str,
+        asset: &'a str,
+        balance: i128,
+    },
+    Item {
+        item: &'a str,
+        location: &'a str,
+    },
+}
+
+impl RowRef<'_> {
+    /// The same key fields as [`RowKey`]'s (one encoding for both).
+    fn key_fields(&self) -> [Field<'_>; 3] {
+        match *self {
+            RowRef::Balance { account, asset, .. } => [
+                Field::Str("balance"),
+                Field::Str(account),
+                Field::Str(asset),
+            ],
+            RowRef::Item { item, .. } => [Field::Str("item"), Field::Str(item), Field::Str("")],
+        }
+    }
+
+    fn value_field(&self) -> Field<'_> {
+        match *self {
+            RowRef::Balance { balance, .. } => Field::Int(balance),
+            RowRef::Item { location, .. } => Field::Str(location),
+        }
+    }
+
+    /// The row's bucket among `2^depth` leaves (the same as its key's).
+    pub fn bucket(&self, depth: u8) -> usize {
+        bucket_of(&key_hash(&self.key_fields()), depth)
+    }
+
+    /// The row's bucket and hash, as [`add_row`] computes them.
+    pub fn hash(&self, depth: u8) -> (usize, [u8; 32]) {
+        let key = self.key_fields();
+        (
+            bucket_of(&key_hash(&key), depth),
+            row_hash(&key, &[self.value_field()]),
+        )
+    }
+
+    pub fn to_row(&self) -> Row {
+        match *self {
+            RowRef::Balance {
+                account,
+                asset,
+                balance,
+            } => Row::balance(account, asset, balance),
+            RowRef::Item { item, location } => Row::item(item, location),
+        }
+    }
+
+    /// Bytes of the row's fields as text (the "bytes read" figure).
+    pub fn wire_len(&self) -> usize {
+        match *self {
+            RowRef::Balance {
+                account,
+                asset,
+                balance,
+            } => account.len() + asset.len() + Scalar::Int(balance).wire_len(),
+            RowRef::Item { item, location } => item.len() + location.len(),
+        }
+    }
+}
+
+impl Row {
+    /// The row borrowed; `None` for a value of the wrong type for its key (never built
+    /// by the readers: a balance is an integer, a location a string).
+    pub fn as_ref(&self) -> Option<RowRef<'_>> {
+        match (&self.key, &self.value) {
+            (RowKey::Balance { account, asset }, Scalar::Int(balance)) => Some(RowRef::Balance {
+                account,
+                asset,
+                balance: *balance,
+            }),
+            (RowKey::Item { item }, Scalar::Str(location)) => Some(RowRef::Item { item, location }),
+            _ => None,
+        }
+    }
+}
+
 /// Adds a row to a Merkle tree of key-hash buckets.
 pub fn add_row(tree: &mut Tree, row: &Row) {
     tree.add(&row.key.fields(), &[row.value.field()]);
@@ -149,11 +238,16 @@ pub fn add_row(tree: &mut Tree, row: &Row) {
 /// A row's bucket and hash (pure, so rows can be hashed in parallel), the same as
 /// [`add_row`] computes.
 pub fn hash_row(row: &Row, depth: u8) -> (usize, [u8; 32]) {
-    let key = row.key.fields();
-    (
-        bucket_of(&key_hash(&key), depth),
-        row_hash(&key, &[row.value.field()]),
-    )
+    match row.as_ref() {
+        Some(r) => r.hash(depth),
+        None => {
+            let key = row.key.fields();
+            (
+                bucket_of(&key_hash(&key), depth),
+                row_hash(&key, &[row.value.field()]),
+            )
+        }
+    }
 }
 
 /// Which accounts (balances) and item locations a store owns, as glob patterns in
@@ -258,12 +352,26 @@ impl Expected {
         space: Space,
         own: &'a Ownership,
     ) -> Box<dyn Iterator<Item = Row> + 'a> {
+        Box::new(self.slice_refs(realm, space, own).map(|r| r.to_row()))
+    }
+
+    /// [`Expected::slice`] borrowed, for digesting without copies.
+    pub fn slice_refs<'a>(
+        &'a self,
+        realm: &'a str,
+        space: Space,
+        own: &'a Ownership,
+    ) -> Box<dyn Iterator<Item = RowRef<'a>> + 'a> {
         match space {
             Space::Balances => Box::new(
                 self.balances
                     .iter()
                     .filter(move |((r, a, _), _)| r == realm && own.owns_account(a))
-                    .map(|((_, a, s), v)| Row::balance(a, s, *v)),
+                    .map(|((_, a, s), v)| RowRef::Balance {
+                        account: a,
+                        asset: s,
+                        balance: *v,
+                    }),
             ),
             Space::Items => Box::new(
                 self.items
@@ -272,7 +380,7 @@ impl Expected {
                     .flat_map(move |((_, item), locs)| {
                         locs.iter()
                             .filter(|l| own.owns_location(l))
-                            .map(move |l| Row::item(item, l))
+                            .map(move |l| RowRef::Item { item, location: l })
                     }),
             ),
         }
@@ -541,6 +649,28 @@ mod tests {
             .map(|c| (c.key.clone(), c.invariant()))
             .collect();
             prop_assert_eq!(got, want);
+        }
+    }
+
+    /// A borrowed row digests exactly as its owned form (one encoding for both).
+    #[test]
+    fn borrowed_rows_hash_as_owned_rows() {
+        for r in [
+            Row::balance("player:1", "gold", -3),
+            Row::item("itm:1", "player:1/bag"),
+            Row::item("", ""),
+        ] {
+            let b = r.as_ref().expect("well-typed");
+            for depth in [1, 12] {
+                assert_eq!(b.bucket(depth), r.key.bucket(depth));
+                let mut t1 = Tree::new(depth);
+                add_row(&mut t1, &r);
+                let mut t2 = Tree::new(depth);
+                let (bucket, h) = b.hash(depth);
+                t2.add_hashed(bucket, &h);
+                assert_eq!(t1, t2);
+            }
+            assert_eq!(b.to_row(), r);
         }
     }
 

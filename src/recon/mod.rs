@@ -29,7 +29,8 @@ use crate::core::finding::Finding;
 use crate::core::merkle::Tree;
 use crate::core::policy::Policy;
 use crate::core::recon::{
-    self as core_recon, Candidate, Expected, FindingContext, Ownership, Row, RowKey, Scalar, Space,
+    self as core_recon, Candidate, Expected, FindingContext, Ownership, Row, RowKey, RowRef,
+    Scalar, Space,
 };
 use crate::core::summary::{self, Salt};
 use crate::core::time::Timestamp;
@@ -193,14 +194,21 @@ impl Reader {
         })
     }
 
-    async fn scan(
+    /// Every row of `space`, in borrowed batches (PostgreSQL: binary COPY chunks).
+    async fn pull(
         &self,
         space: Space,
-        on_rows: impl FnMut(Vec<Row>),
+        mut on_rows: impl FnMut(&[RowRef<'_>]) + Send,
     ) -> Result<ReadStats, ReconError> {
         Ok(match self {
-            Reader::Pg(p) => p.scan(space, on_rows).await?,
-            Reader::Redis(r) => r.scan(on_rows).await?,
+            Reader::Pg(p) => p.pull(space, on_rows).await?,
+            Reader::Redis(r) => {
+                r.scan(|rows| {
+                    let refs: Vec<RowRef<'_>> = rows.iter().filter_map(Row::as_ref).collect();
+                    on_rows(&refs)
+                })
+                .await?
+            }
         })
     }
 
@@ -586,21 +594,67 @@ fn host_of(url: &str) -> String {
     rest.split(['/', '?']).next().unwrap_or(rest).to_string()
 }
 
-/// Hashes a page of rows in parallel and adds them to the tree.
-fn digest_rows(tree: &mut Tree, rows: &[Row]) {
+/// Rows hashed in parallel once a batch holds this many (fewer: not worth the threads).
+const PARALLEL_ROWS: usize = 4_096;
+
+/// Hashes a batch of rows in parallel and adds them to the tree.
+fn digest_rows(tree: &mut Tree, rows: &[RowRef<'_>]) {
     let depth = tree.depth();
-    let hashed: Vec<(usize, [u8; 32])> = if rows.len() >= 4_096 {
+    let hashed: Vec<(usize, [u8; 32])> = if rows.len() >= PARALLEL_ROWS {
         rows.par_iter()
-            .map(|r| core_recon::hash_row(r, depth))
+            .with_min_len(1_024)
+            .map(|r| r.hash(depth))
             .collect()
     } else {
-        rows.iter()
-            .map(|r| core_recon::hash_row(r, depth))
-            .collect()
+        rows.iter().map(|r| r.hash(depth)).collect()
     };
     for (b, h) in &hashed {
         tree.add_hashed(*b, h);
     }
+}
+
+/// The tree of the expected rows, hashed in parallel a batch at a time (memory: one
+/// batch, whatever the slice's size).
+fn expected_tree<'a>(rows: impl Iterator<Item = RowRef<'a>>, depth: u8) -> Tree {
+    const BATCH_ROWS: usize = 65_536;
+    let mut tree = Tree::new(depth);
+    let mut rows = rows.peekable();
+    let mut batch = Vec::with_capacity(BATCH_ROWS);
+    while rows.peek().is_some() {
+        batch.clear();
+        batch.extend(rows.by_ref().take(BATCH_ROWS));
+        digest_rows(&mut tree, &batch);
+    }
+    tree.seal();
+    tree
+}
+
+/// The rows of `rows` whose buckets are in `keep`, copied out of the batch.
+fn rows_in(rows: &[RowRef<'_>], keep: &HashSet<usize>, depth: u8) -> Vec<Row> {
+    if rows.len() >= PARALLEL_ROWS {
+        rows.par_iter()
+            .with_min_len(1_024)
+            .filter(|r| keep.contains(&r.bucket(depth)))
+            .map(RowRef::to_row)
+            .collect()
+    } else {
+        rows.iter()
+            .filter(|r| keep.contains(&r.bucket(depth)))
+            .map(RowRef::to_row)
+            .collect()
+    }
+}
+
+/// The candidate rows of pass 2, or the error that the store is too far from the
+/// stream to list row by row.
+fn keep_at_most(kept: Vec<Row>, max: usize, store: &str) -> Result<Vec<Row>, ReconError> {
+    if kept.len() > max {
+        return Err(ReconError::TooManyCandidates {
+            store: store.to_string(),
+            max,
+        });
+    }
+    Ok(kept)
 }
 
 async fn reconcile_store(
@@ -648,23 +702,15 @@ async fn reconcile_store(
             }
             // Pass 2: the rows of differing buckets only, filtered in SQL.
             let mut kept: Vec<Row> = Vec::new();
-            let mut overflow = false;
             stats.add(
                 pg.scan_buckets(space, depth, &differing, |rows| {
-                    if kept.len() + rows.len() > limits.candidate_rows_max {
-                        overflow = true;
-                    } else {
+                    if kept.len() <= limits.candidate_rows_max {
                         kept.extend(rows);
                     }
                 })
                 .await?,
             );
-            if overflow {
-                return Err(ReconError::TooManyCandidates {
-                    store: s.name.clone(),
-                    max: limits.candidate_rows_max,
-                });
-            }
+            let kept = keep_at_most(kept, limits.candidate_rows_max, &s.name)?;
             let set: HashSet<usize> = differing.into_iter().collect();
             let exp_rows = expected
                 .slice(&s.realm, space, &s.own)
@@ -672,15 +718,25 @@ async fn reconcile_store(
             cands.extend(core_recon::candidates(exp_rows, kept));
             continue;
         }
-        // Pass 1: digest both sides; compare top-down.
-        let ours = core_recon::expected_tree(expected.slice(&s.realm, space, &s.own), depth);
-        let mut theirs = Tree::new(depth);
-        let first = reader
-            .scan(space, |rows| {
-                tick(rows.len() as u64);
-                digest_rows(&mut theirs, &rows);
+        // Pass 1: digest both sides (the expected slice on the blocking pool while the
+        // store streams in); compare top-down.
+        let ours = {
+            let (source, realm, own) = (source.clone(), s.realm.clone(), s.own.clone());
+            tokio::task::spawn_blocking(move || {
+                expected_tree(source.expected().slice_refs(&realm, space, &own), depth)
             })
-            .await?;
+        };
+        let mut theirs = Tree::new(depth);
+        let (ours, first) = tokio::join!(
+            ours,
+            reader.pull(space, |rows| {
+                tick(rows.len() as u64);
+                digest_rows(&mut theirs, rows);
+            })
+        );
+        let ours =
+            ours.map_err(|e| ReconError::Config(format!("the digest thread failed: {e}")))?;
+        let first = first?;
         compared += first.rows;
         stats.add(first);
         theirs.seal();
@@ -691,28 +747,16 @@ async fn reconcile_store(
         }
         // Pass 2: only the rows of differing leaves.
         let mut kept: Vec<Row> = Vec::new();
-        let mut overflow = false;
         stats.add(
             reader
-                .scan(space, |rows| {
-                    for r in rows {
-                        if differing.contains(&r.key.bucket(depth)) {
-                            if kept.len() >= limits.candidate_rows_max {
-                                overflow = true;
-                                return;
-                            }
-                            kept.push(r);
-                        }
+                .pull(space, |rows| {
+                    if kept.len() <= limits.candidate_rows_max {
+                        kept.extend(rows_in(rows, &differing, depth));
                     }
                 })
                 .await?,
         );
-        if overflow {
-            return Err(ReconError::TooManyCandidates {
-                store: s.name.clone(),
-                max: limits.candidate_rows_max,
-            });
-        }
+        let kept = keep_at_most(kept, limits.candidate_rows_max, &s.name)?;
         let exp_rows = expected
             .slice(&s.realm, space, &s.own)
             .filter(|r| differing.contains(&r.key.bucket(depth)));
