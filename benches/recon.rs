@@ -30,10 +30,10 @@ use sqlx::{Connection, Executor, PgConnection};
 
 const ADMIN: &str = "postgres://root@127.0.0.1:5432/test";
 
-struct Fixed(Expected);
+struct Fixed(Arc<Expected>);
 
 impl LiveExpected for Fixed {
-    fn snapshot(&self) -> Expected {
+    fn snapshot(&self) -> Arc<Expected> {
         self.0.clone()
     }
     fn history(&self, _: &str, _: &RowKey, _: &Ownership, _: i64) -> Vec<Vec<Scalar>> {
@@ -41,16 +41,32 @@ impl LiveExpected for Fixed {
     }
 }
 
+/// The peak resident set (since the last [`reset_peak`]), in MiB.
 fn peak_rss_mib() -> f64 {
+    status_kb("VmHWM:") / 1024.0
+}
+
+/// The resident set now, in MiB.
+fn rss_mib() -> f64 {
+    status_kb("VmRSS:") / 1024.0
+}
+
+fn status_kb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
-        .map_or(0.0, |kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Resets the process's peak RSS to the current RSS (Linux `clear_refs` 5), so the
+/// peak of one run can be read afterwards.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 fn main() {
@@ -200,6 +216,7 @@ async fn reladiff(db: &str, rows: i64, bin: &std::path::Path) -> Run {
         .collect();
     Run {
         secs,
+        peak_mib: 0.0,
         rows: rows as u64,
         bytes: bytes.load(std::sync::atomic::Ordering::Relaxed),
         queries: 0,
@@ -243,6 +260,7 @@ async fn bench(
     eprintln!("setup: {rows} rows in {:.1} s", t.elapsed().as_secs_f64());
 
     // The expected state: the table as it was.
+    let rss_before_expected = rss_mib();
     let mut expected = Expected::default();
     for i in 1..=rows {
         expected.balances.insert(
@@ -250,7 +268,8 @@ async fn bench(
             i128::from((i * 7919) % 100_000 + 1),
         );
     }
-    let expected = Arc::new(Fixed(expected));
+    let expected = Arc::new(Fixed(Arc::new(expected)));
+    let expected_mib = rss_mib() - rss_before_expected;
     let depth = ((rows as f64 / 1000.0).log2().round() as i64).clamp(1, 20) as u8;
 
     // Unchanged table: pull, then summary (at the docs' depth and the default).
@@ -337,9 +356,15 @@ async fn bench(
     );
     let peer = reladiff(db, rows, venv).await;
     peer.print_peer(&format!("reladiff {RELADIFF} (hashdiff)"), &pull);
+    let run_peak = [&pull_clean, &sum_clean, &sum_clean_12, &pull, &summ]
+        .iter()
+        .map(|r| r.peak_mib)
+        .fold(0.0, f64::max);
     println!(
-        "  peak RSS:       {:.0} MiB so far (includes the expected state held in memory)",
-        peak_rss_mib()
+        "  memory:         peak {:.0} MiB above the expected state during any run (target < 256 MiB); the expected state itself {:.0} MiB ({:.0} bytes per row, the engine's world state)",
+        run_peak,
+        expected_mib,
+        expected_mib * 1048576.0 / rows as f64
     );
     vec![
         ("pull, unchanged", pull_clean.found, 0),
@@ -359,6 +384,8 @@ enum Mode {
 
 struct Run {
     secs: f64,
+    /// Peak RSS of the run above the process's RSS before it.
+    peak_mib: f64,
     rows: u64,
     bytes: u64,
     queries: u64,
@@ -381,13 +408,14 @@ impl Run {
 
     fn print(&self, label: &str, vs: Option<&Run>) {
         println!(
-            "  {:<30} {:>6.2} s, {:>9.0} rows/s, {:>10} bytes read, {:>4} queries, {} differences found{}",
+            "  {:<30} {:>6.2} s, {:>9.0} rows/s, {:>10} bytes read, {:>4} queries, {} differences found, peak +{:.0} MiB{}",
             format!("{label}:"),
             self.secs,
             self.rows as f64 / self.secs,
             self.bytes,
             self.queries,
             self.found,
+            self.peak_mib,
             vs.map(|p| format!(
                 "  (bytes = {:.3}% of pull's, target < 1%; time {:.2}x pull's)",
                 100.0 * self.bytes as f64 / p.bytes as f64,
@@ -399,6 +427,10 @@ impl Run {
 }
 
 async fn reconcile(url: &str, expected: &Arc<Fixed>, mode: Mode, depth: u8) -> Run {
+    // The memory of the run itself: its peak above what the process held before it
+    // (the expected state, which is the engine's, not the run's).
+    reset_peak();
+    let before = rss_mib();
     let mode = match mode {
         Mode::Pull => "pull",
         Mode::Summary => "summary",
@@ -417,6 +449,7 @@ async fn reconcile(url: &str, expected: &Arc<Fixed>, mode: Mode, depth: u8) -> R
         .expect("reconcile");
     Run {
         secs: t.elapsed().as_secs_f64(),
+        peak_mib: peak_rss_mib() - before,
         rows: report.rows_compared,
         bytes: report.bytes_read,
         queries: report.queries,

@@ -299,11 +299,11 @@ fn owned(key: &RowKey, v: Vec<Scalar>, own: &Ownership) -> Vec<Scalar> {
 }
 
 impl LiveExpected for LiveWorld {
-    fn snapshot(&self) -> Expected {
+    fn snapshot(&self) -> Arc<Expected> {
         let g = self.inner.lock().expect("lock");
         let mut e = g.0.expected();
         e.watermark_position = Some(g.1.len() as i64);
-        e
+        Arc::new(e)
     }
 
     fn history(&self, realm: &str, key: &RowKey, own: &Ownership, since: i64) -> Vec<Vec<Scalar>> {

@@ -62,8 +62,9 @@ pub enum ReconError {
 /// that run their own engine give one; `assayer reconcile` uses the journal or a file.
 pub trait LiveExpected: Send + Sync {
     /// The state at the current watermark; its `watermark_position` is the source's
-    /// own mark, handed back to [`LiveExpected::history`].
-    fn snapshot(&self) -> Expected;
+    /// own mark, handed back to [`LiveExpected::history`]. Shared, not copied: a
+    /// world's state is the largest thing a run touches.
+    fn snapshot(&self) -> Arc<Expected>;
     /// Every value the key took after `since` in the store's slice (`own`), oldest
     /// first, the current one last (empty when it has not changed since).
     fn history(&self, realm: &str, key: &RowKey, own: &Ownership, since: i64) -> Vec<Vec<Scalar>>;
@@ -228,7 +229,7 @@ enum ExpectedSource {
         db: ReconDb,
         group: String,
     },
-    Live(Arc<dyn LiveExpected>, Expected),
+    Live(Arc<dyn LiveExpected>, Arc<Expected>),
 }
 
 impl ExpectedSource {
