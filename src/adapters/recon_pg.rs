@@ -184,6 +184,71 @@ impl PgStore {
         })
     }
 
+    /// The rows the store holds for `keys` (all of `space`), a batch of keys a query
+    /// through the index: how pull mode reads the rows of a few differing leaves
+    /// without reading the table again.
+    pub async fn lookup_many(
+        &self,
+        space: Space,
+        keys: &[RowKey],
+    ) -> Result<(Vec<Row>, ReadStats), ReadError> {
+        /// Keys a query: few enough for a nested loop over the key index.
+        const KEYS_A_QUERY: usize = 1_000;
+        let (q, cols) = self.sql(space)?;
+        let mut stats = ReadStats::default();
+        let mut out = Vec::new();
+        for batch in keys.chunks(KEYS_A_QUERY) {
+            let mut tx = self.begin().await?;
+            let rows = match space {
+                Space::Balances => {
+                    let (accounts, assets): (Vec<&str>, Vec<&str>) = batch
+                        .iter()
+                        .filter_map(|k| match k {
+                            RowKey::Balance { account, asset } => {
+                                Some((account.as_str(), asset.as_str()))
+                            }
+                            RowKey::Item { .. } => None,
+                        })
+                        .unzip();
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {cols} FROM ({q}) q WHERE (q.account::text, q.asset::text) IN
+                           (SELECT * FROM unnest($1::text[], $2::text[]))"
+                    )))
+                    .bind(accounts)
+                    .bind(assets)
+                    .fetch_all(&mut *tx)
+                    .await
+                }
+                Space::Items => {
+                    let items: Vec<&str> = batch
+                        .iter()
+                        .filter_map(|k| match k {
+                            RowKey::Item { item } => Some(item.as_str()),
+                            RowKey::Balance { .. } => None,
+                        })
+                        .collect();
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {cols} FROM ({q}) q WHERE q.item::text = ANY($1::text[])"
+                    )))
+                    .bind(items)
+                    .fetch_all(&mut *tx)
+                    .await
+                }
+            }
+            .map_err(|e| self.query_err(e))?;
+            tx.rollback().await.map_err(|e| self.query_err(e))?;
+            stats.queries += 1;
+            for r in &rows {
+                stats.rows += 1;
+                if let Some(row) = self.decode(space, r)? {
+                    stats.bytes += row.wire_len() as u64;
+                    out.push(row);
+                }
+            }
+        }
+        Ok((out, stats))
+    }
+
     /// The values the store holds for one key now (the grace re-check).
     pub async fn lookup(&self, key: &RowKey) -> Result<(Vec<Scalar>, ReadStats), ReadError> {
         let space = key.space();

@@ -173,6 +173,11 @@ impl Tree {
         self.depth
     }
 
+    /// The digest of one leaf.
+    pub fn leaf(&self, bucket: usize) -> BucketDigest {
+        self.nodes[self.leaf_index(bucket)]
+    }
+
     /// Fills the inner nodes from the leaves (call once after adding rows).
     pub fn seal(&mut self) {
         for i in (0..self.leaf_index(0)).rev() {

@@ -16,7 +16,7 @@ use serde_json::json;
 use super::engine::Engine;
 use super::event::is_world;
 use super::finding::{Finding, Invariant, fingerprint};
-use super::merkle::{Field, Tree, bucket_of, key_hash, row_hash};
+use super::merkle::{BucketDigest, Field, Tree, bucket_of, key_hash, row_hash};
 use super::time::Timestamp;
 
 /// The two key spaces a store can hold.
@@ -355,6 +355,14 @@ impl Expected {
         Box::new(self.slice_refs(realm, space, own).map(|r| r.to_row()))
     }
 
+    /// Rows of `space` in all realms and slices (an upper bound of a slice's size).
+    pub fn len(&self, space: Space) -> usize {
+        match space {
+            Space::Balances => self.balances.len(),
+            Space::Items => self.items.values().map(Vec::len).sum(),
+        }
+    }
+
     /// [`Expected::slice`] borrowed, for digesting without copies.
     pub fn slice_refs<'a>(
         &'a self,
@@ -586,6 +594,63 @@ pub fn to_finding(
     }
 }
 
+/// Pull mode's shortcut past a second read of the store. Pass 1 kept the store rows
+/// that are not in the expected state (`kept`, tested against a filter of expected
+/// row hashes: none is missed, a few may pass as expected). For each differing leaf,
+/// the store's rows are then most likely the kept rows plus the expected rows of the
+/// keys those do not touch; that guess is taken only where it reproduces the store's
+/// own leaf digest (count and sum) exactly. Returns the rows of the leaves so
+/// explained, and the leaves that were not (a deleted row, an item copy beside an
+/// expected one, a filter false positive, a write since pass 1): their rows must be
+/// read again.
+pub fn explain_leaves(
+    expected: &[Row],
+    kept: &[Row],
+    theirs: &Tree,
+    differing: &[usize],
+) -> (Vec<Row>, Vec<usize>) {
+    let depth = theirs.depth();
+    let mut guess: BTreeMap<usize, Vec<&Row>> =
+        differing.iter().map(|&b| (b, Vec::new())).collect();
+    let mut touched: std::collections::HashSet<&RowKey> = std::collections::HashSet::new();
+    for r in kept {
+        touched.insert(&r.key);
+        if let Some(rows) = guess.get_mut(&r.key.bucket(depth)) {
+            rows.push(r);
+        }
+    }
+    for r in expected {
+        if !touched.contains(&r.key) {
+            if let Some(rows) = guess.get_mut(&r.key.bucket(depth)) {
+                rows.push(r);
+            }
+        }
+    }
+    let mut explained = Vec::new();
+    let mut unexplained = Vec::new();
+    for (bucket, rows) in guess {
+        if digest_of(rows.iter().copied(), depth) == theirs.leaf(bucket) {
+            explained.extend(rows.into_iter().cloned());
+        } else {
+            unexplained.push(bucket);
+        }
+    }
+    (explained, unexplained)
+}
+
+/// Whether `rows` (all of one leaf) are exactly the leaf whose digest is `leaf`.
+pub fn is_leaf<'a>(rows: impl IntoIterator<Item = &'a Row>, depth: u8, leaf: BucketDigest) -> bool {
+    digest_of(rows, depth) == leaf
+}
+
+fn digest_of<'a>(rows: impl IntoIterator<Item = &'a Row>, depth: u8) -> BucketDigest {
+    let mut d = BucketDigest::default();
+    for r in rows {
+        d.add_row(&hash_row(r, depth).1);
+    }
+    d
+}
+
 /// Builds the expected tree of one store's slice.
 pub fn expected_tree(rows: impl IntoIterator<Item = Row>, depth: u8) -> Tree {
     let mut t = Tree::new(depth);
@@ -672,6 +737,60 @@ mod tests {
             }
             assert_eq!(b.to_row(), r);
         }
+    }
+
+    /// Changed and inserted rows are explained by the kept rows alone; a deleted row
+    /// or an item copy beside an expected one is not (those leaves are read again), and
+    /// an explained leaf's rows are exactly the store's.
+    #[test]
+    fn explain_leaves_accepts_only_what_reproduces_the_leaf_digest() {
+        let depth = 4;
+        let expected: Vec<Row> = (0..200)
+            .map(|i| Row::balance(&format!("player:{i}"), "gold", i + 1))
+            .collect();
+        let tree_of = |rows: &[Row]| {
+            let mut t = Tree::new(depth);
+            for r in rows {
+                add_row(&mut t, r);
+            }
+            t.seal();
+            t
+        };
+        let ours = tree_of(&expected);
+        let check = |store: Vec<Row>, kept: Vec<Row>, want_unexplained: Vec<usize>| {
+            let theirs = tree_of(&store);
+            let differing = ours.diff(&theirs);
+            let exp: Vec<Row> = expected
+                .iter()
+                .filter(|r| differing.contains(&r.key.bucket(depth)))
+                .cloned()
+                .collect();
+            let (mut rows, unexplained) = explain_leaves(&exp, &kept, &theirs, &differing);
+            assert_eq!(unexplained, want_unexplained);
+            let mut want: Vec<Row> = store
+                .into_iter()
+                .filter(|r| {
+                    let b = r.key.bucket(depth);
+                    differing.contains(&b) && !unexplained.contains(&b)
+                })
+                .collect();
+            want.sort();
+            rows.sort();
+            assert_eq!(rows, want);
+        };
+        // A changed balance and an inserted one: kept, and explained.
+        let mut store = expected.clone();
+        store[7] = Row::balance("player:7", "gold", 999);
+        store.push(Row::balance("intruder", "gold", 5));
+        check(
+            store.clone(),
+            vec![store[7].clone(), store[200].clone()],
+            vec![],
+        );
+        // A deleted balance: nothing kept, its leaf unexplained.
+        let mut store = expected.clone();
+        let gone = store.remove(42);
+        check(store, vec![], vec![gone.key.bucket(depth)]);
     }
 
     #[test]

@@ -213,6 +213,30 @@ impl Reader {
         })
     }
 
+    /// The rows the store holds for `keys`, all of one space.
+    async fn lookup_many(
+        &self,
+        space: Space,
+        keys: &[RowKey],
+    ) -> Result<(Vec<Row>, ReadStats), ReconError> {
+        Ok(match self {
+            Reader::Pg(p) => p.lookup_many(space, keys).await?,
+            Reader::Redis(r) => {
+                let mut out = Vec::new();
+                let mut stats = ReadStats::default();
+                for k in keys {
+                    let (values, st) = r.lookup(k).await?;
+                    stats.add(st);
+                    out.extend(values.into_iter().map(|value| Row {
+                        key: k.clone(),
+                        value,
+                    }));
+                }
+                (out, stats)
+            }
+        })
+    }
+
     async fn lookup(&self, key: &RowKey) -> Result<(Vec<Scalar>, ReadStats), ReconError> {
         Ok(match self {
             Reader::Pg(p) => p.lookup(key).await?,
@@ -598,36 +622,83 @@ fn host_of(url: &str) -> String {
 /// Rows hashed in parallel once a batch holds this many (fewer: not worth the threads).
 const PARALLEL_ROWS: usize = 4_096;
 
-/// Hashes a batch of rows in parallel and adds them to the tree.
-fn digest_rows(tree: &mut Tree, rows: &[RowRef<'_>]) {
+/// Hashes a batch of rows in parallel and adds them to the tree. With `expected`, the
+/// rows whose hashes the filter has never seen (certainly not in the expected state)
+/// are copied into `kept`.
+fn digest_rows(
+    tree: &mut Tree,
+    rows: &[RowRef<'_>],
+    expected: Option<&ExpectedRows>,
+    kept: &mut Vec<Row>,
+) {
     let depth = tree.depth();
-    let hashed: Vec<(usize, [u8; 32])> = if rows.len() >= PARALLEL_ROWS {
-        rows.par_iter()
-            .with_min_len(1_024)
-            .map(|r| r.hash(depth))
-            .collect()
-    } else {
-        rows.iter().map(|r| r.hash(depth)).collect()
+    let hash = |r: &RowRef<'_>| {
+        let (b, h) = r.hash(depth);
+        (b, h, expected.is_some_and(|f| !f.may_hold(&h)))
     };
-    for (b, h) in &hashed {
+    let hashed: Vec<(usize, [u8; 32], bool)> = if rows.len() >= PARALLEL_ROWS {
+        rows.par_iter().with_min_len(1_024).map(hash).collect()
+    } else {
+        rows.iter().map(hash).collect()
+    };
+    for (r, (b, h, keep)) in rows.iter().zip(&hashed) {
         tree.add_hashed(*b, h);
+        if *keep {
+            kept.push(r.to_row());
+        }
     }
 }
 
-/// The tree of the expected rows, hashed in parallel a batch at a time (memory: one
-/// batch, whatever the slice's size).
-fn expected_tree<'a>(rows: impl Iterator<Item = RowRef<'a>>, depth: u8) -> Tree {
+/// A filter of the expected rows' hashes (a Bloom filter: no false negatives, 0.1%
+/// false positives, ~1.8 bytes a row).
+struct ExpectedRows(fastbloom::BloomFilter);
+
+impl ExpectedRows {
+    fn new(rows: usize) -> ExpectedRows {
+        ExpectedRows(fastbloom::BloomFilter::with_false_pos(0.001).expected_items(rows.max(1)))
+    }
+
+    /// Row hashes are uniform already: eight of their bytes are the filter's hash.
+    fn key(h: &[u8; 32]) -> u64 {
+        u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"))
+    }
+
+    fn insert(&mut self, h: &[u8; 32]) {
+        self.0.insert_hash(Self::key(h));
+    }
+
+    fn may_hold(&self, h: &[u8; 32]) -> bool {
+        self.0.contains_hash(Self::key(h))
+    }
+}
+
+/// The tree and the row filter of the expected rows, hashed in parallel a batch at a
+/// time (memory: one batch and the filter, whatever the slice's size).
+fn expected_digest<'a>(
+    rows: impl Iterator<Item = RowRef<'a>>,
+    depth: u8,
+    rows_hint: usize,
+) -> (Tree, ExpectedRows) {
     const BATCH_ROWS: usize = 65_536;
     let mut tree = Tree::new(depth);
+    let mut filter = ExpectedRows::new(rows_hint);
     let mut rows = rows.peekable();
     let mut batch = Vec::with_capacity(BATCH_ROWS);
     while rows.peek().is_some() {
         batch.clear();
         batch.extend(rows.by_ref().take(BATCH_ROWS));
-        digest_rows(&mut tree, &batch);
+        let hashed: Vec<(usize, [u8; 32])> = batch
+            .par_iter()
+            .with_min_len(1_024)
+            .map(|r| r.hash(depth))
+            .collect();
+        for (b, h) in &hashed {
+            tree.add_hashed(*b, h);
+            filter.insert(h);
+        }
     }
     tree.seal();
-    tree
+    (tree, filter)
 }
 
 /// The rows of `rows` whose buckets are in `keep`, copied out of the batch.
@@ -719,49 +790,92 @@ async fn reconcile_store(
             cands.extend(core_recon::candidates(exp_rows, kept));
             continue;
         }
-        // Pass 1: digest both sides (the expected slice on the blocking pool while the
-        // store streams in); compare top-down.
-        let ours = {
+        // The expected side first (on the blocking pool): its tree, and a filter of
+        // its row hashes that every store row is tested against as it streams in.
+        let (ours, filter) = {
             let (source, realm, own) = (source.clone(), s.realm.clone(), s.own.clone());
             tokio::task::spawn_blocking(move || {
-                expected_tree(source.expected().slice_refs(&realm, space, &own), depth)
+                let e = source.expected();
+                expected_digest(e.slice_refs(&realm, space, &own), depth, e.len(space))
             })
+            .await
+            .map_err(|e| ReconError::Config(format!("the digest thread failed: {e}")))?
         };
+        // Pass 1: the store's tree, keeping the rows that are not expected.
         let mut theirs = Tree::new(depth);
-        let (ours, first) = tokio::join!(
-            ours,
-            reader.pull(space, |rows| {
+        let mut kept: Vec<Row> = Vec::new();
+        let first = reader
+            .pull(space, |rows| {
                 tick(rows.len() as u64);
-                digest_rows(&mut theirs, rows);
+                digest_rows(&mut theirs, rows, Some(&filter), &mut kept);
+                // Past the cap the kept rows are useless: stop copying them.
+                if kept.len() > limits.candidate_rows_max {
+                    kept.truncate(limits.candidate_rows_max + 1);
+                }
             })
-        );
-        let ours =
-            ours.map_err(|e| ReconError::Config(format!("the digest thread failed: {e}")))?;
-        let first = first?;
+            .await?;
+        drop(filter);
         compared += first.rows;
         stats.add(first);
         theirs.seal();
-        let differing: HashSet<usize> = ours.diff(&theirs).into_iter().collect();
+        let differing = ours.diff(&theirs);
         leaves += differing.len();
         if differing.is_empty() {
             continue;
         }
-        // Pass 2: only the rows of differing leaves.
-        let mut kept: Vec<Row> = Vec::new();
-        stats.add(
-            reader
-                .pull(space, |rows| {
-                    if kept.len() <= limits.candidate_rows_max {
-                        kept.extend(rows_in(rows, &differing, depth));
-                    }
-                })
-                .await?,
-        );
         let kept = keep_at_most(kept, limits.candidate_rows_max, &s.name)?;
-        let exp_rows = expected
+        let set: HashSet<usize> = differing.iter().copied().collect();
+        let exp_rows: Vec<Row> = expected
             .slice(&s.realm, space, &s.own)
-            .filter(|r| differing.contains(&r.key.bucket(depth)));
-        cands.extend(core_recon::candidates(exp_rows, kept));
+            .filter(|r| set.contains(&r.key.bucket(depth)))
+            .collect();
+        // Most differing leaves are explained by the kept rows alone; the others are
+        // read by key through the index, and only what that cannot explain either is
+        // read again in full (pass 2).
+        let (mut actual, unexplained) =
+            core_recon::explain_leaves(&exp_rows, &kept, &theirs, &differing);
+        if !unexplained.is_empty() {
+            let uset: HashSet<usize> = unexplained.into_iter().collect();
+            let mut keys: Vec<RowKey> = exp_rows
+                .iter()
+                .chain(&kept)
+                .filter(|r| uset.contains(&r.key.bucket(depth)))
+                .map(|r| r.key.clone())
+                .collect();
+            keys.sort();
+            keys.dedup();
+            let (fetched, st) = reader.lookup_many(space, &keys).await?;
+            stats.add(st);
+            let mut by_leaf: BTreeMap<usize, Vec<Row>> =
+                uset.iter().map(|&b| (b, Vec::new())).collect();
+            for r in fetched {
+                if let Some(rows) = by_leaf.get_mut(&r.key.bucket(depth)) {
+                    rows.push(r);
+                }
+            }
+            let mut still: HashSet<usize> = HashSet::new();
+            for (b, rows) in by_leaf {
+                if core_recon::is_leaf(&rows, depth, theirs.leaf(b)) {
+                    actual.extend(rows);
+                } else {
+                    still.insert(b);
+                }
+            }
+            if !still.is_empty() {
+                // Pass 2: only the rows of the leaves nothing else explains.
+                let mut again: Vec<Row> = Vec::new();
+                let st = reader
+                    .pull(space, |rows| {
+                        if again.len() <= limits.candidate_rows_max {
+                            again.extend(rows_in(rows, &still, depth));
+                        }
+                    })
+                    .await?;
+                stats.add(st);
+                actual.extend(keep_at_most(again, limits.candidate_rows_max, &s.name)?);
+            }
+        }
+        cands.extend(core_recon::candidates(exp_rows, actual));
     }
     let found = cands.len();
     drop(reading);
