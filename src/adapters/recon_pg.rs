@@ -742,8 +742,9 @@ impl PgStore {
         space: Space,
         on_rows: &mut (dyn FnMut(&[RowRef<'_>]) + Send),
     ) -> Result<ReadStats, ReadError> {
-        /// Parse and hand over rows once this much has arrived.
-        const BATCH_BYTES: usize = 4 << 20;
+        /// Parse and hand over rows once this much has arrived: small enough that
+        /// PostgreSQL fills the socket with the next batch while this one is hashed.
+        const BATCH_BYTES: usize = 512 << 10;
         let mut stats = ReadStats::default();
         let mut copy = CopyBinary::new(match space {
             Space::Balances => 3,

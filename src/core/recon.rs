@@ -293,6 +293,14 @@ impl Ownership {
         self.locations_m.is_match(location)
     }
 
+    /// Whether a row is in this store's slice.
+    pub fn owns(&self, row: &RowRef<'_>) -> bool {
+        match row {
+            RowRef::Balance { account, .. } => self.owns_account(account),
+            RowRef::Item { location, .. } => self.owns_location(location),
+        }
+    }
+
     pub fn spaces(&self) -> Vec<Space> {
         let mut s = Vec::new();
         if !self.accounts.is_empty() {
@@ -369,12 +377,22 @@ impl Expected {
         realm: &'a str,
         space: Space,
         own: &'a Ownership,
-    ) -> Box<dyn Iterator<Item = RowRef<'a>> + 'a> {
+    ) -> impl Iterator<Item = RowRef<'a>> + 'a {
+        self.realm_refs(realm, space).filter(move |r| own.owns(r))
+    }
+
+    /// Every expected row of one realm and space, owned by any store (filter with
+    /// [`Ownership::owns`], e.g. in parallel).
+    pub fn realm_refs<'a>(
+        &'a self,
+        realm: &'a str,
+        space: Space,
+    ) -> Box<dyn Iterator<Item = RowRef<'a>> + Send + 'a> {
         match space {
             Space::Balances => Box::new(
                 self.balances
                     .iter()
-                    .filter(move |((r, a, _), _)| r == realm && own.owns_account(a))
+                    .filter(move |((r, _, _), _)| r == realm)
                     .map(|((_, a, s), v)| RowRef::Balance {
                         account: a,
                         asset: s,
@@ -386,9 +404,7 @@ impl Expected {
                     .iter()
                     .filter(move |((r, _), _)| r == realm)
                     .flat_map(move |((_, item), locs)| {
-                        locs.iter()
-                            .filter(|l| own.owns_location(l))
-                            .map(move |l| RowRef::Item { item, location: l })
+                        locs.iter().map(move |l| RowRef::Item { item, location: l })
                     }),
             ),
         }
@@ -620,10 +636,11 @@ pub fn explain_leaves(
         }
     }
     for r in expected {
-        if !touched.contains(&r.key) {
-            if let Some(rows) = guess.get_mut(&r.key.bucket(depth)) {
-                rows.push(r);
-            }
+        if touched.contains(&r.key) {
+            continue;
+        }
+        if let Some(rows) = guess.get_mut(&r.key.bucket(depth)) {
+            rows.push(r);
         }
     }
     let mut explained = Vec::new();

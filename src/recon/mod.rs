@@ -672,24 +672,30 @@ impl ExpectedRows {
     }
 }
 
-/// The tree and the row filter of the expected rows, hashed in parallel a batch at a
-/// time (memory: one batch and the filter, whatever the slice's size).
+/// Expected rows are read from the state one batch at a time, and filtered and hashed
+/// in parallel.
+const EXPECTED_BATCH_ROWS: usize = 65_536;
+
+/// The tree and the row filter of a store's expected rows (`rows` of its realm, kept
+/// if `own`ed), filtered and hashed in parallel a batch at a time (memory: one batch
+/// and the filter, whatever the slice's size).
 fn expected_digest<'a>(
     rows: impl Iterator<Item = RowRef<'a>>,
+    own: &Ownership,
     depth: u8,
     rows_hint: usize,
 ) -> (Tree, ExpectedRows) {
-    const BATCH_ROWS: usize = 65_536;
     let mut tree = Tree::new(depth);
     let mut filter = ExpectedRows::new(rows_hint);
     let mut rows = rows.peekable();
-    let mut batch = Vec::with_capacity(BATCH_ROWS);
+    let mut batch = Vec::with_capacity(EXPECTED_BATCH_ROWS);
     while rows.peek().is_some() {
         batch.clear();
-        batch.extend(rows.by_ref().take(BATCH_ROWS));
+        batch.extend(rows.by_ref().take(EXPECTED_BATCH_ROWS));
         let hashed: Vec<(usize, [u8; 32])> = batch
             .par_iter()
             .with_min_len(1_024)
+            .filter(|r| own.owns(r))
             .map(|r| r.hash(depth))
             .collect();
         for (b, h) in &hashed {
@@ -699,6 +705,30 @@ fn expected_digest<'a>(
     }
     tree.seal();
     (tree, filter)
+}
+
+/// A store's expected rows in the buckets `keep`, filtered in parallel batches.
+fn expected_in<'a>(
+    rows: impl Iterator<Item = RowRef<'a>>,
+    own: &Ownership,
+    keep: &HashSet<usize>,
+    depth: u8,
+) -> Vec<Row> {
+    let mut out = Vec::new();
+    let mut rows = rows.peekable();
+    let mut batch = Vec::with_capacity(EXPECTED_BATCH_ROWS);
+    while rows.peek().is_some() {
+        batch.clear();
+        batch.extend(rows.by_ref().take(EXPECTED_BATCH_ROWS));
+        out.par_extend(
+            batch
+                .par_iter()
+                .with_min_len(1_024)
+                .filter(|r| keep.contains(&r.bucket(depth)) && own.owns(r))
+                .map(RowRef::to_row),
+        );
+    }
+    out
 }
 
 /// The rows of `rows` whose buckets are in `keep`, copied out of the batch.
@@ -796,7 +826,7 @@ async fn reconcile_store(
             let (source, realm, own) = (source.clone(), s.realm.clone(), s.own.clone());
             tokio::task::spawn_blocking(move || {
                 let e = source.expected();
-                expected_digest(e.slice_refs(&realm, space, &own), depth, e.len(space))
+                expected_digest(e.realm_refs(&realm, space), &own, depth, e.len(space))
             })
             .await
             .map_err(|e| ReconError::Config(format!("the digest thread failed: {e}")))?
@@ -825,10 +855,7 @@ async fn reconcile_store(
         }
         let kept = keep_at_most(kept, limits.candidate_rows_max, &s.name)?;
         let set: HashSet<usize> = differing.iter().copied().collect();
-        let exp_rows: Vec<Row> = expected
-            .slice(&s.realm, space, &s.own)
-            .filter(|r| set.contains(&r.key.bucket(depth)))
-            .collect();
+        let exp_rows = expected_in(expected.realm_refs(&s.realm, space), &s.own, &set, depth);
         // Most differing leaves are explained by the kept rows alone; the others are
         // read by key through the index, and only what that cannot explain either is
         // read again in full (pass 2).
