@@ -563,7 +563,9 @@ impl PgStore {
         };
         let chunk_max = chunk_max.max(1);
         let chunk_min = self.limits.chunk_rows_min.clamp(1, chunk_max);
-        let mut chunk = self.limits.chunk_rows_max.clamp(chunk_min, chunk_max);
+        // The first chunk is modest; the target time grows it (at most 4x a chunk).
+        const FIRST_CHUNK_ROWS: i64 = 100_000;
+        let mut chunk = FIRST_CHUNK_ROWS.clamp(chunk_min, chunk_max);
         let mut stats = ReadStats::default();
         let mut after: Option<Bound> = None;
         loop {

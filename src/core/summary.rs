@@ -229,6 +229,24 @@ pub fn expected_summaries(
     s
 }
 
+/// The tree depth summary mode uses: the configured one, made shallower where it would
+/// ship more than ~1% of a pull's bytes. Every chunk sends up to 2^depth summaries of
+/// 28 bytes where a pull sends ~25 bytes a row, so 2^depth stays under
+/// rows / (128 × chunks) for the slice's `rows`, with chunks estimated as
+/// rows / `chunk_rows_max` but at least 3 (the adaptive chunks start small). Never below
+/// depth 6 (64 summaries a chunk: nothing on the wire), nor above the configured depth.
+/// A shallower tree only means more rows fetched per differing bucket.
+pub fn depth_for(configured: u8, rows: usize, chunk_rows_max: i64) -> u8 {
+    let chunks = (rows as f64 / chunk_rows_max.max(1) as f64).ceil().max(3.0);
+    let fits = rows as f64 / (128.0 * chunks);
+    let fits = if fits < 2.0 {
+        0
+    } else {
+        fits.log2().floor() as u8
+    };
+    configured.min(fits.max(6))
+}
+
 /// Whether a row's key falls in one of `buckets` (the rows of differing buckets).
 pub fn in_buckets(key: &RowKey, depth: u8, buckets: &HashSet<usize>) -> bool {
     buckets.contains(&bucket(key, depth))
@@ -236,6 +254,19 @@ pub fn in_buckets(key: &RowKey, depth: u8, buckets: &HashSet<usize>) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn summary_depth_keeps_summaries_near_one_percent_of_a_pull() {
+        // The configured depth where it is small enough.
+        assert_eq!(depth_for(8, 10_000_000, 1_000_000), 8);
+        // 1M rows (about 3 chunks): 3 × 2^11 × 28 bytes = 0.8% of ~25 MB.
+        assert_eq!(depth_for(12, 1_000_000, 1_000_000), 11);
+        // 10M rows in ≥ 10 chunks: 10 × 2^12 × 28 bytes = 0.5% of ~250 MB.
+        assert_eq!(depth_for(16, 10_000_000, 1_000_000), 12);
+        // Small tables keep a useful tree; never deeper than configured.
+        assert_eq!(depth_for(12, 10, 3), 6);
+        assert_eq!(depth_for(4, 10, 3), 4);
+    }
+
     use super::*;
 
     use proptest::prelude::*;

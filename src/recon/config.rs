@@ -64,8 +64,11 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
     pub const TARGET_QUERY_MS: u64 = 200;
     pub const CHUNK_ROWS_MIN: i64 = 1_000;
-    /// 100,000 rows of ~60 bytes is ~6 MB per chunk: bounded memory.
-    pub const CHUNK_ROWS_MAX: i64 = 100_000;
+    /// Memory does not grow with a chunk (its rows are parsed and hashed in 512 KB
+    /// batches as they arrive), and the target time sizes chunks; this only caps one
+    /// statement's rows if a fast database would let a chunk grow further. Larger
+    /// chunks mean fewer boundary queries and fewer revisited pages.
+    pub const CHUNK_ROWS_MAX: i64 = 1_000_000;
     /// A summary chunk ships at most 2^tree_depth rows however many it reads, so long
     /// chunks are what keep it cheap on the wire (at 1 s, 1,000,000 rows took 8 chunks
     /// and moved 1.05% of a pull's bytes; at 2 s, half that: docs/benchmarks.md); 2 s

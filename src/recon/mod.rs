@@ -794,6 +794,8 @@ async fn reconcile_store(
                     s.name
                 )));
             };
+            let depth =
+                summary::depth_for(depth, expected.len(space), limits.summary_chunk_rows_max);
             let (differing, st) =
                 summary_differing(s, pg, source, salt, space, depth, &tick).await?;
             compared += st.rows;
