@@ -604,10 +604,9 @@ async fn the_daemons_journal_is_the_expected_state_and_names_the_last_transactio
             .as_array()
             .expect("last transactions");
         assert!(!last.is_empty(), "{f:?}");
-        assert!(
-            last.iter()
-                .all(|t| t["tx_id"].is_string() && t["position"].is_i64())
-        );
+        assert!(last.iter().all(|t| t["tx_id"].is_string()
+            && t["position"].is_i64()
+            && t["ts"].as_str().is_some_and(|ts| ts.ends_with('Z'))));
     }
     // Journal runs are recorded by default.
     let mut c = db.connect().await;

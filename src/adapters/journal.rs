@@ -672,17 +672,22 @@ pub struct AccountQuery<'a> {
     pub counterparties: i64,
 }
 
+/// The defaults of `trace account` and the console: the newest postings listed, the
+/// largest inflows, the counterparties.
+pub const HISTORY_ROWS_DEFAULT: i64 = 50;
+pub const TOP_INFLOWS_DEFAULT: i64 = 10;
+pub const COUNTERPARTIES_DEFAULT: i64 = 20;
+
 impl<'a> AccountQuery<'a> {
-    /// The defaults of `trace account` and the console: 50 newest postings, 10
-    /// largest inflows, 20 counterparties.
+    /// Every realm and asset, with the defaults above.
     pub fn new(account: &'a str) -> AccountQuery<'a> {
         AccountQuery {
             account,
             realm: None,
             asset: None,
-            history: 50,
-            top: 10,
-            counterparties: 20,
+            history: HISTORY_ROWS_DEFAULT,
+            top: TOP_INFLOWS_DEFAULT,
+            counterparties: COUNTERPARTIES_DEFAULT,
         }
     }
 }

@@ -1028,14 +1028,15 @@ impl ReconDb {
         key: &RowKey,
         limit: i64,
     ) -> Result<serde_json::Value, sqlx::Error> {
+        // Newest first along the support indexes (`journal_*_trace`: key, realm, ts,
+        // position), which carry the transaction's fields: no join, no sort of a busy
+        // key's whole history.
         let rows = match key {
             RowKey::Balance { account, asset } => {
                 sqlx::query(
-                    "SELECT j.tx_id, j.ts::text, j.position, j.system, p.delta::text
-                       FROM journal_postings p JOIN journal j
-                         ON j.group_name = p.group_name AND j.position = p.position
-                      WHERE p.group_name = $1 AND p.realm = $2 AND p.account = $3 AND p.asset = $4
-                      ORDER BY p.position DESC LIMIT $5",
+                    "SELECT tx_id, ts_us, position, system, delta::text FROM journal_postings
+                      WHERE group_name = $1 AND account = $3 AND realm = $2 AND asset = $4
+                      ORDER BY ts_us DESC, position DESC, ord DESC LIMIT $5",
                 )
                 .bind(group)
                 .bind(realm)
@@ -1045,25 +1046,26 @@ impl ReconDb {
                 .fetch_all(&self.pool)
                 .await?
             }
-            RowKey::Item { item } => sqlx::query(
-                "SELECT j.tx_id, j.ts::text, j.position, j.system, i.from_loc || ' -> ' || i.to_loc
-                       FROM journal_items i JOIN journal j
-                         ON j.group_name = i.group_name AND j.position = i.position
-                      WHERE i.group_name = $1 AND i.realm = $2 AND i.item = $3
-                      ORDER BY i.position DESC LIMIT $4",
-            )
-            .bind(group)
-            .bind(realm)
-            .bind(item)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?,
+            RowKey::Item { item } => {
+                sqlx::query(
+                    "SELECT tx_id, ts_us, position, system, from_loc || ' -> ' || to_loc
+                   FROM journal_items
+                  WHERE group_name = $1 AND item = $3 AND realm = $2
+                  ORDER BY ts_us DESC, position DESC, ord DESC LIMIT $4",
+                )
+                .bind(group)
+                .bind(realm)
+                .bind(item)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
         };
         let mut out = Vec::new();
         for r in rows {
             out.push(serde_json::json!({
                 "tx_id": r.try_get::<Option<String>, _>(0)?,
-                "ts": r.try_get::<Option<String>, _>(1)?,
+                "ts": r.try_get::<Option<i64>, _>(1)?.map(crate::core::provenance::fmt_ts_us),
                 "position": r.try_get::<i64, _>(2)?,
                 "system": r.try_get::<Option<String>, _>(3)?,
                 "change": r.try_get::<Option<String>, _>(4)?,

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 
-use crate::adapters::journal::{AccountQuery, ItemReport, Journal, item_report};
+use crate::adapters::journal::{self, AccountQuery, ItemReport, Journal, item_report};
 use crate::core::provenance::fmt_ts_us as ts;
 use crate::core::provenance::{self, AccountTrace};
 use crate::daemon::config::Config;
@@ -121,21 +121,22 @@ pub struct ItemArgs {
 #[derive(Debug, Args)]
 pub struct AccountArgs {
     pub account: String,
+    /// Only this realm [default: every realm the account has postings in].
     #[arg(long)]
     pub realm: Option<String>,
     /// Only this asset (e.g. gold).
     #[arg(long)]
     pub asset: Option<String>,
     /// How many of the largest inflows to show.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = journal::TOP_INFLOWS_DEFAULT)]
     pub top: i64,
     /// How many of the newest postings to list, with their running balance (at most
     /// 1,000,000; balances, crossings and counterparties always cover the whole
     /// history).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = journal::HISTORY_ROWS_DEFAULT)]
     pub history_rows: i64,
     /// How many counterparties to list, largest volume first.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = journal::COUNTERPARTIES_DEFAULT)]
     pub counterparties: i64,
     #[arg(long, value_enum, default_value_t = TraceFormat::Table)]
     pub format: TraceFormat,
