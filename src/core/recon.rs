@@ -16,7 +16,7 @@ use serde_json::json;
 use super::engine::Engine;
 use super::event::is_world;
 use super::finding::{Finding, Invariant, fingerprint};
-use super::merkle::{BucketDigest, Field, Tree, bucket_of, key_hash, row_hash};
+use super::merkle::{BucketDigest, Field, Tree, bucket_of, key_hash, row_hash_of};
 use super::time::Timestamp;
 
 /// The two key spaces a store can hold.
@@ -181,12 +181,12 @@ impl RowRef<'_> {
         bucket_of(&key_hash(&self.key_fields()), depth)
     }
 
-    /// The row's bucket and hash, as [`add_row`] computes them.
+    /// The row's bucket and hash, as [`add_row`] computes them (the key hashed once).
     pub fn hash(&self, depth: u8) -> (usize, [u8; 32]) {
-        let key = self.key_fields();
+        let kh = key_hash(&self.key_fields());
         (
-            bucket_of(&key_hash(&key), depth),
-            row_hash(&key, &[self.value_field()]),
+            bucket_of(&kh, depth),
+            row_hash_of(&kh, &[self.value_field()]),
         )
     }
 
@@ -241,10 +241,10 @@ pub fn hash_row(row: &Row, depth: u8) -> (usize, [u8; 32]) {
     match row.as_ref() {
         Some(r) => r.hash(depth),
         None => {
-            let key = row.key.fields();
+            let kh = key_hash(&row.key.fields());
             (
-                bucket_of(&key_hash(&key), depth),
-                row_hash(&key, &[row.value.field()]),
+                bucket_of(&kh, depth),
+                row_hash_of(&kh, &[row.value.field()]),
             )
         }
     }
@@ -257,8 +257,52 @@ pub fn hash_row(row: &Row, depth: u8) -> (usize, [u8; 32]) {
 pub struct Ownership {
     pub accounts: Vec<String>,
     pub locations: Vec<String>,
-    accounts_m: GlobSet,
-    locations_m: GlobSet,
+    accounts_m: Matcher,
+    locations_m: Matcher,
+}
+
+/// A store's globs, matched per expected row (millions a run): the common shape
+/// `prefix*` (a literal prefix, one trailing `*`) is a prefix test; anything else goes
+/// through `globset`.
+#[derive(Clone, Debug)]
+enum Matcher {
+    /// Literal prefixes whose `*` matches any rest without a `/`.
+    Prefixes(Vec<String>),
+    Globs(GlobSet),
+}
+
+impl Default for Matcher {
+    fn default() -> Matcher {
+        Matcher::Globs(GlobSet::empty())
+    }
+}
+
+impl Matcher {
+    fn new(patterns: &[String]) -> Result<Matcher, String> {
+        let globs = glob_set(patterns)?;
+        let prefixes: Option<Vec<String>> = patterns
+            .iter()
+            .map(|p| {
+                let prefix = p.strip_suffix('*')?;
+                let meta = |c: char| matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\');
+                (!prefix.contains(meta)).then(|| prefix.to_string())
+            })
+            .collect();
+        Ok(match prefixes {
+            Some(p) if !p.is_empty() => Matcher::Prefixes(p),
+            _ => Matcher::Globs(globs),
+        })
+    }
+
+    fn is_match(&self, s: &str) -> bool {
+        match self {
+            Matcher::Prefixes(ps) => ps.iter().any(|p| {
+                s.strip_prefix(p.as_str())
+                    .is_some_and(|rest| !rest.contains('/'))
+            }),
+            Matcher::Globs(g) => g.is_match(s),
+        }
+    }
 }
 
 /// Builds a glob set with `/` as a separator `*` does not cross.
@@ -278,8 +322,8 @@ pub fn glob_set(patterns: &[String]) -> Result<GlobSet, String> {
 impl Ownership {
     pub fn new(accounts: Vec<String>, locations: Vec<String>) -> Result<Ownership, String> {
         Ok(Ownership {
-            accounts_m: glob_set(&accounts)?,
-            locations_m: glob_set(&locations)?,
+            accounts_m: Matcher::new(&accounts)?,
+            locations_m: Matcher::new(&locations)?,
             accounts,
             locations,
         })
@@ -808,6 +852,41 @@ mod tests {
         let mut store = expected.clone();
         let gone = store.remove(42);
         check(store, vec![], vec![gone.key.bucket(depth)]);
+    }
+
+    /// The prefix fast path matches exactly what the glob set matches.
+    #[test]
+    fn prefix_globs_match_as_globset_does() {
+        let patterns: Vec<String> = ["player:*", "guild:*", "x*"].map(String::from).to_vec();
+        let fast = Matcher::new(&patterns).expect("patterns");
+        assert!(matches!(fast, Matcher::Prefixes(_)));
+        let slow = glob_set(&patterns).expect("patterns");
+        for s in [
+            "player:1",
+            "player:",
+            "player:1/bag",
+            "playe",
+            "guild:7",
+            "guild:7/bank",
+            "x",
+            "xy/z",
+            "",
+            "/player:1",
+            "Player:1",
+            "player:ü",
+        ] {
+            assert_eq!(fast.is_match(s), slow.is_match(s), "{s:?}");
+        }
+        // Any other shape keeps the glob set.
+        for p in ["player:*/bag", "p?:*", "player:[0-9]*", "exact"] {
+            assert!(
+                matches!(
+                    Matcher::new(&[p.to_string()]).expect("p"),
+                    Matcher::Globs(_)
+                ),
+                "{p}"
+            );
+        }
     }
 
     #[test]
