@@ -832,11 +832,29 @@ async fn postgresql_summaries_equal_the_auditors_bit_for_bit_on_tricky_values() 
         assert_eq!(got, want, "{space:?}");
         // The pull (binary COPY in tiny key-range chunks whose bounds PostgreSQL quotes)
         // returns every live row once: tricky keys, and both copies of a duplicate item.
+        // Held back until `ready` turns true: no row arrives before.
+        let opened = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let opener = {
+            let opened = opened.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                opened.store(true, std::sync::atomic::Ordering::SeqCst);
+                ready_tx.send(true).expect("send");
+            })
+        };
         let mut pulled: Vec<Row> = Vec::new();
         let st = pg
-            .pull(space, |rs| pulled.extend(rs.iter().map(|r| r.to_row())))
+            .pull(space, Some(ready), |rs| {
+                assert!(
+                    opened.load(std::sync::atomic::Ordering::SeqCst),
+                    "rows before ready"
+                );
+                pulled.extend(rs.iter().map(|r| r.to_row()))
+            })
             .await
             .expect("pull");
+        opener.await.expect("opener");
         pulled.sort();
         let mut all = rows.clone();
         all.sort();

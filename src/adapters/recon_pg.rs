@@ -460,6 +460,7 @@ enum Pass<'a> {
     /// the read buffer.
     Pull {
         on_rows: &'a mut (dyn FnMut(&[RowRef<'_>]) + Send),
+        ready: Option<tokio::sync::watch::Receiver<bool>>,
     },
 }
 
@@ -706,7 +707,7 @@ impl PgStore {
                     stats.rows += rows.len() as u64;
                     on_rows(page);
                 }
-                Pass::Pull { on_rows } => {
+                Pass::Pull { on_rows, ready } => {
                     let sel = match space {
                         Space::Balances => format!("{}, {}, {}", cols.k0, cols.k1, cols.v),
                         Space::Items => format!("{}, {}", cols.k0, cols.k1),
@@ -717,7 +718,7 @@ impl PgStore {
                         cond = range.sql_literal(&cols),
                     );
                     stats.add(
-                        self.copy_chunk(&mut tx, &sql, space, &mut **on_rows)
+                        self.copy_chunk(&mut tx, &sql, space, &mut **on_rows, ready.clone())
                             .await?,
                     );
                 }
@@ -744,9 +745,14 @@ impl PgStore {
     /// parsed in place and handed over in batches that borrow the read buffer.
     /// Memory: one batch (a few MB) whatever the table's size. `ReadStats::bytes`
     /// counts the fields' bytes as text, as the other readers do.
+    ///
+    /// With `ready`, rows are only buffered (up to 64 MB) until it turns true, and
+    /// handed over after: PostgreSQL keeps sending while the caller's CPU goes to
+    /// something it must finish first (the expected side's digest).
     pub async fn pull(
         &self,
         space: Space,
+        ready: Option<tokio::sync::watch::Receiver<bool>>,
         mut on_rows: impl FnMut(&[RowRef<'_>]) + Send,
     ) -> Result<ReadStats, ReadError> {
         self.ranged(
@@ -754,6 +760,7 @@ impl PgStore {
             0,
             Pass::Pull {
                 on_rows: &mut on_rows,
+                ready,
             },
         )
         .await
@@ -766,10 +773,15 @@ impl PgStore {
         sql: &str,
         space: Space,
         on_rows: &mut (dyn FnMut(&[RowRef<'_>]) + Send),
+        mut ready: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Result<ReadStats, ReadError> {
         /// Parse and hand over rows once this much has arrived: small enough that
         /// PostgreSQL fills the socket with the next batch while this one is hashed.
         const BATCH_BYTES: usize = 512 << 10;
+        /// Rows handed over at once (a batch of ~512 KB).
+        const BATCH_ROWS: usize = 16_384;
+        /// Buffered at most while waiting for `ready`.
+        const HOLD_BYTES: usize = 64 << 20;
         let mut stats = ReadStats::default();
         let mut copy = CopyBinary::new(match space {
             Space::Balances => 3,
@@ -782,15 +794,25 @@ impl PgStore {
             let done = next.is_none();
             if let Some(bytes) = next {
                 buf.extend_from_slice(&bytes);
-                if buf.len() < BATCH_BYTES {
+                let held = ready.as_ref().is_some_and(|r| !*r.borrow());
+                if buf.len() < BATCH_BYTES || (held && buf.len() < HOLD_BYTES) {
                     continue;
                 }
             }
-            let used = {
+            if let Some(r) = ready.as_mut() {
+                // A dropped sender (the caller's work failed) ends the wait too; the
+                // caller reports its own error.
+                let _ = r.wait_for(|v| *v).await;
+                ready = None;
+            }
+            let mut at = 0;
+            loop {
                 let mut rows = Vec::new();
                 let used = copy
-                    .parse(&buf, done, &mut rows)
+                    .parse(&buf[at..], done, BATCH_ROWS, &mut rows)
                     .map_err(|message| self.data_err(message))?;
+                at += used;
+                let full = rows.len() == BATCH_ROWS;
                 let mut batch = Vec::with_capacity(rows.len());
                 for f in &rows {
                     let row = self.row_ref(space, f)?;
@@ -800,10 +822,14 @@ impl PgStore {
                         batch.push(r);
                     }
                 }
-                on_rows(&batch);
-                used
-            };
-            buf.drain(..used);
+                if !batch.is_empty() {
+                    on_rows(&batch);
+                }
+                if !full {
+                    break;
+                }
+            }
+            buf.drain(..at);
             if done {
                 break;
             }
@@ -873,12 +899,14 @@ impl CopyBinary {
         }
     }
 
-    /// Parses the complete tuples at the start of `buf` into `out`; returns the bytes
-    /// consumed. With `last`, `buf` must hold everything up to the end marker.
+    /// Parses the complete tuples at the start of `buf` into `out`, at most `max`;
+    /// returns the bytes consumed. With `last`, `buf` must hold everything up to the
+    /// end marker (unless `max` tuples were parsed first).
     fn parse<'b>(
         &mut self,
         buf: &'b [u8],
         last: bool,
+        max: usize,
         out: &mut Vec<[Option<&'b [u8]>; 3]>,
     ) -> Result<usize, String> {
         let mut at = 0usize;
@@ -908,7 +936,11 @@ impl CopyBinary {
             at = 19 + ext;
             self.header_done = true;
         }
+        let first = out.len();
         'tuples: while !self.ended {
+            if out.len() - first >= max {
+                return Ok(at);
+            }
             let Some(n) = be16(buf, at) else { break };
             if n == -1 {
                 self.ended = true;
@@ -1169,10 +1201,16 @@ mod tests {
             let mut got: Vec<[Option<Vec<u8>>; 3]> = Vec::new();
             for (piece, last) in [(&all[..cut], false), (&all[cut..], true)] {
                 buf.extend_from_slice(piece);
-                let mut out = Vec::new();
-                let used = copy.parse(&buf, last, &mut out).expect("parse");
-                got.extend(out.iter().map(|t| t.map(|f| f.map(<[u8]>::to_vec))));
-                buf.drain(..used);
+                // At most two tuples a call, as the reader hands over batches.
+                loop {
+                    let mut out = Vec::new();
+                    let used = copy.parse(&buf, last, 2, &mut out).expect("parse");
+                    got.extend(out.iter().map(|t| t.map(|f| f.map(<[u8]>::to_vec))));
+                    buf.drain(..used);
+                    if used == 0 {
+                        break;
+                    }
+                }
             }
             assert!(buf.is_empty(), "cut at {cut}: {} bytes left", buf.len());
             let want: Vec<[Option<Vec<u8>>; 3]> = tuples
@@ -1189,14 +1227,14 @@ mod tests {
         let mut out = Vec::new();
         assert!(
             CopyBinary::new(3)
-                .parse(&all[..all.len() - 3], true, &mut out)
+                .parse(&all[..all.len() - 3], true, 10, &mut out)
                 .is_err()
         );
         assert!(
             CopyBinary::new(3)
-                .parse(b"a\tb\t1\n", true, &mut out)
+                .parse(b"a\tb\t1\n", true, 10, &mut out)
                 .is_err()
         );
-        assert!(CopyBinary::new(2).parse(&all, true, &mut out).is_err());
+        assert!(CopyBinary::new(2).parse(&all, true, 10, &mut out).is_err());
     }
 }

@@ -196,14 +196,21 @@ impl Reader {
     }
 
     /// Every row of `space`, in borrowed batches (PostgreSQL: binary COPY chunks).
+    /// With `ready`, no row is handed over before it turns true (PostgreSQL keeps
+    /// sending into a buffer meanwhile; Redis is not read until then).
     async fn pull(
         &self,
         space: Space,
+        ready: Option<tokio::sync::watch::Receiver<bool>>,
         mut on_rows: impl FnMut(&[RowRef<'_>]) + Send,
     ) -> Result<ReadStats, ReconError> {
         Ok(match self {
-            Reader::Pg(p) => p.pull(space, on_rows).await?,
+            Reader::Pg(p) => p.pull(space, ready, on_rows).await?,
             Reader::Redis(r) => {
+                if let Some(mut ready) = ready {
+                    // A dropped sender: the caller reports its own error.
+                    let _ = ready.wait_for(|v| *v).await;
+                }
                 r.scan(|rows| {
                     let refs: Vec<RowRef<'_>> = rows.iter().filter_map(Row::as_ref).collect();
                     on_rows(&refs)
@@ -822,31 +829,42 @@ async fn reconcile_store(
             cands.extend(core_recon::candidates(exp_rows, kept));
             continue;
         }
-        // The expected side first (on the blocking pool): its tree, and a filter of
-        // its row hashes that every store row is tested against as it streams in.
-        let (ours, filter) = {
+        // The expected side (on the blocking pool): its tree, and a filter of its row
+        // hashes that every store row is tested against. The store's first rows are
+        // buffered meanwhile, so PostgreSQL's reading overlaps this digest.
+        let digest: Arc<std::sync::OnceLock<(Tree, ExpectedRows)>> = Arc::default();
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let digesting = {
             let (source, realm, own) = (source.clone(), s.realm.clone(), s.own.clone());
+            let digest = digest.clone();
             tokio::task::spawn_blocking(move || {
                 let e = source.expected();
-                expected_digest(e.realm_refs(&realm, space), &own, depth, e.len(space))
+                let d = expected_digest(e.realm_refs(&realm, space), &own, depth, e.len(space));
+                let _ = digest.set(d);
+                let _ = ready_tx.send(true);
             })
-            .await
-            .map_err(|e| ReconError::Config(format!("the digest thread failed: {e}")))?
         };
         // Pass 1: the store's tree, keeping the rows that are not expected.
         let mut theirs = Tree::new(depth);
         let mut kept: Vec<Row> = Vec::new();
         let first = reader
-            .pull(space, |rows| {
+            .pull(space, Some(ready), |rows| {
                 tick(rows.len() as u64);
-                digest_rows(&mut theirs, rows, Some(&filter), &mut kept);
+                let filter = digest.get().map(|(_, f)| f);
+                digest_rows(&mut theirs, rows, filter, &mut kept);
                 // Past the cap the kept rows are useless: stop copying them.
                 if kept.len() > limits.candidate_rows_max {
                     kept.truncate(limits.candidate_rows_max + 1);
                 }
             })
-            .await?;
-        drop(filter);
+            .await;
+        digesting
+            .await
+            .map_err(|e| ReconError::Config(format!("the digest thread failed: {e}")))?;
+        let first = first?;
+        let Some((ours, _)) = digest.get() else {
+            return Err(ReconError::Config("the expected digest is missing".into()));
+        };
         compared += first.rows;
         stats.add(first);
         theirs.seal();
@@ -894,7 +912,7 @@ async fn reconcile_store(
                 // Pass 2: only the rows of the leaves nothing else explains.
                 let mut again: Vec<Row> = Vec::new();
                 let st = reader
-                    .pull(space, |rows| {
+                    .pull(space, None, |rows| {
                         if again.len() <= limits.candidate_rows_max {
                             again.extend(rows_in(rows, &still, depth));
                         }
