@@ -249,43 +249,12 @@ impl PgStore {
         Ok((out, stats))
     }
 
-    /// The values the store holds for one key now (the grace re-check).
+    /// The values the store holds for one key now (the grace re-check), sorted.
     pub async fn lookup(&self, key: &RowKey) -> Result<(Vec<Scalar>, ReadStats), ReadError> {
-        let space = key.space();
-        let (q, cols) = self.sql(space)?;
-        let mut tx = self.begin().await?;
-        let rows =
-            match key {
-                RowKey::Balance { account, asset } => sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {cols} FROM ({q}) q WHERE q.account::text = $1 AND q.asset::text = $2"
-                )))
-                .bind(account)
-                .bind(asset)
-                .fetch_all(&mut *tx)
-                .await,
-                RowKey::Item { item } => {
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "SELECT {cols} FROM ({q}) q WHERE q.item::text = $1"
-                    )))
-                    .bind(item)
-                    .fetch_all(&mut *tx)
-                    .await
-                }
-            }
-            .map_err(|e| self.query_err(e))?;
-        tx.rollback().await.map_err(|e| self.query_err(e))?;
-        let mut stats = ReadStats {
-            queries: 1,
-            ..ReadStats::default()
-        };
-        let mut out = Vec::new();
-        for r in &rows {
-            stats.rows += 1;
-            if let Some(row) = self.decode(space, r)? {
-                stats.bytes += row.wire_len() as u64;
-                out.push(row.value);
-            }
-        }
+        let (rows, stats) = self
+            .lookup_many(key.space(), std::slice::from_ref(key))
+            .await?;
+        let mut out: Vec<Scalar> = rows.into_iter().map(|r| r.value).collect();
         out.sort();
         Ok((out, stats))
     }
