@@ -263,8 +263,10 @@ async fn bench(
     let rss_before_expected = rss_mib();
     let mut expected = Expected::default();
     for i in 1..=rows {
-        expected.balances.insert(
-            ("r".into(), format!("player:{i}"), "gold".into()),
+        expected.add_balance(
+            "r",
+            &format!("player:{i}"),
+            "gold",
             i128::from((i * 7919) % 100_000 + 1),
         );
     }

@@ -2,6 +2,7 @@
 
 pub mod engine;
 pub mod event;
+pub mod expected;
 pub mod finding;
 pub mod gate;
 pub mod intern;

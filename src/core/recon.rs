@@ -13,8 +13,6 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 use serde_json::json;
 
-use super::engine::Engine;
-use super::event::is_world;
 use super::finding::{Finding, Invariant, fingerprint};
 use super::merkle::{BucketDigest, Field, Tree, bucket_of, key_hash, row_hash_of};
 use super::time::Timestamp;
@@ -357,129 +355,7 @@ impl Ownership {
     }
 }
 
-/// The state the stream implies at a watermark, copied out of the engine: non-zero
-/// balances of non-`world:` accounts and live item copies. Memory is that of the world
-/// state (the engine holds it anyway), never that of a store table.
-#[derive(Clone, Debug, Default)]
-pub struct Expected {
-    /// The newest committed `ts` applied (the stream watermark compared at).
-    pub watermark_ts: Option<Timestamp>,
-    /// The journal position the state is at (`None` for an offline `--events` audit).
-    pub watermark_position: Option<i64>,
-    /// (realm, account, asset) → balance.
-    pub balances: BTreeMap<(String, String, String), i128>,
-    /// (realm, item) → sorted locations.
-    pub items: BTreeMap<(String, String), Vec<String>>,
-}
-
-impl Expected {
-    /// Copies the state out of a finished engine (every accepted event applied).
-    pub fn from_engine(engine: &Engine, watermark_position: Option<i64>) -> Expected {
-        let interner = engine.interner();
-        let ledger = engine.ledger();
-        let mut e = Expected {
-            watermark_ts: engine.streams().map(|(_, _, _, ts)| ts).max(),
-            watermark_position,
-            ..Expected::default()
-        };
-        for (realm, account, asset, v) in ledger.balances(interner) {
-            if !is_world(account) {
-                e.balances
-                    .insert((realm.into(), account.into(), asset.into()), v);
-            }
-        }
-        for (realm, item, loc) in ledger.item_copies(interner) {
-            e.items.entry((realm, item)).or_default().push(loc);
-        }
-        for locs in e.items.values_mut() {
-            locs.sort();
-        }
-        e
-    }
-
-    /// The expected rows of one store: its realm, its space, its owned keys.
-    pub fn slice<'a>(
-        &'a self,
-        realm: &'a str,
-        space: Space,
-        own: &'a Ownership,
-    ) -> Box<dyn Iterator<Item = Row> + 'a> {
-        Box::new(self.slice_refs(realm, space, own).map(|r| r.to_row()))
-    }
-
-    /// Rows of `space` in all realms and slices (an upper bound of a slice's size).
-    pub fn len(&self, space: Space) -> usize {
-        match space {
-            Space::Balances => self.balances.len(),
-            Space::Items => self.items.values().map(Vec::len).sum(),
-        }
-    }
-
-    /// [`Expected::slice`] borrowed, for digesting without copies.
-    pub fn slice_refs<'a>(
-        &'a self,
-        realm: &'a str,
-        space: Space,
-        own: &'a Ownership,
-    ) -> impl Iterator<Item = RowRef<'a>> + 'a {
-        self.realm_refs(realm, space).filter(move |r| own.owns(r))
-    }
-
-    /// Every expected row of one realm and space, owned by any store (filter with
-    /// [`Ownership::owns`], e.g. in parallel).
-    pub fn realm_refs<'a>(
-        &'a self,
-        realm: &'a str,
-        space: Space,
-    ) -> Box<dyn Iterator<Item = RowRef<'a>> + Send + 'a> {
-        match space {
-            Space::Balances => Box::new(
-                self.balances
-                    .iter()
-                    .filter(move |((r, _, _), _)| r == realm)
-                    .map(|((_, a, s), v)| RowRef::Balance {
-                        account: a,
-                        asset: s,
-                        balance: *v,
-                    }),
-            ),
-            Space::Items => Box::new(
-                self.items
-                    .iter()
-                    .filter(move |((r, _), _)| r == realm)
-                    .flat_map(move |((_, item), locs)| {
-                        locs.iter().map(move |l| RowRef::Item { item, location: l })
-                    }),
-            ),
-        }
-    }
-
-    /// The expected values of one key in a store's slice (empty: the store must not
-    /// hold it).
-    pub fn values(&self, realm: &str, key: &RowKey, own: &Ownership) -> Vec<Scalar> {
-        match key {
-            RowKey::Balance { account, asset } => {
-                if !own.owns_account(account) {
-                    return Vec::new();
-                }
-                self.balances
-                    .get(&(realm.to_string(), account.clone(), asset.clone()))
-                    .map(|v| vec![Scalar::Int(*v)])
-                    .unwrap_or_default()
-            }
-            RowKey::Item { item } => self
-                .items
-                .get(&(realm.to_string(), item.clone()))
-                .map(|locs| {
-                    locs.iter()
-                        .filter(|l| own.owns_location(l))
-                        .map(|l| Scalar::Str(l.clone()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }
-    }
-}
+pub use super::expected::Expected;
 
 /// A key whose store values differ from the expected ones (not yet confirmed).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -955,16 +831,11 @@ mod tests {
     #[test]
     fn ownership_globs_slice_the_expected_state() {
         let mut e = Expected::default();
-        e.balances
-            .insert(("r".into(), "player:1".into(), "gold".into()), 3);
-        e.balances
-            .insert(("r".into(), "guild:1/bank".into(), "gold".into()), 4);
-        e.balances
-            .insert(("r".into(), "player:1/bank".into(), "gold".into()), 5);
-        e.items.insert(
-            ("r".into(), "itm:1".into()),
-            vec!["player:1/bag".into(), "player:1/bank".into()],
-        );
+        e.add_balance("r", "player:1", "gold", 3);
+        e.add_balance("r", "guild:1/bank", "gold", 4);
+        e.add_balance("r", "player:1/bank", "gold", 5);
+        e.add_item("r", "itm:1", "player:1/bag");
+        e.add_item("r", "itm:1", "player:1/bank");
         let own = Ownership::new(vec!["player:*".into()], vec!["player:*/bank".into()]).unwrap();
         let b: Vec<Row> = e.slice("r", Space::Balances, &own).collect();
         assert_eq!(b, vec![Row::balance("player:1", "gold", 3)]);

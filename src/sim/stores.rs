@@ -295,15 +295,16 @@ impl StoreWorld {
 
     /// The whole state in the auditor's terms (for tests that stand in for the engine).
     pub fn expected(&self) -> Expected {
-        Expected {
-            balances: self.balances.clone(),
-            items: self
-                .items
-                .iter()
-                .filter_map(|(k, (l, _))| l.as_ref().map(|l| (k.clone(), vec![l.clone()])))
-                .collect(),
-            ..Expected::default()
+        let mut e = Expected::default();
+        for ((realm, account, asset), v) in &self.balances {
+            e.add_balance(realm, account, asset, *v);
         }
+        for ((realm, item), (loc, _)) in &self.items {
+            if let Some(loc) = loc {
+                e.add_item(realm, item, loc);
+            }
+        }
+        e
     }
 
     /// Every table's rows, for a full materialization.
@@ -570,6 +571,7 @@ pub fn inject_drift(tables: &mut Tables, plan: &[(Drift, usize)], seed: u64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::recon::RowRef;
     use crate::sim::{Noise, SimConfig, generate};
 
     fn world(noise: Noise) -> Tables {
@@ -627,9 +629,14 @@ mod tests {
         let t = s.tables();
         let wallets = &t.rows["wallets"];
         let want: usize = e
-            .balances
-            .keys()
-            .filter(|(_, a, _)| table_for(Space::Balances, a).map(|t| t.table) == Some("wallets"))
+            .realms()
+            .flat_map(|r| e.realm_refs(r, Space::Balances))
+            .filter(|r| {
+                let RowRef::Balance { account, .. } = r else {
+                    return false;
+                };
+                table_for(Space::Balances, account).map(|t| t.table) == Some("wallets")
+            })
             .count();
         assert_eq!(wallets.len(), want);
         for ((realm, key), v) in wallets {
@@ -637,7 +644,8 @@ mod tests {
                 panic!("a balance key")
             };
             assert_eq!(
-                e.balances[&(realm.clone(), account.clone(), asset.clone())],
+                e.balance(realm, account, asset)
+                    .expect("an expected balance"),
                 match v[0] {
                     Scalar::Int(i) => i,
                     _ => panic!("an amount"),

@@ -1,0 +1,351 @@
+//! The state the stream implies at a watermark, as reconciliation compares it: non-zero
+//! balances of non-`world:` accounts and live item copies, per realm.
+//!
+//! Compact, because a reconciliation holds it whole next to the engine: every string
+//! lives once in one arena (realms and assets, the few values repeated on every row,
+//! are interned), and the rows are flat vectors read in order — ~48 bytes a balance and
+//! ~40 an item copy plus their key text, where owned `String` maps took ~230. Looking a
+//! key up (the grace re-check, for a few candidates) builds a hash index on first use.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::OnceLock;
+
+use super::engine::Engine;
+use super::event::is_world;
+use super::recon::{Ownership, Row, RowKey, RowRef, Scalar, Space};
+use super::time::Timestamp;
+
+/// A string in the arena.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    at: usize,
+    len: u32,
+}
+
+#[derive(Clone, Debug)]
+struct Balance {
+    realm: u32,
+    asset: u32,
+    account: Span,
+    balance: i128,
+}
+
+#[derive(Clone, Debug)]
+struct Item {
+    realm: u32,
+    item: Span,
+    location: Span,
+}
+
+/// A small set of distinct strings (realms, assets), by index.
+#[derive(Clone, Debug, Default)]
+struct Names {
+    names: Vec<String>,
+    index: HashMap<String, u32>,
+}
+
+impl Names {
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(s.to_string());
+        self.index.insert(s.to_string(), i);
+        i
+    }
+
+    fn get(&self, s: &str) -> Option<u32> {
+        self.index.get(s).copied()
+    }
+
+    fn name(&self, i: u32) -> &str {
+        &self.names[i as usize]
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Expected {
+    /// The newest committed `ts` applied (the stream watermark compared at).
+    pub watermark_ts: Option<Timestamp>,
+    /// The journal position the state is at (`None` for an offline `--events` audit).
+    pub watermark_position: Option<i64>,
+    text: String,
+    realms: Names,
+    assets: Names,
+    balances: Vec<Balance>,
+    items: Vec<Item>,
+    /// (space, hash of realm and key) → row indexes, sorted; built on first look-up.
+    index: OnceLock<Vec<(u64, u32)>>,
+}
+
+fn key_of(space: Space, realm: &str, key: &str, asset: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (space, realm, key, asset).hash(&mut h);
+    h.finish()
+}
+
+impl Expected {
+    /// Copies the state out of a finished engine (every accepted event applied).
+    pub fn from_engine(engine: &Engine, watermark_position: Option<i64>) -> Expected {
+        let interner = engine.interner();
+        let ledger = engine.ledger();
+        let mut e = Expected {
+            watermark_ts: engine.streams().map(|(_, _, _, ts)| ts).max(),
+            watermark_position,
+            ..Expected::default()
+        };
+        for (realm, account, asset, v) in ledger.balances(interner) {
+            if !is_world(account) {
+                e.add_balance(realm, account, asset, v);
+            }
+        }
+        for (realm, item, loc) in ledger.item_copies(interner) {
+            e.add_item(&realm, &item, &loc);
+        }
+        e
+    }
+
+    fn put(&mut self, s: &str) -> Span {
+        let at = self.text.len();
+        self.text.push_str(s);
+        Span {
+            at,
+            // A key or location longer than 4 GiB cannot come out of events-v1.
+            len: u32::try_from(s.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn str(&self, s: Span) -> &str {
+        &self.text[s.at..s.at + s.len as usize]
+    }
+
+    /// Adds a balance (each (realm, account, asset) once; zero balances are no row).
+    pub fn add_balance(&mut self, realm: &str, account: &str, asset: &str, balance: i128) {
+        let realm = self.realms.intern(realm);
+        let asset = self.assets.intern(asset);
+        let account = self.put(account);
+        self.balances.push(Balance {
+            realm,
+            asset,
+            account,
+            balance,
+        });
+        self.index = OnceLock::new();
+    }
+
+    /// Adds one live copy of an item at a location.
+    pub fn add_item(&mut self, realm: &str, item: &str, location: &str) {
+        let realm = self.realms.intern(realm);
+        let item = self.put(item);
+        let location = self.put(location);
+        self.items.push(Item {
+            realm,
+            item,
+            location,
+        });
+        self.index = OnceLock::new();
+    }
+
+    /// Rows of `space` in all realms and slices (an upper bound of a slice's size).
+    pub fn len(&self, space: Space) -> usize {
+        match space {
+            Space::Balances => self.balances.len(),
+            Space::Items => self.items.len(),
+        }
+    }
+
+    /// Whether the state holds no row at all.
+    pub fn is_empty(&self) -> bool {
+        self.balances.is_empty() && self.items.is_empty()
+    }
+
+    /// The realms the state has rows in.
+    pub fn realms(&self) -> impl Iterator<Item = &str> {
+        self.realms.names.iter().map(String::as_str)
+    }
+
+    /// One balance (`None`: no row).
+    pub fn balance(&self, realm: &str, account: &str, asset: &str) -> Option<i128> {
+        self.lookup(Space::Balances, realm, account, asset)
+            .map(|i| self.balances[i].balance)
+            .next()
+    }
+
+    /// The expected rows of one store: its realm, its space, its owned keys.
+    pub fn slice<'a>(
+        &'a self,
+        realm: &'a str,
+        space: Space,
+        own: &'a Ownership,
+    ) -> Box<dyn Iterator<Item = Row> + 'a> {
+        Box::new(self.slice_refs(realm, space, own).map(|r| r.to_row()))
+    }
+
+    /// [`Expected::slice`] borrowed, for digesting without copies.
+    pub fn slice_refs<'a>(
+        &'a self,
+        realm: &'a str,
+        space: Space,
+        own: &'a Ownership,
+    ) -> impl Iterator<Item = RowRef<'a>> + 'a {
+        self.realm_refs(realm, space).filter(move |r| own.owns(r))
+    }
+
+    /// Every expected row of one realm and space, owned by any store (filter with
+    /// [`Ownership::owns`], e.g. in parallel), in the order they were added.
+    pub fn realm_refs<'a>(
+        &'a self,
+        realm: &str,
+        space: Space,
+    ) -> Box<dyn Iterator<Item = RowRef<'a>> + Send + 'a> {
+        let Some(r) = self.realms.get(realm) else {
+            return Box::new(std::iter::empty());
+        };
+        match space {
+            Space::Balances => {
+                Box::new(self.balances.iter().filter(move |b| b.realm == r).map(|b| {
+                    RowRef::Balance {
+                        account: self.str(b.account),
+                        asset: self.assets.name(b.asset),
+                        balance: b.balance,
+                    }
+                }))
+            }
+            Space::Items => {
+                Box::new(
+                    self.items
+                        .iter()
+                        .filter(move |i| i.realm == r)
+                        .map(|i| RowRef::Item {
+                            item: self.str(i.item),
+                            location: self.str(i.location),
+                        }),
+                )
+            }
+        }
+    }
+
+    /// The row indexes of one key (an item may have several copies).
+    fn lookup<'a>(
+        &'a self,
+        space: Space,
+        realm: &'a str,
+        key: &'a str,
+        asset: &'a str,
+    ) -> impl Iterator<Item = usize> + 'a {
+        let index = self.index.get_or_init(|| {
+            let mut v: Vec<(u64, u32)> = Vec::with_capacity(self.balances.len() + self.items.len());
+            for (i, b) in self.balances.iter().enumerate() {
+                let h = key_of(
+                    Space::Balances,
+                    self.realms.name(b.realm),
+                    self.str(b.account),
+                    self.assets.name(b.asset),
+                );
+                v.push((h, i as u32));
+            }
+            for (i, it) in self.items.iter().enumerate() {
+                let h = key_of(
+                    Space::Items,
+                    self.realms.name(it.realm),
+                    self.str(it.item),
+                    "",
+                );
+                v.push((h, i as u32));
+            }
+            v.sort_unstable();
+            v
+        });
+        let h = key_of(space, realm, key, asset);
+        let from = index.partition_point(|&(x, _)| x < h);
+        index[from..]
+            .iter()
+            .take_while(move |&&(x, _)| x == h)
+            .map(|&(_, i)| i as usize)
+            .filter(move |&i| match space {
+                Space::Balances => {
+                    let b = &self.balances[i];
+                    self.realms.name(b.realm) == realm
+                        && self.str(b.account) == key
+                        && self.assets.name(b.asset) == asset
+                }
+                Space::Items => {
+                    let it = &self.items[i];
+                    self.realms.name(it.realm) == realm && self.str(it.item) == key
+                }
+            })
+    }
+
+    /// The expected values of one key in a store's slice, sorted (empty: the store
+    /// must not hold it).
+    pub fn values(&self, realm: &str, key: &RowKey, own: &Ownership) -> Vec<Scalar> {
+        let mut out: Vec<Scalar> = match key {
+            RowKey::Balance { account, asset } => {
+                if !own.owns_account(account) {
+                    return Vec::new();
+                }
+                self.lookup(Space::Balances, realm, account, asset)
+                    .map(|i| Scalar::Int(self.balances[i].balance))
+                    .collect()
+            }
+            RowKey::Item { item } => self
+                .lookup(Space::Items, realm, item, "")
+                .map(|i| self.str(self.items[i].location))
+                .filter(|l| own.owns_location(l))
+                .map(|l| Scalar::Str(l.to_string()))
+                .collect(),
+        };
+        out.sort();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_come_back_as_added_and_keys_are_found() {
+        let mut e = Expected::default();
+        e.add_balance("r1", "player:1", "gold", 3);
+        e.add_balance("r2", "player:1", "gold", 4);
+        e.add_balance("r1", "player:1", "gem", -2);
+        e.add_item("r1", "itm:1", "player:1/bank");
+        e.add_item("r1", "itm:1", "player:1/bag");
+        e.add_item("r1", "itm:2", "player:2/bag");
+        assert_eq!(e.len(Space::Balances), 3);
+        assert_eq!(e.len(Space::Items), 3);
+        assert_eq!(e.balance("r1", "player:1", "gold"), Some(3));
+        assert_eq!(e.balance("r2", "player:1", "gold"), Some(4));
+        assert_eq!(e.balance("r2", "player:1", "gem"), None);
+        assert_eq!(e.balance("r3", "player:1", "gold"), None);
+        let all = Ownership::new(vec!["*".into()], vec!["*/*".into()]).expect("globs");
+        assert_eq!(
+            e.values(
+                "r1",
+                &RowKey::Item {
+                    item: "itm:1".into()
+                },
+                &all
+            ),
+            vec![
+                Scalar::Str("player:1/bag".into()),
+                Scalar::Str("player:1/bank".into())
+            ]
+        );
+        let r1: Vec<Row> = e.slice("r1", Space::Balances, &all).collect();
+        assert_eq!(
+            r1,
+            vec![
+                Row::balance("player:1", "gold", 3),
+                Row::balance("player:1", "gem", -2)
+            ]
+        );
+        // Added after a look-up: found too (the index is rebuilt).
+        e.add_balance("r1", "player:9", "gold", 1);
+        assert_eq!(e.balance("r1", "player:9", "gold"), Some(1));
+        assert!(e.realm_refs("nowhere", Space::Items).next().is_none());
+    }
+}
