@@ -76,8 +76,10 @@ pub struct Expected {
     assets: Names,
     balances: Vec<Balance>,
     items: Vec<Item>,
-    /// (space, hash of realm and key) → row indexes, sorted; built on first look-up.
-    index: OnceLock<Vec<(u64, u32)>>,
+    /// Per row, the top 32 bits of the hash of (space, realm, key) above its place in
+    /// the low 32 bits (bit 31: an item row), sorted: 8 bytes a row, built on the
+    /// first look-up.
+    index: OnceLock<Vec<u64>>,
 }
 
 fn key_of(space: Space, realm: &str, key: &str, asset: &str) -> u64 {
@@ -121,7 +123,8 @@ impl Expected {
         &self.text[s.at..s.at + s.len as usize]
     }
 
-    /// Adds a balance (each (realm, account, asset) once; zero balances are no row).
+    /// Adds a balance (each (realm, account, asset) once; zero balances are no row). At
+    /// most 2^31 rows of each space can be looked up.
     pub fn add_balance(&mut self, realm: &str, account: &str, asset: &str, balance: i128) {
         let realm = self.realms.intern(realm);
         let asset = self.assets.intern(asset);
@@ -236,7 +239,9 @@ impl Expected {
         asset: &'a str,
     ) -> impl Iterator<Item = usize> + 'a {
         let index = self.index.get_or_init(|| {
-            let mut v: Vec<(u64, u32)> = Vec::with_capacity(self.balances.len() + self.items.len());
+            let entry = |h: u64, i: usize| (h & !0xFFFF_FFFF) | i as u64;
+            const ITEM: usize = 1 << 31;
+            let mut v: Vec<u64> = Vec::with_capacity(self.balances.len() + self.items.len());
             for (i, b) in self.balances.iter().enumerate() {
                 let h = key_of(
                     Space::Balances,
@@ -244,7 +249,7 @@ impl Expected {
                     self.str(b.account),
                     self.assets.name(b.asset),
                 );
-                v.push((h, i as u32));
+                v.push(entry(h, i));
             }
             for (i, it) in self.items.iter().enumerate() {
                 let h = key_of(
@@ -253,28 +258,38 @@ impl Expected {
                     self.str(it.item),
                     "",
                 );
-                v.push((h, i as u32));
+                v.push(entry(h, ITEM | i));
             }
             v.sort_unstable();
             v
         });
-        let h = key_of(space, realm, key, asset);
-        let from = index.partition_point(|&(x, _)| x < h);
+        // Equal top bits: the key's rows, and the rare other key that shares them
+        // (told apart below by comparing the strings).
+        let top = key_of(space, realm, key, asset) & !0xFFFF_FFFF;
+        let from = index.partition_point(|&x| x < top);
         index[from..]
             .iter()
-            .take_while(move |&&(x, _)| x == h)
-            .map(|&(_, i)| i as usize)
-            .filter(move |&i| match space {
-                Space::Balances => {
-                    let b = &self.balances[i];
-                    self.realms.name(b.realm) == realm
-                        && self.str(b.account) == key
-                        && self.assets.name(b.asset) == asset
-                }
-                Space::Items => {
-                    let it = &self.items[i];
-                    self.realms.name(it.realm) == realm && self.str(it.item) == key
-                }
+            .take_while(move |&&x| x & !0xFFFF_FFFF == top)
+            .map(|&x| (x & 0xFFFF_FFFF) as usize)
+            .filter_map(move |low| {
+                let (is_item, i) = (low >> 31 == 1, low & 0x7FFF_FFFF);
+                let found = match space {
+                    Space::Balances => {
+                        !is_item
+                            && self.balances.get(i).is_some_and(|b| {
+                                self.realms.name(b.realm) == realm
+                                    && self.str(b.account) == key
+                                    && self.assets.name(b.asset) == asset
+                            })
+                    }
+                    Space::Items => {
+                        is_item
+                            && self.items.get(i).is_some_and(|it| {
+                                self.realms.name(it.realm) == realm && self.str(it.item) == key
+                            })
+                    }
+                };
+                found.then_some(i)
             })
     }
 
