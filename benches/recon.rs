@@ -274,12 +274,21 @@ async fn bench(
     let expected_mib = rss_mib() - rss_before_expected;
     let depth = ((rows as f64 / 1000.0).log2().round() as i64).clamp(1, 20) as u8;
 
-    // Unchanged table: pull, then summary (at the docs' depth and the default).
+    // `ASSAYER_RECON_BENCH_ONLY=pull`: pull mode and the baselines only (a quick
+    // iteration; the checks below then skip summary mode and the peer tool).
+    let only_pull = std::env::var("ASSAYER_RECON_BENCH_ONLY").is_ok_and(|v| v == "pull");
+    // Unchanged table: pull, then summary.
     let pull_clean = reconcile(url, &expected, Mode::Pull, depth).await;
-    let sum_clean = reconcile(url, &expected, Mode::Summary, depth).await;
+    let sum_clean = if only_pull {
+        Run::skipped()
+    } else {
+        reconcile(url, &expected, Mode::Summary, depth).await
+    };
     println!("recon bench: {rows} rows, tree_depth {depth}");
     pull_clean.print("pull, unchanged", None);
-    sum_clean.print("summary, unchanged", Some(&pull_clean));
+    if !only_pull {
+        sum_clean.print("summary, unchanged", Some(&pull_clean));
+    }
     // 20 differences: 10 changed, 5 deleted, 5 inserted.
     let step = rows / 21;
     for k in 1..=10 {
@@ -336,11 +345,17 @@ async fn bench(
 
     // assayer, 20 differences planted.
     let pull = reconcile(url, &expected, Mode::Pull, depth).await;
-    let summ = reconcile(url, &expected, Mode::Summary, depth).await;
+    let summ = if only_pull {
+        Run::skipped()
+    } else {
+        reconcile(url, &expected, Mode::Summary, depth).await
+    };
     let rate = pull.rows as f64 / pull.secs;
     println!("recon bench: {rows} rows, 20 differences planted");
     pull.print("pull", None);
-    summ.print("summary", Some(&pull));
+    if !only_pull {
+        summ.print("summary", Some(&pull));
+    }
 
     println!(
         "  raw COPY:       {:.2} s, {:.0} rows/s, {} bytes  (assayer / COPY rate = {:.2})",
@@ -354,8 +369,13 @@ async fn bench(
         hash_rate,
         rate / hash_rate
     );
-    let peer = reladiff(db, rows, venv).await;
-    peer.print_peer(&format!("reladiff {RELADIFF} (hashdiff)"), &pull);
+    let peer = if only_pull {
+        Run::skipped()
+    } else {
+        let peer = reladiff(db, rows, venv).await;
+        peer.print_peer(&format!("reladiff {RELADIFF} (hashdiff)"), &pull);
+        peer
+    };
     let run_peak = [&pull_clean, &sum_clean, &pull, &summ]
         .iter()
         .map(|r| r.peak_mib)
@@ -366,13 +386,18 @@ async fn bench(
         expected_mib,
         expected_mib * 1048576.0 / rows as f64
     );
-    vec![
+    let mut checks = vec![
         ("pull, unchanged", pull_clean.found, 0),
-        ("summary, unchanged", sum_clean.found, 0),
         ("pull", pull.found, 20),
-        ("summary", summ.found, 20),
-        ("reladiff", peer.found, 20),
-    ]
+    ];
+    if !only_pull {
+        checks.extend([
+            ("summary, unchanged", sum_clean.found, 0),
+            ("summary", summ.found, 20),
+            ("reladiff", peer.found, 20),
+        ]);
+    }
+    checks
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -392,6 +417,18 @@ struct Run {
 }
 
 impl Run {
+    /// A run not made (`ASSAYER_RECON_BENCH_ONLY=pull`).
+    fn skipped() -> Run {
+        Run {
+            secs: f64::NAN,
+            peak_mib: 0.0,
+            rows: 0,
+            bytes: 0,
+            queries: 0,
+            found: 0,
+        }
+    }
+
     /// The peer tool's line, against assayer's pull run on the same table.
     fn print_peer(&self, label: &str, ours: &Run) {
         println!(

@@ -656,13 +656,16 @@ fn digest_rows(
     }
 }
 
-/// A filter of the expected rows' hashes (a Bloom filter: no false negatives, 0.1%
-/// false positives, ~1.8 bytes a row).
+/// A filter of the expected rows' hashes: a Bloom filter (no false negatives) of 20
+/// bits a row probed 4 times, ~0.1% false positives. The optimum for that rate is ~14
+/// bits and 10 probes, but every probe is a cache miss on a filter of millions of
+/// rows, once per row on each side: fewer probes over more bits cost 2.5 bytes a row
+/// and halve the run's time spent in the filter.
 struct ExpectedRows(fastbloom::BloomFilter);
 
 impl ExpectedRows {
     fn new(rows: usize) -> ExpectedRows {
-        ExpectedRows(fastbloom::BloomFilter::with_false_pos(0.001).expected_items(rows.max(1)))
+        ExpectedRows(fastbloom::BloomFilter::with_num_bits(rows.max(64) * 20).hashes(4))
     }
 
     /// Row hashes are uniform already: eight of their bytes are the filter's hash.
