@@ -106,6 +106,25 @@ async fn materialize(
     planted
 }
 
+/// Each finding as (invariant, store, realm, subject, key, expected, actual).
+fn finding_keys(findings: &[assayer::core::finding::Finding]) -> BTreeSet<String> {
+    findings
+        .iter()
+        .map(|f| {
+            json!([
+                f.invariant.id(),
+                f.evidence["store"],
+                f.realm,
+                f.subject,
+                f.evidence["key"],
+                f.evidence["expected"],
+                f.evidence["actual"]
+            ])
+            .to_string()
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_drift_class_is_found_exactly_with_key_and_values() {
     let db = TestDb::create().await;
@@ -149,22 +168,7 @@ async fn every_drift_class_is_found_exactly_with_key_and_values() {
             .to_string()
         })
         .collect();
-    let got: BTreeSet<String> = report
-        .findings
-        .iter()
-        .map(|f| {
-            json!([
-                f.invariant.id(),
-                f.evidence["store"],
-                f.realm,
-                f.subject,
-                f.evidence["key"],
-                f.evidence["expected"],
-                f.evidence["actual"]
-            ])
-            .to_string()
-        })
-        .collect();
+    let got = finding_keys(&report.findings);
     assert_eq!(got, want, "exactly the planted drift, with keys and values");
     assert_eq!(report.findings.len(), planted.len());
     assert_eq!(report.outcome, Outcome::Divergent);
@@ -172,6 +176,28 @@ async fn every_drift_class_is_found_exactly_with_key_and_values() {
     // Only the differing leaves were fetched row by row: far fewer candidates than rows.
     let cands: usize = report.stores.iter().map(|s| s.candidates).sum();
     assert_eq!(cands, planted.len());
+    // A store at rest is read once: the kept rows and keyed reads explain every leaf.
+    let reread: usize = report.stores.iter().map(|s| s.reread_leaves).sum();
+    assert_eq!(reread, 0, "no second pass");
+
+    // Without the filter nothing is kept: inserted rows hide from the keyed reads, and
+    // their leaves take the second pass. The same findings come out.
+    let no_filter = parse(&config_text(
+        &db.url,
+        &redis.prefix,
+        "grace_ms = 10\ntree_depth = 8\nchunk_rows_min = 100\nchunk_rows_max = 500\nfilter_bits_per_row = 0",
+        None,
+    ));
+    let again = recon::run(
+        &no_filter,
+        &ReconOptions::new(Source::Events(events.0.clone())),
+    )
+    .await
+    .expect("reconcile without the filter");
+    let reread: usize = again.stores.iter().map(|s| s.reread_leaves).sum();
+    assert!(reread > 0, "the inserted rows' leaves were read again");
+    let got_again = finding_keys(&again.findings);
+    assert_eq!(got_again, want, "the second pass finds the same drift");
 
     // The run is recorded and the findings stored.
     let mut c = db.connect().await;

@@ -100,7 +100,7 @@ pub fn run(args: ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
     // Per store, so pull and summary mode's costs can be told apart.
     for s in &report.stores {
         eprintln!(
-            "  {} ({}): {} rows, {} bytes read, {} queries, {} differing buckets",
+            "  {} ({}): {} rows, {} bytes read, {} queries, {} differing buckets{}",
             s.store,
             match s.mode {
                 recon::config::StoreMode::Pull => "pull",
@@ -109,7 +109,12 @@ pub fn run(args: ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
             s.rows_compared,
             s.bytes_read,
             s.queries,
-            s.differing_leaves
+            s.differing_leaves,
+            if s.reread_leaves > 0 {
+                format!(" ({} read again in a second pass)", s.reread_leaves)
+            } else {
+                String::new()
+            }
         );
     }
     Ok(match report.outcome {

@@ -28,6 +28,7 @@ pub struct RawReconcile {
     interval_ms: Option<u64>,
     tree_depth: Option<u8>,
     candidate_rows_max: Option<usize>,
+    filter_bits_per_row: Option<u32>,
     last_transactions_max: Option<i64>,
 }
 
@@ -91,6 +92,9 @@ pub mod defaults {
     pub const TREE_DEPTH: u8 = 12;
     /// Rows kept from differing leaves; past it the store is too far gone to list.
     pub const CANDIDATE_ROWS_MAX: usize = 1_000_000;
+    /// 20 bits (2.5 bytes) a row probed 4 times: ~0.1% false positives, each of which
+    /// only costs a second pass over the leaves it hides in.
+    pub const FILTER_BITS_PER_ROW: u32 = 20;
     pub const LAST_TRANSACTIONS_MAX: i64 = 5;
 }
 
@@ -122,6 +126,8 @@ pub struct ReconLimits {
     pub interval: Option<Duration>,
     pub tree_depth: u8,
     pub candidate_rows_max: usize,
+    /// Pull mode's filter of expected row hashes, in bits a row (0: no filter).
+    pub filter_bits_per_row: u32,
     pub last_transactions_max: i64,
 }
 
@@ -285,6 +291,15 @@ pub fn validate<E>(
             "reconcile.candidate_rows_max",
             d::CANDIDATE_ROWS_MAX as u64,
         )? as usize,
+        filter_bits_per_row: match raw.filter_bits_per_row.unwrap_or(d::FILTER_BITS_PER_ROW) {
+            v @ (0 | 8..=64) => v,
+            _ => {
+                return Err(invalid(
+                    "reconcile.filter_bits_per_row",
+                    "must be 0 (no filter) or between 8 and 64".into(),
+                ));
+            }
+        },
         last_transactions_max: raw
             .last_transactions_max
             .unwrap_or(d::LAST_TRANSACTIONS_MAX)

@@ -127,6 +127,10 @@ pub struct StoreReport {
     pub bytes_read: u64,
     pub queries: u64,
     pub differing_leaves: usize,
+    /// Differing leaves that neither the kept rows nor a keyed read explained, read
+    /// again by a second pass over the store (pull mode; summary mode's pass 2 is not
+    /// counted).
+    pub reread_leaves: usize,
     pub candidates: usize,
     pub divergent_keys: usize,
 }
@@ -656,16 +660,18 @@ fn digest_rows(
     }
 }
 
-/// A filter of the expected rows' hashes: a Bloom filter (no false negatives) of 20
-/// bits a row probed 4 times, ~0.1% false positives. The optimum for that rate is ~14
+/// A filter of the expected rows' hashes: a Bloom filter (no false negatives) of
+/// `filter_bits_per_row` (default 20) bits a row probed 4 times, ~0.1% false positives. The optimum for that rate is ~14
 /// bits and 10 probes, but every probe is a cache miss on a filter of millions of
 /// rows, once per row on each side: fewer probes over more bits cost 2.5 bytes a row
 /// and halve the run's time spent in the filter.
 struct ExpectedRows(fastbloom::BloomFilter);
 
 impl ExpectedRows {
-    fn new(rows: usize) -> ExpectedRows {
-        ExpectedRows(fastbloom::BloomFilter::with_num_bits(rows.max(64) * 20).hashes(4))
+    fn new(rows: usize, bits_per_row: u32) -> ExpectedRows {
+        ExpectedRows(
+            fastbloom::BloomFilter::with_num_bits(rows.max(64) * bits_per_row as usize).hashes(4),
+        )
     }
 
     /// Row hashes are uniform already: eight of their bytes are the filter's hash.
@@ -694,9 +700,11 @@ fn expected_digest<'a>(
     own: &Ownership,
     depth: u8,
     rows_hint: usize,
-) -> (Tree, ExpectedRows) {
+    filter_bits_per_row: u32,
+) -> (Tree, Option<ExpectedRows>) {
     let mut tree = Tree::new(depth);
-    let mut filter = ExpectedRows::new(rows_hint);
+    let mut filter =
+        (filter_bits_per_row > 0).then(|| ExpectedRows::new(rows_hint, filter_bits_per_row));
     let mut rows = rows.peekable();
     let mut batch = Vec::with_capacity(EXPECTED_BATCH_ROWS);
     while rows.peek().is_some() {
@@ -710,7 +718,9 @@ fn expected_digest<'a>(
             .collect();
         for (b, h) in &hashed {
             tree.add_hashed(*b, h);
-            filter.insert(h);
+            if let Some(f) = filter.as_mut() {
+                f.insert(h);
+            }
         }
     }
     tree.seal();
@@ -789,6 +799,7 @@ async fn reconcile_store(
     let expected = source.expected();
     let mut stats = ReadStats::default();
     let mut leaves = 0usize;
+    let mut reread = 0usize;
     let mut compared = 0u64;
     let mut cands: Vec<Candidate> = Vec::new();
     let tick = |n: u64| {
@@ -835,14 +846,16 @@ async fn reconcile_store(
         // The expected side (on the blocking pool): its tree, and a filter of its row
         // hashes that every store row is tested against. The store's first rows are
         // buffered meanwhile, so PostgreSQL's reading overlaps this digest.
-        let digest: Arc<std::sync::OnceLock<(Tree, ExpectedRows)>> = Arc::default();
+        let digest: Arc<std::sync::OnceLock<(Tree, Option<ExpectedRows>)>> = Arc::default();
         let (ready_tx, ready) = tokio::sync::watch::channel(false);
         let digesting = {
             let (source, realm, own) = (source.clone(), s.realm.clone(), s.own.clone());
             let digest = digest.clone();
+            let bits = limits.filter_bits_per_row;
             tokio::task::spawn_blocking(move || {
                 let e = source.expected();
-                let d = expected_digest(e.realm_refs(&realm, space), &own, depth, e.len(space));
+                let d =
+                    expected_digest(e.realm_refs(&realm, space), &own, depth, e.len(space), bits);
                 let _ = digest.set(d);
                 let _ = ready_tx.send(true);
             })
@@ -853,7 +866,7 @@ async fn reconcile_store(
         let first = reader
             .pull(space, Some(ready), |rows| {
                 tick(rows.len() as u64);
-                let filter = digest.get().map(|(_, f)| f);
+                let filter = digest.get().and_then(|(_, f)| f.as_ref());
                 digest_rows(&mut theirs, rows, filter, &mut kept);
                 // Past the cap the kept rows are useless: stop copying them.
                 if kept.len() > limits.candidate_rows_max {
@@ -911,6 +924,7 @@ async fn reconcile_store(
                     still.insert(b);
                 }
             }
+            reread += still.len();
             if !still.is_empty() {
                 // Pass 2: only the rows of the leaves nothing else explains.
                 let mut again: Vec<Row> = Vec::new();
@@ -964,6 +978,7 @@ async fn reconcile_store(
             bytes_read: stats.bytes,
             queries: stats.queries,
             differing_leaves: leaves,
+            reread_leaves: reread,
             candidates: found,
             divergent_keys: cands.len(),
         },
