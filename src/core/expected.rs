@@ -159,11 +159,6 @@ impl Expected {
         }
     }
 
-    /// Whether the state holds no row at all.
-    pub fn is_empty(&self) -> bool {
-        self.balances.is_empty() && self.items.is_empty()
-    }
-
     /// The realms the state has rows in.
     pub fn realms(&self) -> impl Iterator<Item = &str> {
         self.realms.names.iter().map(String::as_str)

@@ -661,10 +661,10 @@ fn digest_rows(
 }
 
 /// A filter of the expected rows' hashes: a Bloom filter (no false negatives) of
-/// `filter_bits_per_row` (default 20) bits a row probed 4 times, ~0.1% false positives. The optimum for that rate is ~14
-/// bits and 10 probes, but every probe is a cache miss on a filter of millions of
-/// rows, once per row on each side: fewer probes over more bits cost 2.5 bytes a row
-/// and halve the run's time spent in the filter.
+/// `filter_bits_per_row` (default 20) bits a row probed 4 times, ~0.1% false
+/// positives. The optimum for that rate is ~14 bits and 10 probes, but every probe is
+/// a cache miss on a filter of millions of rows, once per row on each side: fewer
+/// probes over more bits cost 2.5 bytes a row and halve the run's time in the filter.
 struct ExpectedRows(fastbloom::BloomFilter);
 
 impl ExpectedRows {
@@ -688,13 +688,21 @@ impl ExpectedRows {
     }
 }
 
-/// Expected rows are read from the state one batch at a time, and filtered and hashed
-/// in parallel.
-const EXPECTED_BATCH_ROWS: usize = 65_536;
+/// Hands `rows` to `f` a batch at a time, for filtering and hashing in parallel
+/// (memory: one batch, whatever the slice's size).
+fn in_batches<'a>(rows: impl Iterator<Item = RowRef<'a>>, mut f: impl FnMut(&[RowRef<'a>])) {
+    const BATCH_ROWS: usize = 65_536;
+    let mut rows = rows.peekable();
+    let mut batch = Vec::with_capacity(BATCH_ROWS);
+    while rows.peek().is_some() {
+        batch.clear();
+        batch.extend(rows.by_ref().take(BATCH_ROWS));
+        f(&batch);
+    }
+}
 
 /// The tree and the row filter of a store's expected rows (`rows` of its realm, kept
-/// if `own`ed), filtered and hashed in parallel a batch at a time (memory: one batch
-/// and the filter, whatever the slice's size).
+/// if `own`ed); memory: one batch and the filter.
 fn expected_digest<'a>(
     rows: impl Iterator<Item = RowRef<'a>>,
     own: &Ownership,
@@ -705,11 +713,7 @@ fn expected_digest<'a>(
     let mut tree = Tree::new(depth);
     let mut filter =
         (filter_bits_per_row > 0).then(|| ExpectedRows::new(rows_hint, filter_bits_per_row));
-    let mut rows = rows.peekable();
-    let mut batch = Vec::with_capacity(EXPECTED_BATCH_ROWS);
-    while rows.peek().is_some() {
-        batch.clear();
-        batch.extend(rows.by_ref().take(EXPECTED_BATCH_ROWS));
+    in_batches(rows, |batch| {
         let hashed: Vec<(usize, [u8; 32])> = batch
             .par_iter()
             .with_min_len(1_024)
@@ -722,12 +726,12 @@ fn expected_digest<'a>(
                 f.insert(h);
             }
         }
-    }
+    });
     tree.seal();
     (tree, filter)
 }
 
-/// A store's expected rows in the buckets `keep`, filtered in parallel batches.
+/// A store's expected rows in the buckets `keep`.
 fn expected_in<'a>(
     rows: impl Iterator<Item = RowRef<'a>>,
     own: &Ownership,
@@ -735,11 +739,7 @@ fn expected_in<'a>(
     depth: u8,
 ) -> Vec<Row> {
     let mut out = Vec::new();
-    let mut rows = rows.peekable();
-    let mut batch = Vec::with_capacity(EXPECTED_BATCH_ROWS);
-    while rows.peek().is_some() {
-        batch.clear();
-        batch.extend(rows.by_ref().take(EXPECTED_BATCH_ROWS));
+    in_batches(rows, |batch| {
         out.par_extend(
             batch
                 .par_iter()
@@ -747,7 +747,7 @@ fn expected_in<'a>(
                 .filter(|r| keep.contains(&r.bucket(depth)) && own.owns(r))
                 .map(RowRef::to_row),
         );
-    }
+    });
     out
 }
 
