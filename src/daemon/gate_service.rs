@@ -39,9 +39,13 @@ impl GateService {
         {
             return r.clone();
         }
+        // Stamped when the evaluation began, not when it ended: its reads are that old,
+        // and a slow evaluation must not pass a report older than `cache_ms` as fresh
+        // (a reconciliation recorded while it ran was answered as missing).
+        let started = Instant::now();
         let r = self.gate.evaluate().await;
         self.metrics.gate(&r);
-        *cache = Some((Instant::now(), r.clone()));
+        *cache = Some((started, r.clone()));
         r
     }
 
