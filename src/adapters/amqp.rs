@@ -51,6 +51,24 @@ pub struct Topology {
 /// it: a poison message that crashes the daemon cannot block the queue forever.
 pub const DELIVERY_LIMIT: i64 = 20;
 
+/// A published message's pending confirm ([`Amqp::publish_finding_unconfirmed`]).
+#[must_use = "a publish is only known to be safe once its confirm is awaited"]
+pub struct Confirm {
+    confirm: lapin::PublisherConfirm,
+    timeout: Duration,
+}
+
+impl Confirm {
+    /// Waits for the broker's confirm; a nack is an error.
+    pub async fn wait(self) -> Result<(), BusError> {
+        let c = within(self.timeout, "publisher confirm", self.confirm).await?;
+        if c.is_nack() {
+            return Err(BusError::Nacked { what: "a finding" });
+        }
+        Ok(())
+    }
+}
+
 pub struct Amqp {
     conn: Connection,
     /// Consuming and acking.
@@ -290,9 +308,22 @@ impl Amqp {
         .await
     }
 
-    /// Publishes a finding to the findings exchange, routing key
-    /// `<severity>.<invariant>`.
+    /// Publishes a finding (routing key `<severity>.<invariant>`) and waits for the
+    /// broker's confirm.
     pub async fn publish_finding(&self, exchange: &str, f: &Finding) -> Result<(), BusError> {
+        self.publish_finding_unconfirmed(exchange, f)
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Publishes a finding without waiting for the broker's confirm: the caller awaits
+    /// the returned [`Confirm`] later, so a run of findings costs one round trip.
+    pub async fn publish_finding_unconfirmed(
+        &self,
+        exchange: &str,
+        f: &Finding,
+    ) -> Result<Confirm, BusError> {
         let body = serde_json::to_vec(f).expect("a Finding always serializes");
         let key = format!("{}.{}", f.severity, f.invariant);
         let props = BasicProperties::default()
@@ -310,11 +341,10 @@ impl Amqp {
             ),
         )
         .await?;
-        let c = within(self.timeout, "publisher confirm", confirm).await?;
-        if c.is_nack() {
-            return Err(BusError::Nacked { what: "a finding" });
-        }
-        Ok(())
+        Ok(Confirm {
+            confirm,
+            timeout: self.timeout,
+        })
     }
 
     /// Publishes one persistent JSON message and waits for the broker's confirm (a

@@ -30,6 +30,8 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("PostgreSQL holds data assayer cannot read: {0}")]
     Corrupt(String),
+    #[error("the commit task stopped")]
+    CommitterStopped,
 }
 
 /// What the journal records, per accepted (or malformed) input.

@@ -9,6 +9,7 @@
 //! broker or database error ends the session: the in-memory engine (which may be ahead
 //! of what is durable) is dropped, and the next session rebuilds it from PostgreSQL.
 
+mod committer;
 pub mod config;
 pub mod gate_config;
 pub mod gate_service;
@@ -32,6 +33,7 @@ use crate::core::finding::{Finding, Invariant};
 use crate::core::policy::Policy;
 use crate::core::time::Timestamp;
 
+use committer::{Committer, Done, Job};
 use config::Config;
 use health::Health;
 use metrics::Metrics;
@@ -222,6 +224,8 @@ struct Pending {
     /// Deliveries not yet acked.
     messages: usize,
     newest_ts: Option<Timestamp>,
+    /// Confirms of the findings published since the last commit.
+    confirms: Vec<amqp::Confirm>,
 }
 
 impl Pending {
@@ -237,6 +241,7 @@ impl Pending {
             events: 0,
             messages: 0,
             newest_ts: None,
+            confirms: Vec::new(),
         }
     }
 }
@@ -305,6 +310,7 @@ impl<'a> Session<'a> {
         self.health.durable(Duration::ZERO);
         self.health.progress(progress(&engine, restored.position));
         let mut pending = Pending::new(restored.position);
+        let mut committer = Committer::spawn(pg.clone(), c.checkpoint.journal_retention);
         let flush_messages = usize::from(c.amqp.prefetch_count_max / 2).max(1);
         let mut tick = tokio::time::interval(c.checkpoint.batch_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -313,19 +319,27 @@ impl<'a> Session<'a> {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    // Stop consuming, make the batch durable, ack, close.
+                    // Stop consuming, make what was received durable, ack, close.
                     let deadline = c.daemon.shutdown_deadline;
-                    let flushed = tokio::time::timeout(
-                        deadline,
-                        self.flush(&pg, &bus, &mut engine, &mut pending, &mut snapshot_at, true),
-                    )
+                    let drained = tokio::time::timeout(deadline, async {
+                        self.flush(&mut engine, &mut pending, &mut snapshot_at, &mut committer, true).await?;
+                        committer.close();
+                        while committer.in_flight() > 0 {
+                            let done = committer.next().await?;
+                            self.committed(&bus, done).await?;
+                        }
+                        Ok::<(), DaemonError>(())
+                    })
                     .await;
-                    match flushed {
+                    match drained {
                         Ok(r) => r?,
                         Err(_) => warn!(deadline_ms = deadline.as_millis() as u64, "shutdown deadline passed; unacked work will be redelivered"),
                     }
                     bus.close().await;
                     return Ok(());
+                }
+                done = committer.next() => {
+                    self.committed(&bus, done?).await?;
                 }
                 d = consumer.next() => {
                     let d = match d {
@@ -334,25 +348,28 @@ impl<'a> Session<'a> {
                         None => return Err(DaemonError::ConsumerClosed),
                     };
                     if pending.since.is_none() {
-                        self.catch_up(&pg, &mut engine, &mut pending).await?;
+                        // Only when nothing of ours is in flight can a journal head we did
+                        // not expect mean that another daemon wrote.
+                        if committer.in_flight() == 0 {
+                            self.catch_up(&pg, &mut engine, &mut pending).await?;
+                        }
                         pending.since = Some(Instant::now());
                     }
                     self.handle(&bus, &mut engine, &mut pending, d).await?;
-                    // Flush when the batch is full; when half the prefetch window is
+                    // Cut the batch when it is full, and when half the prefetch window is
                     // unacked (else the broker stops delivering and the consumer idles
-                    // until the timer); and at once when the batch raised a finding, so
-                    // detection latency is commit time, not the batch interval.
+                    // until the timer). Findings were published on detection, so the
+                    // batch interval does not delay them.
                     if pending.events >= c.checkpoint.batch_events_max
                         || pending.messages >= flush_messages
-                        || !pending.batch.findings.is_empty()
                     {
-                        self.flush(&pg, &bus, &mut engine, &mut pending, &mut snapshot_at, false).await?;
+                        self.flush(&mut engine, &mut pending, &mut snapshot_at, &mut committer, false).await?;
                     }
                 }
                 _ = tick.tick() => {
                     if pending.since.is_some_and(|s| s.elapsed() >= c.checkpoint.batch_interval) {
-                        self.flush(&pg, &bus, &mut engine, &mut pending, &mut snapshot_at, false).await?;
-                    } else if pending.since.is_none() {
+                        self.flush(&mut engine, &mut pending, &mut snapshot_at, &mut committer, false).await?;
+                    } else if pending.since.is_none() && committer.in_flight() == 0 {
                         self.health.idle(IDLE_LAG_SETTLE);
                     }
                 }
@@ -508,10 +525,13 @@ impl<'a> Session<'a> {
             );
             // Published on detection, before the batch commits: at-least-once (a crash
             // before the commit redelivers the event, which raises the same finding
-            // with the same fingerprint), and detection latency is one broker round
-            // trip, not a database commit.
-            bus.publish_finding(&self.topology.findings_exchange, f)
+            // with the same fingerprint), and detection latency is one send, not a
+            // database commit. The confirms are awaited before the batch is handed to
+            // the commit stage, which stores the findings as published.
+            let confirm = bus
+                .publish_finding_unconfirmed(&self.topology.findings_exchange, f)
                 .await?;
+            pending.confirms.push(confirm);
             self.metrics
                 .detection_latency_seconds
                 .observe(received.elapsed().as_secs_f64());
@@ -522,15 +542,15 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Commits the pending batch (its findings were published on detection), then
-    /// acks.
+    /// Cuts the pending batch and hands it to the commit stage (its findings were
+    /// published on detection); its deliveries are acked when it is durable
+    /// ([`Session::committed`]). Waits only while the commit stage is full.
     async fn flush(
         &self,
-        pg: &Pg,
-        bus: &Amqp,
         engine: &mut Engine,
         pending: &mut Pending,
         snapshot_at: &mut (i64, Instant),
+        committer: &mut Committer,
         final_flush: bool,
     ) -> Result<(), DaemonError> {
         let Some(last_tag) = pending.last_tag else {
@@ -541,40 +561,32 @@ impl<'a> Session<'a> {
         let due = (head - snapshot_at.0) as u64 >= cp.snapshot_interval_events
             || (head > snapshot_at.0 && snapshot_at.1.elapsed() >= cp.snapshot_interval)
             || (final_flush && head > snapshot_at.0);
+        for confirm in pending.confirms.drain(..) {
+            confirm.wait().await?;
+        }
+        let mut batch = std::mem::take(&mut pending.batch);
         if due {
             let bytes = engine.snapshot();
             self.metrics.snapshot_bytes.set(bytes.len() as i64);
-            pending.batch.snapshot = Some(postgres::Snapshot {
+            batch.snapshot = Some(postgres::Snapshot {
                 position: head,
                 format: SNAPSHOT_FORMAT as i32,
                 bytes,
                 events_accepted: engine.stats().accepted as i64,
             });
-        }
-        let started = Instant::now();
-        let has_writes = !pending.batch.entries.is_empty()
-            || !pending.batch.findings.is_empty()
-            || pending.batch.snapshot.is_some();
-        if has_writes {
-            pg.commit(&pending.batch).await?;
-        }
-        self.metrics
-            .checkpoint_seconds
-            .observe(started.elapsed().as_secs_f64());
-        bus.ack_through(last_tag).await?;
-        if due {
             *snapshot_at = (head, Instant::now());
-            // Retention: journal rows the new snapshot covers and that are old enough.
-            match pg.prune_journal(cp.journal_retention).await {
-                Ok(0) => {}
-                Ok(n) => info!(rows = n, "pruned journal rows past retention"),
-                Err(e) => {
-                    warn!(error = %e, "journal pruning failed; will retry at the next snapshot")
-                }
-            }
         }
-        self.metrics.batch_events.observe(pending.events as f64);
-        self.metrics.journal_position.set(head);
+        let job = Job {
+            batch,
+            last_tag,
+            events: pending.events,
+            newest_ts: pending.newest_ts,
+            snapshot: due,
+            progress: progress(engine, head),
+        };
+        *pending = Pending::new(head);
+        committer.submit(job).await?;
+
         self.metrics
             .reorder_buffer_events
             .set(engine.reorder_depth() as i64);
@@ -588,12 +600,23 @@ impl<'a> Session<'a> {
                 })
                 .set(wall.since(last_ts).as_secs_f64());
         }
-        let lag = pending.newest_ts.map_or(Duration::ZERO, |t| wall.since(t));
+        Ok(())
+    }
+
+    /// A batch is durable: ack its deliveries and report the progress.
+    async fn committed(&self, bus: &Amqp, done: Done) -> Result<(), DaemonError> {
+        bus.ack_through(done.last_tag).await?;
+        self.metrics
+            .checkpoint_seconds
+            .observe(done.took.as_secs_f64());
+        self.metrics.batch_events.observe(done.events as f64);
+        self.metrics.journal_position.set(done.head);
+        let lag = done
+            .newest_ts
+            .map_or(Duration::ZERO, |t| Timestamp::now().since(t));
         self.metrics.processing_lag_seconds.set(lag.as_secs_f64());
         self.health.durable(lag);
-        self.health.progress(progress(engine, head));
-
-        *pending = Pending::new(head);
+        self.health.progress(done.progress);
         Ok(())
     }
 

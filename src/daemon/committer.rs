@@ -1,0 +1,162 @@
+//! The daemon's commit stage: writes batches to PostgreSQL on its own task, in order,
+//! while the session goes on consuming and auditing the next batch.
+//!
+//! ```text
+//! session ──Job (batch, last delivery tag)──► committer ──pg.commit──► PostgreSQL
+//!    ▲                                            │
+//!    └──────────────Done (ack through tag)────────┘
+//! ```
+//!
+//! Exactly-once effect is unchanged: a delivery is acked by the session only when the
+//! `Done` of the batch holding it arrives, i.e. after that batch committed. Batches are
+//! committed one at a time, in the order they were cut, each fenced on the journal head
+//! the previous one left (`Batch::expected_head`). At most [`JOBS_QUEUED`] batches wait
+//! behind the one being written, so a slow database slows consumption down (the
+//! broker's prefetch window fills) rather than growing memory.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::adapters::postgres::{Batch, Pg, StoreError};
+use crate::core::time::Timestamp;
+
+use super::health;
+
+/// Batches that may wait while one is being written.
+const JOBS_QUEUED: usize = 1;
+
+/// A batch cut by the session, and what to do once it is durable.
+pub struct Job {
+    pub batch: Batch,
+    /// Every delivery up to this tag is in the batch (or in an earlier one).
+    pub last_tag: u64,
+    pub events: usize,
+    /// Newest event time in the batch, for the processing lag.
+    pub newest_ts: Option<Timestamp>,
+    /// The batch carries a snapshot: prune the journal past retention after it.
+    pub snapshot: bool,
+    /// Where the engine stood when the batch was cut (for the status row).
+    pub progress: health::Progress,
+}
+
+/// A committed batch.
+pub struct Done {
+    pub last_tag: u64,
+    pub events: usize,
+    pub head: i64,
+    pub newest_ts: Option<Timestamp>,
+    pub progress: health::Progress,
+    /// Time spent in the database for this batch.
+    pub took: Duration,
+}
+
+/// The session's handle on the commit task. Dropping it aborts the task: a session
+/// that failed must not keep writing behind the next session's back.
+pub struct Committer {
+    jobs: Option<mpsc::Sender<Job>>,
+    done: mpsc::UnboundedReceiver<Result<Done, StoreError>>,
+    task: JoinHandle<()>,
+    in_flight: usize,
+}
+
+impl Committer {
+    pub fn spawn(pg: Pg, journal_retention: Duration) -> Committer {
+        let (jobs, rx) = mpsc::channel(JOBS_QUEUED);
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(pg, journal_retention, rx, done_tx));
+        Committer {
+            jobs: Some(jobs),
+            done,
+            task,
+            in_flight: 0,
+        }
+    }
+
+    /// Batches handed over and not yet reported done.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Hands a batch over, waiting while [`JOBS_QUEUED`] batches already wait.
+    pub async fn submit(&mut self, job: Job) -> Result<(), StoreError> {
+        let sent = match &self.jobs {
+            Some(tx) => tx.send(job).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The task ended: it reported why on `done` (read by `next`).
+            return Err(StoreError::CommitterStopped);
+        }
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// The next committed batch, in order. Pending while nothing is in flight.
+    pub async fn next(&mut self) -> Result<Done, StoreError> {
+        if self.in_flight == 0 {
+            return std::future::pending().await;
+        }
+        match self.done.recv().await {
+            Some(r) => {
+                self.in_flight -= 1;
+                r
+            }
+            None => Err(StoreError::CommitterStopped),
+        }
+    }
+
+    /// No more batches: the ones in flight are still reported by [`Committer::next`].
+    pub fn close(&mut self) {
+        self.jobs = None;
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn run(
+    pg: Pg,
+    journal_retention: Duration,
+    mut jobs: mpsc::Receiver<Job>,
+    done: mpsc::UnboundedSender<Result<Done, StoreError>>,
+) {
+    while let Some(job) = jobs.recv().await {
+        let started = Instant::now();
+        let b = &job.batch;
+        let has_writes = !b.entries.is_empty() || !b.findings.is_empty() || b.snapshot.is_some();
+        if has_writes && let Err(e) = pg.commit(b).await {
+            let _ = done.send(Err(e));
+            return;
+        }
+        let took = started.elapsed();
+        let head = b.new_head;
+        drop(job.batch);
+        if job.snapshot {
+            // Retention: journal rows the new snapshot covers and that are old enough.
+            match pg.prune_journal(journal_retention).await {
+                Ok(0) => {}
+                Ok(n) => info!(rows = n, "pruned journal rows past retention"),
+                Err(e) => {
+                    warn!(error = %e, "journal pruning failed; will retry at the next snapshot")
+                }
+            }
+        }
+        let report = Done {
+            last_tag: job.last_tag,
+            events: job.events,
+            head,
+            newest_ts: job.newest_ts,
+            progress: job.progress,
+            took,
+        };
+        if done.send(Ok(report)).is_err() {
+            return;
+        }
+    }
+}
