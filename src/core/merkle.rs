@@ -2,10 +2,11 @@
 //! stream implies and a store's state are each summarised as a tree of buckets, and
 //! only the buckets whose digests differ are fetched row by row.
 //!
-//! - A **row** is hashed with blake3 over a typed, length-prefixed encoding, so
+//! - A **row** is hashed with keyed blake3 over a typed, length-prefixed encoding, so
 //!   `("ab","c")` and `("a","bc")` differ and a value can never pass for a key.
-//! - A row goes to the **bucket** chosen by the hash of its *key* alone, so string,
-//!   UUID, composite or gappy keys spread evenly and a changed value stays in its bucket.
+//! - A row goes to the **bucket** chosen by the hash (xxh3) of its *key* alone, so
+//!   string, UUID, composite or gappy keys spread evenly and a changed value stays in its
+//!   bucket.
 //! - A **bucket digest** is the row count plus the sum of row hashes modulo 2²⁵⁶:
 //!   independent of row order, and — unlike XOR — a duplicated row or two equal rows
 //!   do not cancel out.
@@ -17,96 +18,101 @@
 pub enum Field<'a> {
     Str(&'a str),
     Int(i128),
+    /// A one-byte tag (which key space a key belongs to).
+    Tag(u8),
 }
 
-/// Each hash is blake3 in keyed mode with a key of its own, derived from a context
-/// string: domain separation that costs no bytes of the hashed input.
-static KEY_DOMAIN: std::sync::LazyLock<[u8; 32]> =
-    std::sync::LazyLock::new(|| blake3::derive_key("assayer merkle v2 key hash", b""));
+/// The row hash is blake3 in keyed mode with a key derived from a context string:
+/// domain separation that costs no bytes of the hashed input.
 static ROW_DOMAIN: std::sync::LazyLock<[u8; 32]> =
-    std::sync::LazyLock::new(|| blake3::derive_key("assayer merkle v2 row hash", b""));
+    std::sync::LazyLock::new(|| blake3::derive_key("assayer merkle v3 row hash", b""));
+/// Seed of the key hash (xxh3), so buckets are not a bare xxh3 of the key.
+const KEY_SEED: u64 = 0x6173_7361_7965_7233; // "assayer3"
 
-/// Hash of a row's key (chooses its bucket): keyed blake3 of the key's encoding.
-pub fn key_hash(key: &[Field<'_>]) -> [u8; 32] {
-    keyed_hash(&KEY_DOMAIN, &[], key)
+/// Hash of a row's key: chooses its bucket. xxh3-64 of the key's encoding — a bucket
+/// needs an even spread, not collision resistance (rows are compared by their blake3
+/// row hash, which covers the key too).
+pub fn key_hash(key: &[Field<'_>]) -> u64 {
+    hash_row(key, &[]).0
 }
 
 /// Hash of a whole row (key and value).
 pub fn row_hash(key: &[Field<'_>], value: &[Field<'_>]) -> [u8; 32] {
-    row_hash_of(&key_hash(key), value)
+    hash_row(key, value).1
 }
 
-/// Hash of a whole row from its key's hash (which the bucket needs anyway): keyed
-/// blake3 of the key hash followed by the value's encoding. A typical row (a balance
-/// of an account name under 20 bytes, an item location) is one blake3 block for the
-/// key and one for the row.
-pub fn row_hash_of(key_hash: &[u8; 32], value: &[Field<'_>]) -> [u8; 32] {
-    keyed_hash(&ROW_DOMAIN, key_hash, value)
-}
-
-/// The typed, length-prefixed encoding — `prefix`, the field count (u32 LE), and each
-/// field as a type byte, then a string's length (u64 LE) and bytes or an integer's 16
-/// bytes (i128 LE) — hashed with blake3 keyed by `domain`. Built in one buffer and
-/// hashed in one call (blake3's incremental `update` costs more than the hashing on
-/// inputs this small); encodings too long for the stack take the heap.
-fn keyed_hash(domain: &[u8; 32], prefix: &[u8], fields: &[Field<'_>]) -> [u8; 32] {
-    let len = prefix.len()
-        + 4
-        + fields
-            .iter()
-            .map(|f| match f {
-                Field::Str(s) => 1 + 8 + s.len(),
-                Field::Int(_) => 1 + 16,
-            })
-            .sum::<usize>();
+/// A row's key hash and row hash from one encoding: the key's encoding followed by the
+/// value's; the key hash is xxh3 of the key's part, the row hash keyed blake3 of the
+/// whole. A typical row (an account name and asset under ~30 bytes together, or an
+/// item and its location) is one 64-byte blake3 block.
+pub fn hash_row(key: &[Field<'_>], value: &[Field<'_>]) -> (u64, [u8; 32]) {
+    let len = encoded_len(key) + encoded_len(value);
+    let hash = |buf: &mut [u8]| {
+        let k = encode_into(buf, key);
+        let n = k + encode_into(&mut buf[k..], value);
+        (
+            xxhash_rust::xxh3::xxh3_64_with_seed(&buf[..k], KEY_SEED),
+            *blake3::keyed_hash(&ROW_DOMAIN, &buf[..n]).as_bytes(),
+        )
+    };
     if len <= STACK_ROW_BYTES {
-        let mut buf = [0u8; STACK_ROW_BYTES];
-        let n = encode_into(&mut buf, prefix, fields);
-        *blake3::keyed_hash(domain, &buf[..n]).as_bytes()
+        hash(&mut [0u8; STACK_ROW_BYTES])
     } else {
-        let mut buf = vec![0u8; len];
-        let n = encode_into(&mut buf, prefix, fields);
-        *blake3::keyed_hash(domain, &buf[..n]).as_bytes()
+        hash(&mut vec![0u8; len])
     }
 }
 
 /// Encodings that fit are hashed without an allocation.
 const STACK_ROW_BYTES: usize = 192;
 
-/// Writes the encoding of [`keyed_hash`] into `buf` (at least that long); returns
-/// its length.
-fn encode_into(buf: &mut [u8], prefix: &[u8], fields: &[Field<'_>]) -> usize {
+fn encoded_len(fields: &[Field<'_>]) -> usize {
+    1 + fields
+        .iter()
+        .map(|f| match f {
+            Field::Str(s) => 1 + 4 + s.len(),
+            Field::Int(_) => 1 + 16,
+            Field::Tag(_) => 2,
+        })
+        .sum::<usize>()
+}
+
+/// The typed, length-prefixed encoding of a list of fields: the field count (one
+/// byte), then each field as a type byte and a string's length (u32 LE) and bytes, an
+/// integer's 16 bytes (i128 LE) or a tag's byte. Writes into `buf` (at least
+/// [`encoded_len`] long); returns the length.
+fn encode_into(buf: &mut [u8], fields: &[Field<'_>]) -> usize {
     let mut n = 0;
     let mut put = |bytes: &[u8]| {
         buf[n..n + bytes.len()].copy_from_slice(bytes);
         n += bytes.len();
     };
-    put(prefix);
-    put(&(fields.len() as u32).to_le_bytes());
+    // At most a handful of fields per row (a key, a value): a count of one byte.
+    put(&[u8::try_from(fields.len()).expect("at most 255 fields")]);
     for f in fields {
         match f {
             Field::Str(s) => {
                 put(b"s");
-                put(&(s.len() as u64).to_le_bytes());
+                // Store values come from PostgreSQL (≤ 1 GB) or Redis (≤ 512 MB).
+                put(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_le_bytes());
                 put(s.as_bytes());
             }
             Field::Int(i) => {
                 put(b"i");
                 put(&i.to_le_bytes());
             }
+            Field::Tag(t) => put(&[b't', *t]),
         }
     }
     n
 }
 
-/// The bucket of a key among `2^depth` leaves.
-pub fn bucket_of(key_hash: &[u8; 32], depth: u8) -> usize {
+/// The bucket of a key among `2^depth` leaves: the key hash's top bits.
+pub fn bucket_of(key_hash: u64, depth: u8) -> usize {
     assert!(depth <= 24, "at most 2^24 leaves");
-    let top = u32::from_be_bytes(key_hash[..4].try_into().expect("4 bytes"));
     if depth == 0 {
         0
     } else {
-        (top >> (32 - u32::from(depth))) as usize
+        (key_hash >> (64 - u32::from(depth))) as usize
     }
 }
 
@@ -167,9 +173,9 @@ impl Tree {
     }
 
     pub fn add(&mut self, key: &[Field<'_>], value: &[Field<'_>]) {
-        let kh = key_hash(key);
-        let leaf = self.leaf_index(bucket_of(&kh, self.depth));
-        self.nodes[leaf].add_row(&row_hash_of(&kh, value));
+        let (kh, rh) = hash_row(key, value);
+        let leaf = self.leaf_index(bucket_of(kh, self.depth));
+        self.nodes[leaf].add_row(&rh);
     }
 
     /// Adds a row hashed elsewhere (e.g. in parallel), to the leaf `bucket`.
@@ -302,7 +308,7 @@ mod tests {
         let want: Vec<usize> = {
             let mut v: Vec<usize> = [&base[17], &base[300]]
                 .iter()
-                .map(|(k, s, _)| bucket_of(&key_hash(&[Field::Str(k), Field::Str(s)]), 6))
+                .map(|(k, s, _)| bucket_of(key_hash(&[Field::Str(k), Field::Str(s)]), 6))
                 .collect();
             v.sort_unstable();
             v.dedup();
@@ -312,33 +318,32 @@ mod tests {
         assert!(a.diff(&a).is_empty());
     }
 
-    /// The one-buffer hashing is the documented encoding fed to keyed blake3 field by
-    /// field, for rows on the stack and on the heap.
+    /// The one-buffer hashing is the documented encoding fed to keyed blake3 (and to
+    /// xxh3 for the key) field by field, for rows on the stack and on the heap.
     #[test]
     fn one_buffer_hashing_equals_the_documented_encoding() {
-        fn incremental(domain: &[u8; 32], prefix: &[u8], fields: &[Field<'_>]) -> [u8; 32] {
-            let mut h = blake3::Hasher::new_keyed(domain);
-            h.update(prefix);
-            h.update(&(fields.len() as u32).to_le_bytes());
+        fn encoding(fields: &[Field<'_>]) -> Vec<u8> {
+            let mut out = vec![fields.len() as u8];
             for f in fields {
                 match f {
                     Field::Str(s) => {
-                        h.update(b"s");
-                        h.update(&(s.len() as u64).to_le_bytes());
-                        h.update(s.as_bytes());
+                        out.push(b's');
+                        out.extend((s.len() as u32).to_le_bytes());
+                        out.extend(s.as_bytes());
                     }
                     Field::Int(i) => {
-                        h.update(b"i");
-                        h.update(&i.to_le_bytes());
+                        out.push(b'i');
+                        out.extend(i.to_le_bytes());
                     }
+                    Field::Tag(t) => out.extend([b't', *t]),
                 }
             }
-            *h.finalize().as_bytes()
+            out
         }
         let long = "x".repeat(500);
         for (k, v) in [
             (
-                vec![Field::Str("player:1"), Field::Str("gold")],
+                vec![Field::Tag(1), Field::Str("player:1"), Field::Str("gold")],
                 vec![Field::Int(-7)],
             ),
             (
@@ -347,11 +352,35 @@ mod tests {
             ),
             (vec![], vec![]),
         ] {
-            let kh = incremental(&KEY_DOMAIN, &[], &k);
-            assert_eq!(key_hash(&k), kh);
-            assert_eq!(row_hash(&k, &v), incremental(&ROW_DOMAIN, &kh, &v));
+            let (key, value) = (encoding(&k), encoding(&v));
+            let mut h = blake3::Hasher::new_keyed(&ROW_DOMAIN);
+            h.update(&key);
+            h.update(&value);
+            assert_eq!(
+                hash_row(&k, &v),
+                (
+                    xxhash_rust::xxh3::xxh3_64_with_seed(&key, KEY_SEED),
+                    *h.finalize().as_bytes()
+                )
+            );
+            assert_eq!(
+                key_hash(&k),
+                hash_row(&k, &v).0,
+                "the value never moves a row"
+            );
         }
-        assert_ne!(*KEY_DOMAIN, *ROW_DOMAIN);
+    }
+
+    /// A balance row of typical size is one blake3 block (the point of the compact
+    /// encoding: one compression a row).
+    #[test]
+    fn a_typical_row_is_one_block() {
+        let key = [
+            Field::Tag(1),
+            Field::Str("guild:12345/bank"),
+            Field::Str("herb_silverleaf"),
+        ];
+        assert!(encoded_len(&key) + encoded_len(&[Field::Int(i128::MAX)]) <= 64);
     }
 
     #[test]
@@ -365,5 +394,10 @@ mod tests {
         assert_ne!(r1, r2);
         assert_ne!(r3, r4);
         assert_ne!(r5, r6);
+        let r7 = row_hash(&[Field::Tag(1)], &[]);
+        let r8 = row_hash(&[Field::Tag(2)], &[]);
+        let r9 = row_hash(&[Field::Int(1)], &[]);
+        assert_ne!(r7, r8);
+        assert_ne!(r7, r9);
     }
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::finding::{Finding, Invariant, fingerprint};
-use super::merkle::{BucketDigest, Field, Tree, bucket_of, key_hash, row_hash_of};
+use super::merkle::{self, BucketDigest, Field, Tree, bucket_of, key_hash};
 use super::time::Timestamp;
 
 /// The two key spaces a store can hold.
@@ -34,6 +34,10 @@ pub enum RowKey {
     Balance { account: String, asset: String },
     Item { item: String },
 }
+
+/// Which key space a key is in, as the first field of its hashed encoding.
+const TAG_BALANCE: u8 = b'b';
+const TAG_ITEM: u8 = b'i';
 
 impl RowKey {
     pub fn space(&self) -> Space {
@@ -62,19 +66,19 @@ impl RowKey {
     fn fields(&self) -> [Field<'_>; 3] {
         match self {
             RowKey::Balance { account, asset } => [
-                Field::Str("balance"),
+                Field::Tag(TAG_BALANCE),
                 Field::Str(account),
                 Field::Str(asset),
             ],
             // Padded to one length so both spaces share one code path; the type tag keeps
             // them apart.
-            RowKey::Item { item } => [Field::Str("item"), Field::Str(item), Field::Str("")],
+            RowKey::Item { item } => [Field::Tag(TAG_ITEM), Field::Str(item), Field::Str("")],
         }
     }
 
     /// The key's bucket among `2^depth` leaves.
     pub fn bucket(&self, depth: u8) -> usize {
-        bucket_of(&key_hash(&self.fields()), depth)
+        bucket_of(key_hash(&self.fields()), depth)
     }
 }
 
@@ -159,11 +163,11 @@ impl RowRef<'_> {
     fn key_fields(&self) -> [Field<'_>; 3] {
         match *self {
             RowRef::Balance { account, asset, .. } => [
-                Field::Str("balance"),
+                Field::Tag(TAG_BALANCE),
                 Field::Str(account),
                 Field::Str(asset),
             ],
-            RowRef::Item { item, .. } => [Field::Str("item"), Field::Str(item), Field::Str("")],
+            RowRef::Item { item, .. } => [Field::Tag(TAG_ITEM), Field::Str(item), Field::Str("")],
         }
     }
 
@@ -176,16 +180,13 @@ impl RowRef<'_> {
 
     /// The row's bucket among `2^depth` leaves (the same as its key's).
     pub fn bucket(&self, depth: u8) -> usize {
-        bucket_of(&key_hash(&self.key_fields()), depth)
+        bucket_of(key_hash(&self.key_fields()), depth)
     }
 
     /// The row's bucket and hash, as [`add_row`] computes them (the key hashed once).
     pub fn hash(&self, depth: u8) -> (usize, [u8; 32]) {
-        let kh = key_hash(&self.key_fields());
-        (
-            bucket_of(&kh, depth),
-            row_hash_of(&kh, &[self.value_field()]),
-        )
+        let (kh, rh) = merkle::hash_row(&self.key_fields(), &[self.value_field()]);
+        (bucket_of(kh, depth), rh)
     }
 
     pub fn to_row(&self) -> Row {
@@ -239,11 +240,8 @@ pub fn hash_row(row: &Row, depth: u8) -> (usize, [u8; 32]) {
     match row.as_ref() {
         Some(r) => r.hash(depth),
         None => {
-            let kh = key_hash(&row.key.fields());
-            (
-                bucket_of(&kh, depth),
-                row_hash_of(&kh, &[row.value.field()]),
-            )
+            let (kh, rh) = merkle::hash_row(&row.key.fields(), &[row.value.field()]);
+            (bucket_of(kh, depth), rh)
         }
     }
 }
