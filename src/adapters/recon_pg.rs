@@ -1,8 +1,9 @@
 //! Reading a system's PostgreSQL store for reconciliation, gently: every query runs in
 //! a read-only transaction with `statement_timeout` and `lock_timeout`, through a pool
 //! no larger than the per-host concurrency cap, in keyset-paginated chunks whose size
-//! adapts to a target query time (a chunk that ran long shrinks the next one and pauses
-//! as long as it ran, giving a busy database room).
+//! adapts to a target query time (a chunk that ran long shrinks the next one; one the
+//! database itself was slow on is followed by a pause as long, giving a busy database
+//! room).
 //!
 //! Also the assayer-side tables of reconciliation: `recon_runs`, and the journal look-ups
 //! that give a divergent key its evidence and its newer expected value.
@@ -540,6 +541,9 @@ impl PgStore {
         let mut after: Option<Bound> = None;
         loop {
             let started = Instant::now();
+            // Time the chunk spent on the auditor's side (waiting for the expected
+            // digest, hashing): part of the statement's time, not the database's.
+            let mut ours = Duration::ZERO;
             let mut tx = self.begin().await?;
             // The key `chunk` rows ahead: an index walk, nothing hashed.
             let boundary_sql = format!(
@@ -686,10 +690,11 @@ impl PgStore {
                         live = cols.live,
                         cond = range.sql_literal(&cols),
                     );
-                    stats.add(
-                        self.copy_chunk(&mut tx, &sql, space, &mut **on_rows, ready.clone())
-                            .await?,
-                    );
+                    let (st, spent) = self
+                        .copy_chunk(&mut tx, &sql, space, &mut **on_rows, ready.clone())
+                        .await?;
+                    stats.add(st);
+                    ours = spent;
                 }
             }
             tx.rollback().await.map_err(|e| self.query_err(e))?;
@@ -698,12 +703,15 @@ impl PgStore {
                 break;
             };
             after = Some(until);
-            // Adapt: aim the next chunk at the target time; pause after a slow one.
+            // Adapt: aim the next chunk's statement time at the target; pause after a
+            // chunk the database itself was slow on (a busy database), not one the
+            // auditor held up.
             let took = started.elapsed();
             let ratio = (target.as_secs_f64() / took.as_secs_f64().max(1e-4)).clamp(0.25, 4.0);
             chunk = ((chunk as f64 * ratio) as i64).clamp(chunk_min, chunk_max);
-            if took > target * 2 {
-                tokio::time::sleep(took).await;
+            let database = took.saturating_sub(ours);
+            if database > target * 2 {
+                tokio::time::sleep(database).await;
             }
         }
         Ok(stats)
@@ -743,7 +751,7 @@ impl PgStore {
         space: Space,
         on_rows: &mut (dyn FnMut(&[RowRef<'_>]) + Send),
         mut ready: Option<tokio::sync::watch::Receiver<bool>>,
-    ) -> Result<ReadStats, ReadError> {
+    ) -> Result<(ReadStats, Duration), ReadError> {
         /// Parse and hand over rows once this much has arrived: small enough that
         /// PostgreSQL fills the socket with the next batch while this one is hashed.
         const BATCH_BYTES: usize = 512 << 10;
@@ -752,6 +760,7 @@ impl PgStore {
         /// Buffered at most while waiting for `ready`.
         const HOLD_BYTES: usize = 64 << 20;
         let mut stats = ReadStats::default();
+        let mut ours = Duration::ZERO;
         let mut copy = CopyBinary::new(match space {
             Space::Balances => 3,
             Space::Items => 2,
@@ -768,6 +777,7 @@ impl PgStore {
                     continue;
                 }
             }
+            let ours_from = Instant::now();
             if let Some(r) = ready.as_mut() {
                 // A dropped sender (the caller's work failed) ends the wait too; the
                 // caller reports its own error.
@@ -799,11 +809,12 @@ impl PgStore {
                 }
             }
             buf.drain(..at);
+            ours += ours_from.elapsed();
             if done {
                 break;
             }
         }
-        Ok(stats)
+        Ok((stats, ours))
     }
 
     fn data_err(&self, message: String) -> ReadError {

@@ -643,20 +643,32 @@ fn digest_rows(
     kept: &mut Vec<Row>,
 ) {
     let depth = tree.depth();
-    let hash = |r: &RowRef<'_>| {
-        let (b, h) = r.hash(depth);
-        (b, h, expected.is_some_and(|f| !f.may_hold(&h)))
-    };
-    let hashed: Vec<(usize, [u8; 32], bool)> = if rows.len() >= PARALLEL_ROWS {
-        rows.par_iter().with_min_len(1_024).map(hash).collect()
+    let parallel = rows.len() >= PARALLEL_ROWS;
+    let hashed: Vec<(usize, [u8; 32])> = if parallel {
+        rows.par_iter()
+            .with_min_len(1_024)
+            .map(|r| r.hash(depth))
+            .collect()
     } else {
-        rows.iter().map(hash).collect()
+        rows.iter().map(|r| r.hash(depth)).collect()
     };
-    for (r, (b, h, keep)) in rows.iter().zip(&hashed) {
+    // The filter is probed in a loop of its own, not between two hashings: each probe
+    // is a cache miss, and only a tight loop of independent probes lets the CPU wait
+    // for many at once.
+    let unexpected: Vec<bool> = match expected {
+        None => Vec::new(),
+        Some(f) if parallel => hashed
+            .par_iter()
+            .with_min_len(4_096)
+            .map(|(_, h)| !f.may_hold(h))
+            .collect(),
+        Some(f) => hashed.iter().map(|(_, h)| !f.may_hold(h)).collect(),
+    };
+    for (b, h) in &hashed {
         tree.add_hashed(*b, h);
-        if *keep {
-            kept.push(r.to_row());
-        }
+    }
+    for (r, _) in rows.iter().zip(&unexpected).filter(|(_, keep)| **keep) {
+        kept.push(r.to_row());
     }
 }
 
@@ -763,9 +775,12 @@ fn expected_digest<'a>(
             buckets.push(o.as_ref().map(|(b, _)| *b));
             if let Some((b, h)) = o {
                 tree.add_hashed(*b, h);
-                if let Some(f) = filter.as_mut() {
-                    f.insert(h);
-                }
+            }
+        }
+        // In a loop of their own, so the CPU overlaps the inserts' cache misses.
+        if let Some(f) = filter.as_mut() {
+            for (_, h) in hashed.iter().flatten() {
+                f.insert(h);
             }
         }
     });
