@@ -33,7 +33,15 @@ const KEY_SEED: u64 = 0x6173_7361_7965_7233; // "assayer3"
 /// needs an even spread, not collision resistance (rows are compared by their blake3
 /// row hash, which covers the key too).
 pub fn key_hash(key: &[Field<'_>]) -> u64 {
-    hash_row(key, &[]).0
+    let hash = |buf: &mut [u8]| {
+        let k = encode_into(buf, key);
+        xxhash_rust::xxh3::xxh3_64_with_seed(&buf[..k], KEY_SEED)
+    };
+    if encoded_len(key) <= STACK_ROW_BYTES {
+        hash(&mut [0u8; STACK_ROW_BYTES])
+    } else {
+        hash(&mut vec![0u8; encoded_len(key)])
+    }
 }
 
 /// Hash of a whole row (key and value).

@@ -713,47 +713,14 @@ fn in_batches<'a>(rows: impl Iterator<Item = RowRef<'a>>, mut f: impl FnMut(&[Ro
     }
 }
 
-/// Each expected row's bucket, in the order the digest saw the rows (`None` for rows
-/// the store does not own): recorded while digesting, so that the rows of differing
-/// leaves are found without hashing every key again. Two bytes a row up to depth 15.
-enum Buckets {
-    Narrow(Vec<u16>),
-    Wide(Vec<u32>),
-}
-
-impl Buckets {
-    fn new(depth: u8, rows_hint: usize) -> Buckets {
-        if depth <= 15 {
-            Buckets::Narrow(Vec::with_capacity(rows_hint))
-        } else {
-            Buckets::Wide(Vec::with_capacity(rows_hint))
-        }
-    }
-
-    fn push(&mut self, bucket: Option<usize>) {
-        match self {
-            Buckets::Narrow(v) => v.push(bucket.map_or(u16::MAX, |b| b as u16)),
-            Buckets::Wide(v) => v.push(bucket.map_or(u32::MAX, |b| b as u32)),
-        }
-    }
-
-    fn get(&self, i: usize) -> Option<usize> {
-        match self {
-            Buckets::Narrow(v) => v.get(i).filter(|&&b| b != u16::MAX).map(|&b| b as usize),
-            Buckets::Wide(v) => v.get(i).filter(|&&b| b != u32::MAX).map(|&b| b as usize),
-        }
-    }
-}
-
 /// What the digest of a store's expected rows leaves behind.
 struct ExpectedDigest {
     tree: Tree,
     filter: Option<ExpectedRows>,
-    buckets: Buckets,
 }
 
-/// The tree, the row filter and the row buckets of a store's expected rows (`rows` of
-/// its realm, kept if `own`ed); memory: one batch, the filter and the buckets.
+/// The tree and the row filter of a store's expected rows (`rows` of its realm, kept
+/// if `own`ed); memory: one batch and the filter.
 fn expected_digest<'a>(
     rows: impl Iterator<Item = RowRef<'a>>,
     own: &Ownership,
@@ -764,39 +731,32 @@ fn expected_digest<'a>(
     let mut tree = Tree::new(depth);
     let mut filter =
         (filter_bits_per_row > 0).then(|| ExpectedRows::new(rows_hint, filter_bits_per_row));
-    let mut buckets = Buckets::new(depth, rows_hint);
     in_batches(rows, |batch| {
-        let hashed: Vec<Option<(usize, [u8; 32])>> = batch
+        let hashed: Vec<(usize, [u8; 32])> = batch
             .par_iter()
             .with_min_len(1_024)
-            .map(|r| own.owns(r).then(|| r.hash(depth)))
+            .filter(|r| own.owns(r))
+            .map(|r| r.hash(depth))
             .collect();
-        for o in &hashed {
-            buckets.push(o.as_ref().map(|(b, _)| *b));
-            if let Some((b, h)) = o {
-                tree.add_hashed(*b, h);
-            }
+        for (b, h) in &hashed {
+            tree.add_hashed(*b, h);
         }
         // In a loop of their own, so the CPU overlaps the inserts' cache misses.
         if let Some(f) = filter.as_mut() {
-            for (_, h) in hashed.iter().flatten() {
+            for (_, h) in &hashed {
                 f.insert(h);
             }
         }
     });
     tree.seal();
-    ExpectedDigest {
-        tree,
-        filter,
-        buckets,
-    }
+    ExpectedDigest { tree, filter }
 }
 
-/// The expected rows in the buckets `keep`, found through the buckets the digest
-/// recorded for `rows` (the same rows, in the same order).
+/// A store's expected rows in the buckets `keep`: only the keys are hashed again
+/// (xxh3, a few ns a row), in parallel, a batch at a time.
 fn expected_in<'a>(
     rows: impl Iterator<Item = RowRef<'a>>,
-    buckets: &Buckets,
+    own: &Ownership,
     keep: &HashSet<usize>,
     depth: u8,
 ) -> Vec<Row> {
@@ -804,10 +764,17 @@ fn expected_in<'a>(
     for &b in keep {
         wanted[b] = true;
     }
-    rows.enumerate()
-        .filter(|(i, _)| buckets.get(*i).is_some_and(|b| wanted[b]))
-        .map(|(_, r)| r.to_row())
-        .collect()
+    let mut out = Vec::new();
+    in_batches(rows, |batch| {
+        out.par_extend(
+            batch
+                .par_iter()
+                .with_min_len(1_024)
+                .filter(|r| wanted[r.bucket(depth)] && own.owns(r))
+                .map(RowRef::to_row),
+        );
+    });
+    out
 }
 
 /// The rows of `rows` whose buckets are in `keep`, copied out of the batch.
@@ -950,12 +917,7 @@ async fn reconcile_store(
         }
         let kept = keep_at_most(kept, limits.candidate_rows_max, &s.name)?;
         let set: HashSet<usize> = differing.iter().copied().collect();
-        let exp_rows = expected_in(
-            expected.realm_refs(&s.realm, space),
-            &ours.buckets,
-            &set,
-            depth,
-        );
+        let exp_rows = expected_in(expected.realm_refs(&s.realm, space), &s.own, &set, depth);
         // Most differing leaves are explained by the kept rows alone; the others are
         // read by key through the index, and only what that cannot explain either is
         // read again in full (pass 2).
@@ -1155,52 +1117,6 @@ pub async fn schedule(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The rows of differing leaves, found through the buckets the digest recorded, are
-    /// exactly the owned rows of those buckets (by hashing every key), at both widths.
-    #[test]
-    fn recorded_buckets_find_the_same_rows_as_hashing_every_key() {
-        let mut e = Expected::default();
-        for i in 0..5_000 {
-            let owner = if i % 3 == 0 { "bank" } else { "player" };
-            e.add_balance("realm-1", &format!("{owner}:{i}"), "gold", i);
-            e.add_balance("realm-2", &format!("player:{i}"), "gold", i);
-        }
-        let own = Ownership::new(vec!["player:*".into()], vec![]).expect("globs");
-        for depth in [6u8, 16] {
-            let d = expected_digest(
-                e.realm_refs("realm-1", Space::Balances),
-                &own,
-                depth,
-                e.len(Space::Balances),
-                20,
-            );
-            assert!(matches!(
-                (&d.buckets, depth),
-                (Buckets::Narrow(_), 6) | (Buckets::Wide(_), 16)
-            ));
-            let keep: HashSet<usize> = e
-                .slice_refs("realm-1", Space::Balances, &own)
-                .map(|r| r.bucket(depth))
-                .step_by(7)
-                .collect();
-            let mut by_hashing: Vec<Row> = e
-                .slice_refs("realm-1", Space::Balances, &own)
-                .filter(|r| keep.contains(&r.bucket(depth)))
-                .map(|r| r.to_row())
-                .collect();
-            let mut found = expected_in(
-                e.realm_refs("realm-1", Space::Balances),
-                &d.buckets,
-                &keep,
-                depth,
-            );
-            by_hashing.sort_by(|a, b| a.key.cmp(&b.key));
-            found.sort_by(|a, b| a.key.cmp(&b.key));
-            assert!(!found.is_empty());
-            assert_eq!(found, by_hashing);
-        }
-    }
 
     #[test]
     fn the_concurrency_cap_is_per_host() {
