@@ -33,15 +33,10 @@ const KEY_SEED: u64 = 0x6173_7361_7965_7233; // "assayer3"
 /// needs an even spread, not collision resistance (rows are compared by their blake3
 /// row hash, which covers the key too).
 pub fn key_hash(key: &[Field<'_>]) -> u64 {
-    let hash = |buf: &mut [u8]| {
+    with_buffer(encoded_len(key), |buf| {
         let k = encode_into(buf, key);
         xxhash_rust::xxh3::xxh3_64_with_seed(&buf[..k], KEY_SEED)
-    };
-    if encoded_len(key) <= STACK_ROW_BYTES {
-        hash(&mut [0u8; STACK_ROW_BYTES])
-    } else {
-        hash(&mut vec![0u8; encoded_len(key)])
-    }
+    })
 }
 
 /// Hash of a whole row (key and value).
@@ -54,24 +49,27 @@ pub fn row_hash(key: &[Field<'_>], value: &[Field<'_>]) -> [u8; 32] {
 /// whole. A typical row (an account name and asset under ~30 bytes together, or an
 /// item and its location) is one 64-byte blake3 block.
 pub fn hash_row(key: &[Field<'_>], value: &[Field<'_>]) -> (u64, [u8; 32]) {
-    let len = encoded_len(key) + encoded_len(value);
-    let hash = |buf: &mut [u8]| {
+    with_buffer(encoded_len(key) + encoded_len(value), |buf| {
         let k = encode_into(buf, key);
         let n = k + encode_into(&mut buf[k..], value);
         (
             xxhash_rust::xxh3::xxh3_64_with_seed(&buf[..k], KEY_SEED),
             *blake3::keyed_hash(&ROW_DOMAIN, &buf[..n]).as_bytes(),
         )
-    };
-    if len <= STACK_ROW_BYTES {
-        hash(&mut [0u8; STACK_ROW_BYTES])
-    } else {
-        hash(&mut vec![0u8; len])
-    }
+    })
 }
 
 /// Encodings that fit are hashed without an allocation.
 const STACK_ROW_BYTES: usize = 192;
+
+/// Runs `f` on a zeroed buffer of at least `len` bytes: on the stack when it fits.
+fn with_buffer<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
+    if len <= STACK_ROW_BYTES {
+        f(&mut [0u8; STACK_ROW_BYTES])
+    } else {
+        f(&mut vec![0u8; len])
+    }
+}
 
 fn encoded_len(fields: &[Field<'_>]) -> usize {
     1 + fields

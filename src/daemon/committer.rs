@@ -28,27 +28,30 @@ use super::health;
 /// Batches that may wait while one is being written.
 const JOBS_QUEUED: usize = 1;
 
-/// A batch cut by the session, and what to do once it is durable.
-pub struct Job {
-    pub batch: Batch,
+/// What the session needs back once a batch is durable (the commit stage only carries
+/// it).
+pub struct Cut {
     /// Every delivery up to this tag is in the batch (or in an earlier one).
     pub last_tag: u64,
     pub events: usize,
     /// Newest event time in the batch, for the processing lag.
     pub newest_ts: Option<Timestamp>,
-    /// The batch carries a snapshot: prune the journal past retention after it.
-    pub snapshot: bool,
     /// Where the engine stood when the batch was cut (for the status row).
     pub progress: health::Progress,
 }
 
+/// A batch cut by the session.
+pub struct Job {
+    /// A batch carrying a snapshot is followed by pruning the journal past retention.
+    pub batch: Batch,
+    pub cut: Cut,
+}
+
 /// A committed batch.
 pub struct Done {
-    pub last_tag: u64,
-    pub events: usize,
+    pub cut: Cut,
+    /// The journal head the batch left.
     pub head: i64,
-    pub newest_ts: Option<Timestamp>,
-    pub progress: health::Progress,
     /// Time spent in the database for this batch.
     pub took: Duration,
 }
@@ -87,7 +90,12 @@ impl Committer {
             None => false,
         };
         if !sent {
-            // The task ended: it reported why on `done` (read by `next`).
+            // The task ended after reporting why on `done`: that is the error. (Batches
+            // it committed before are durable; the session ends on this error, and
+            // their unacked deliveries come back and are recognised by `tx_id`.)
+            while let Some(r) = self.done.recv().await {
+                r?;
+            }
             return Err(StoreError::CommitterStopped);
         }
         self.in_flight += 1;
@@ -136,8 +144,9 @@ async fn run(
         }
         let took = started.elapsed();
         let head = b.new_head;
+        let snapshot = b.snapshot.is_some();
         drop(job.batch);
-        if job.snapshot {
+        if snapshot {
             // Retention: journal rows the new snapshot covers and that are old enough.
             match pg.prune_journal(journal_retention).await {
                 Ok(0) => {}
@@ -147,15 +156,14 @@ async fn run(
                 }
             }
         }
-        let report = Done {
-            last_tag: job.last_tag,
-            events: job.events,
-            head,
-            newest_ts: job.newest_ts,
-            progress: job.progress,
-            took,
-        };
-        if done.send(Ok(report)).is_err() {
+        if done
+            .send(Ok(Done {
+                cut: job.cut,
+                head,
+                took,
+            }))
+            .is_err()
+        {
             return;
         }
     }

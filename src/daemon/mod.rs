@@ -33,7 +33,7 @@ use crate::core::finding::{Finding, Invariant};
 use crate::core::policy::Policy;
 use crate::core::time::Timestamp;
 
-use committer::{Committer, Done, Job};
+use committer::{Committer, Cut, Done, Job};
 use config::Config;
 use health::Health;
 use metrics::Metrics;
@@ -578,11 +578,12 @@ impl<'a> Session<'a> {
         }
         let job = Job {
             batch,
-            last_tag,
-            events: pending.events,
-            newest_ts: pending.newest_ts,
-            snapshot: due,
-            progress: progress(engine, head),
+            cut: Cut {
+                last_tag,
+                events: pending.events,
+                newest_ts: pending.newest_ts,
+                progress: progress(engine, head),
+            },
         };
         *pending = Pending::new(head);
         committer.submit(job).await?;
@@ -605,18 +606,17 @@ impl<'a> Session<'a> {
 
     /// A batch is durable: ack its deliveries and report the progress.
     async fn committed(&self, bus: &Amqp, done: Done) -> Result<(), DaemonError> {
-        bus.ack_through(done.last_tag).await?;
-        self.metrics
-            .checkpoint_seconds
-            .observe(done.took.as_secs_f64());
-        self.metrics.batch_events.observe(done.events as f64);
-        self.metrics.journal_position.set(done.head);
-        let lag = done
+        let Done { cut, head, took } = done;
+        bus.ack_through(cut.last_tag).await?;
+        self.metrics.checkpoint_seconds.observe(took.as_secs_f64());
+        self.metrics.batch_events.observe(cut.events as f64);
+        self.metrics.journal_position.set(head);
+        let lag = cut
             .newest_ts
             .map_or(Duration::ZERO, |t| Timestamp::now().since(t));
         self.metrics.processing_lag_seconds.set(lag.as_secs_f64());
         self.health.durable(lag);
-        self.health.progress(done.progress);
+        self.health.progress(cut.progress);
         Ok(())
     }
 
