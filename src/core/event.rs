@@ -199,7 +199,23 @@ pub fn decode(bytes: &[u8]) -> Result<ValidEvent<'_>, Malformed> {
         identify_best_effort(&mut m, &bytes[..bytes.len().min(4096)]);
         return Err(m);
     }
-    let wire: WireEvent<'_> = match serde_json::from_slice(bytes) {
+    // UTF-8 is checked once for the whole event (a fast scan over ASCII), so the JSON
+    // reader can borrow every string without checking each again.
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let mut m = Malformed::new(
+                format!(
+                    "event is not valid UTF-8 (bad byte at offset {})",
+                    e.valid_up_to()
+                ),
+                None,
+            );
+            identify_best_effort(&mut m, bytes);
+            return Err(m);
+        }
+    };
+    let wire: WireEvent<'_> = match serde_json::from_str(text) {
         Ok(w) => w,
         Err(e) => {
             let mut m = Malformed::new(describe_json_error(&e), None);
@@ -599,6 +615,22 @@ mod tests {
             let got = reason(json);
             assert!(got.contains(want), "{json}\n  => {got}\n  wanted: {want}");
         }
+    }
+
+    #[test]
+    fn invalid_utf8_is_malformed_with_its_offset_and_non_ascii_decodes() {
+        let mut bytes = GOOD.as_bytes().to_vec();
+        let at = GOOD.find("sword").unwrap();
+        bytes[at] = 0xff;
+        let m = decode(&bytes).unwrap_err();
+        assert!(
+            m.reason.contains(&format!("not valid UTF-8 (bad byte at offset {at})")),
+            "{}",
+            m.reason
+        );
+        let accented = GOOD.replace("sword_of_dawn", "épée_de_l’aube");
+        let e = decode(accented.as_bytes()).unwrap();
+        assert_eq!(e.wire.items[0].template.as_deref(), Some("épée_de_l’aube"));
     }
 
     #[test]
