@@ -624,7 +624,8 @@ mod tests {
         bytes[at] = 0xff;
         let m = decode(&bytes).unwrap_err();
         assert!(
-            m.reason.contains(&format!("not valid UTF-8 (bad byte at offset {at})")),
+            m.reason
+                .contains(&format!("not valid UTF-8 (bad byte at offset {at})")),
             "{}",
             m.reason
         );
