@@ -211,7 +211,9 @@ pub fn decode(bytes: &[u8]) -> Result<ValidEvent<'_>, Malformed> {
                 ),
                 None,
             );
-            identify_best_effort(&mut m, bytes);
+            // The bad byte is most likely inside one string: read the rest to name the
+            // producer (the JSON reader refuses invalid UTF-8 anywhere).
+            identify_best_effort(&mut m, String::from_utf8_lossy(bytes).as_bytes());
             return Err(m);
         }
     };
@@ -629,6 +631,7 @@ mod tests {
             "{}",
             m.reason
         );
+        assert_eq!(m.tx_id.as_deref(), Some("trade-000815"));
         let accented = GOOD.replace("sword_of_dawn", "épée_de_l’aube");
         let e = decode(accented.as_bytes()).unwrap();
         assert_eq!(e.wire.items[0].template.as_deref(), Some("épée_de_l’aube"));
