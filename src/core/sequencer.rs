@@ -260,12 +260,14 @@ impl Sequencer {
                 next += 1;
             }
             s.next = Some(next);
-            let Some((&seq, p)) = s.pending.iter().next() else {
+            let Some(first) = s.pending.first_entry() else {
                 break;
             };
-            if !p.due {
+            if !first.get().due {
                 break;
             }
+            let seq = *first.key();
+            let p = first.remove();
             if seq > next {
                 let before: Vec<u64> = s.malformed.range(next..seq).copied().collect();
                 for m in &before {
@@ -288,7 +290,6 @@ impl Sequencer {
                     from = m + 1;
                 }
             }
-            let p = s.pending.remove(&seq).expect("peeked above");
             applied += 1;
             s.next = Some(seq + 1);
             out.push(Released::Apply(p.ev));
