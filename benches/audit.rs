@@ -1,7 +1,8 @@
 //! Audit throughput and memory, each figure next to a baseline measured in the same run.
 //!
 //! `cargo bench --bench audit` (env `ASSAYER_BENCH_EVENTS`, default 1,000,000;
-//! `ASSAYER_BENCH_ONLY=pipeline` runs only pass 4, for profiling the engine stage).
+//! `ASSAYER_BENCH_ONLY=pipeline` runs only pass 4, for profiling the engine stage;
+//! `ASSAYER_BENCH_DEDUP=N` sets that pass's redelivery window, to see what it costs).
 //!
 //! 1. writes a simulated 12-system world of N transactions to a temp file;
 //! 2. baseline: parses every line to `serde::de::IgnoredAny` (the JSON floor);
@@ -66,7 +67,14 @@ fn main() {
     if std::env::var("ASSAYER_BENCH_ONLY").as_deref() == Ok("pipeline") {
         let t = Instant::now();
         let cpu = thread_cpu_ns();
-        let mut engine = Engine::new(Policy::builtin());
+        let mut policy = Policy::builtin();
+        if let Some(n) = std::env::var("ASSAYER_BENCH_DEDUP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            policy.stream.dedup_window_txs = n;
+        }
+        let mut engine = Engine::new(policy);
         let mut findings = 0usize;
         let reader = BufReader::with_capacity(1 << 20, File::open(&path).expect("open"));
         audit_stream(&mut engine, reader, |_| findings += 1).expect("audit");

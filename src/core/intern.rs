@@ -3,7 +3,6 @@
 //! state a few bytes wide (the engine's memory budget is < 200 bytes per live entry).
 
 use lasso::{Key, Rodeo, Spur};
-use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 
 /// An interned string. Only meaningful with the [`Interner`] that made it.
@@ -30,7 +29,7 @@ pub struct Class {
 
 #[derive(Serialize, Deserialize)]
 pub struct Interner {
-    rodeo: Rodeo<Spur, FxBuildHasher>,
+    rodeo: Rodeo<Spur, foldhash::fast::FixedState>,
     /// Derived from the policy: rebuilt lazily, never snapshotted.
     #[serde(skip)]
     classes: Vec<Option<Class>>,
@@ -39,7 +38,7 @@ pub struct Interner {
 impl Default for Interner {
     fn default() -> Self {
         Interner {
-            rodeo: Rodeo::with_hasher(FxBuildHasher),
+            rodeo: Rodeo::with_hasher(foldhash::fast::FixedState::default()),
             classes: Vec::new(),
         }
     }
