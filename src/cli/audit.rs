@@ -10,7 +10,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::output::{FindingWriter, Format};
-use crate::core::engine::{Engine, EngineStats};
+use crate::core::engine::{Engine, EngineStats, intrinsically_clean};
 use crate::core::event::{MAX_EVENT_BYTES, ValidEvent, decode};
 use crate::core::finding::Finding;
 use crate::core::policy::Policy;
@@ -165,7 +165,8 @@ pub fn audit_stream<R: BufRead + Send>(
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(CHUNKS_IN_FLIGHT);
         let (spare_tx, spare_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT + 1);
-        let decoder = scope.spawn(move || decode_lines(reader, tx, spare_rx));
+        let policy = engine.policy().clone();
+        let decoder = scope.spawn(move || decode_lines(reader, &policy, tx, spare_rx));
         let mut out = Vec::new();
         let mut now = Timestamp::now();
         for mut chunk in rx {
@@ -222,6 +223,7 @@ fn annotate_malformed(f: &mut Finding, line_no: u64, overlong: Option<u64>) {
 /// chunks downstream. Stops early (without error) when the engine side has gone away.
 fn decode_lines<R: BufRead>(
     mut reader: R,
+    policy: &Policy,
     tx: std::sync::mpsc::SyncSender<Chunk>,
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
 ) -> io::Result<()> {
@@ -254,7 +256,10 @@ fn decode_lines<R: BufRead>(
                     .map(|(no, start, end, overlong)| {
                         let bytes = &b[start..end];
                         let d = match decode(bytes) {
-                            Ok(v) => Decoded::Valid(v),
+                            Ok(mut v) => {
+                                v.prechecked = intrinsically_clean(policy, &v);
+                                Decoded::Valid(v)
+                            }
                             Err(why) => Decoded::Malformed {
                                 why,
                                 bytes,
@@ -422,7 +427,11 @@ mod tests {
         let cfg = crate::sim::SimConfig {
             seed: 7,
             events: 6_000,
-            inject: vec![("item.duplicated".parse().unwrap(), 3)],
+            inject: vec![
+                ("item.duplicated".parse().unwrap(), 3),
+                ("tx.unbalanced".parse().unwrap(), 3),
+                ("economy.unauthorized_faucet".parse().unwrap(), 3),
+            ],
             ..crate::sim::SimConfig::default()
         };
         let mut lines: Vec<Vec<u8>> = Vec::new();
@@ -474,10 +483,12 @@ mod tests {
             .map(|f| f.evidence["line"].as_u64())
             .collect();
         assert_eq!(malformed, vec![Some(2_048), Some(2_050)]);
-        assert!(
-            piped
-                .iter()
-                .any(|f| f.invariant == crate::core::finding::Invariant::ItemDuplicated)
-        );
+        for inv in [
+            "item.duplicated",
+            "tx.unbalanced",
+            "economy.unauthorized_faucet",
+        ] {
+            assert!(piped.iter().any(|f| f.invariant.id() == inv), "{inv}");
+        }
     }
 }

@@ -106,6 +106,10 @@ pub struct ValidEvent<'a> {
     pub digest: u64,
     /// Every asset's postings sum to zero (else `tx.unbalanced`).
     pub balanced: bool,
+    /// A pipeline's decode stage found that the event raises no intrinsic finding
+    /// under the engine's policy ([`crate::core::engine::intrinsically_clean`]), so the
+    /// engine stage skips those checks. `decode` leaves it false.
+    pub prechecked: bool,
 }
 
 impl ValidEvent<'_> {
@@ -153,6 +157,7 @@ impl ValidEvent<'_> {
             ts: self.ts,
             digest: self.digest,
             balanced: self.balanced,
+            prechecked: self.prechecked,
         }
     }
 }
@@ -364,6 +369,7 @@ fn validate(wire: WireEvent<'_>) -> Result<ValidEvent<'_>, Invalid<'_>> {
         ts,
         digest,
         balanced,
+        prechecked: false,
     })
 }
 
