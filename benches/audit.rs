@@ -2,7 +2,7 @@
 //!
 //! `cargo bench --bench audit` (env `ASSAYER_BENCH_EVENTS`, default 1,000,000;
 //! `ASSAYER_BENCH_ONLY=pipeline` runs only pass 4, for profiling the engine stage;
-//! `ASSAYER_BENCH_DEDUP=N` sets that pass's redelivery window, to see what it costs).
+//! `ASSAYER_BENCH_DEDUP=N` sets pass 4's redelivery window, to see what it costs).
 //!
 //! 1. writes a simulated 12-system world of N transactions to a temp file;
 //! 2. baseline: parses every line to `serde::de::IgnoredAny` (the JSON floor);
@@ -65,23 +65,12 @@ fn main() {
     // Warm the page cache so every pass reads from memory.
     let lines = for_each_line(&path, |_| {});
     if std::env::var("ASSAYER_BENCH_ONLY").as_deref() == Ok("pipeline") {
-        let t = Instant::now();
-        let cpu = thread_cpu_ns();
-        let mut policy = Policy::builtin();
-        if let Some(n) = std::env::var("ASSAYER_BENCH_DEDUP")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            policy.stream.dedup_window_txs = n;
-        }
-        let mut engine = Engine::new(policy);
-        let mut findings = 0usize;
-        let reader = BufReader::with_capacity(1 << 20, File::open(&path).expect("open"));
-        audit_stream(&mut engine, reader, |_| findings += 1).expect("audit");
+        let p = pipeline(&path, lines);
         println!(
-            "decode + audit end to end: {} events/s, {findings} findings, engine stage {:.2} µs CPU per event",
-            fmt(rate(lines, t)),
-            (thread_cpu_ns() - cpu) as f64 / 1e3 / lines as f64
+            "decode + audit end to end: {} events/s, {} findings, engine stage {:.2} µs CPU per event",
+            fmt(p.rate),
+            p.findings,
+            p.engine_us
         );
         let _ = std::fs::remove_dir_all(&dir);
         return;
@@ -107,15 +96,12 @@ fn main() {
     let decode_rate = rate(lines, t);
 
     let rss_before = rss_kib("VmRSS");
-    // Exactly what `assayer audit` runs: the two-stage pipeline (decode | engine).
-    let t = Instant::now();
-    let cpu = thread_cpu_ns();
-    let mut engine = Engine::new(Policy::builtin());
-    let mut findings = 0usize;
-    let reader = BufReader::with_capacity(1 << 20, File::open(&path).expect("open"));
-    audit_stream(&mut engine, reader, |_| findings += 1).expect("audit");
-    let audit = rate(lines, t);
-    let engine_us = (thread_cpu_ns() - cpu) as f64 / 1e3 / lines as f64;
+    let Pipeline {
+        engine,
+        findings,
+        rate: audit,
+        engine_us,
+    } = pipeline(&path, lines);
     let peak = rss_kib("VmHWM");
 
     // The same engine fed on one thread (decode and audit in turn), for comparison.
@@ -208,6 +194,38 @@ fn for_each_line(path: &std::path::Path, mut f: impl FnMut(&[u8])) -> usize {
         }
         f(&buf);
         n += 1;
+    }
+}
+
+struct Pipeline {
+    engine: Engine,
+    findings: usize,
+    rate: f64,
+    /// CPU time of the engine stage (this thread) per event.
+    engine_us: f64,
+}
+
+/// Exactly what `assayer audit` runs: the two-stage pipeline (decode | engine), with
+/// the redelivery window `ASSAYER_BENCH_DEDUP` sets, if it does.
+fn pipeline(path: &std::path::Path, lines: usize) -> Pipeline {
+    let mut policy = Policy::builtin();
+    if let Some(n) = std::env::var("ASSAYER_BENCH_DEDUP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        policy.stream.dedup_window_txs = n;
+    }
+    let t = Instant::now();
+    let cpu = thread_cpu_ns();
+    let mut engine = Engine::new(policy);
+    let mut findings = 0usize;
+    let reader = BufReader::with_capacity(1 << 20, File::open(path).expect("open"));
+    audit_stream(&mut engine, reader, |_| findings += 1).expect("audit");
+    Pipeline {
+        rate: rate(lines, t),
+        engine_us: (thread_cpu_ns() - cpu) as f64 / 1e3 / lines as f64,
+        engine,
+        findings,
     }
 }
 

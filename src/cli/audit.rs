@@ -123,6 +123,8 @@ fn progress_bar(size: Option<u64>) -> ProgressBar {
 const CHUNK_LINES: usize = 2_048;
 /// Input bytes per hand-off: a chunk closes at `CHUNK_LINES` lines or this many bytes.
 const CHUNK_BYTES: usize = 1 << 20;
+/// A chunk buffer's capacity: it closes past `CHUNK_BYTES`, so one more event fits.
+const CHUNK_CAPACITY: usize = CHUNK_BYTES + MAX_EVENT_BYTES + 1;
 /// Chunks in flight between the stages (bounded: the reader cannot run away).
 const CHUNKS_IN_FLIGHT: usize = 4;
 
@@ -229,7 +231,7 @@ fn decode_lines<R: BufRead>(
 ) -> io::Result<()> {
     let mut line = Vec::with_capacity(4096);
     let mut line_no: u64 = 0;
-    let mut buf = Vec::with_capacity(CHUNK_BYTES + MAX_EVENT_BYTES + 1);
+    let mut buf = Vec::with_capacity(CHUNK_CAPACITY);
     // (line number, start, end, overlong) of each non-blank line in `buf`.
     let mut spans: Vec<(u64, usize, usize, Option<u64>)> = Vec::with_capacity(CHUNK_LINES);
     loop {
@@ -247,7 +249,7 @@ fn decode_lines<R: BufRead>(
         if !spans.is_empty() && (full || read.is_none()) {
             let mut next = spare
                 .try_recv()
-                .unwrap_or_else(|_| Vec::with_capacity(CHUNK_BYTES + MAX_EVENT_BYTES + 1));
+                .unwrap_or_else(|_| Vec::with_capacity(CHUNK_CAPACITY));
             next.clear();
             let owner = std::mem::replace(&mut buf, next);
             let chunk = Chunk::new(owner, |b| {

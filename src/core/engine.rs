@@ -107,21 +107,28 @@ struct RedeliveryWindow {
     forgotten: u64,
 }
 
-/// 64 bits of key and 32 more of check from xxh3-128 of the tx_id: 96 bits in all, so
-/// two distinct tx_ids are taken for one with negligible probability (~n²/2⁹⁷).
 /// True when `v` raises none of the findings that depend on the event alone
 /// (`tx.unbalanced`, `economy.unauthorized_faucet`) under `policy`. Pure, so a pipeline's
 /// decode stage can run it on its own core and set [`ValidEvent::prechecked`].
 pub fn intrinsically_clean(policy: &Policy, v: &ValidEvent<'_>) -> bool {
-    let w = &v.wire;
-    v.balanced
-        && w.postings
-            .iter()
-            .map(|p| &*p.account)
-            .chain(w.items.iter().map(|m| &*m.from))
-            .all(|a| !event::is_world(a) || policy.faucet_allows(a, &w.system))
+    v.balanced && unauthorized_faucets(policy, &v.wire).next().is_none()
 }
 
+/// The `world:` accounts `w` posts to or mints from without the policy's authority, with
+/// what it did there, in event order (an account may repeat).
+fn unauthorized_faucets<'w>(
+    policy: &'w Policy,
+    w: &'w event::WireEvent<'_>,
+) -> impl Iterator<Item = (&'w str, &'static str)> {
+    w.postings
+        .iter()
+        .map(|p| (&*p.account, "posts to"))
+        .chain(w.items.iter().map(|m| (&*m.from, "mints from")))
+        .filter(|(a, _)| event::is_world(a) && !policy.faucet_allows(a, &w.system))
+}
+
+/// 64 bits of key and 32 more of check from xxh3-128 of the tx_id: 96 bits in all, so
+/// two distinct tx_ids are taken for one with negligible probability (~n²/2⁹⁷).
 fn tx_key(tx_id: &str) -> (u64, u32) {
     let h = xxhash_rust::xxh3::xxh3_128(tx_id.as_bytes());
     (h as u64, (h >> 64) as u32)
@@ -615,16 +622,8 @@ impl Engine {
             ));
         }
         let mut flagged: Vec<&str> = Vec::new();
-        let touches = w
-            .postings
-            .iter()
-            .map(|p| (&*p.account, "posts to"))
-            .chain(w.items.iter().map(|m| (&*m.from, "mints from")));
-        for (account, verb) in touches {
-            if !event::is_world(account)
-                || flagged.contains(&account)
-                || self.policy.faucet_allows(account, &w.system)
-            {
+        for (account, verb) in unauthorized_faucets(&self.policy, w) {
+            if flagged.contains(&account) {
                 continue;
             }
             flagged.push(account);

@@ -116,50 +116,6 @@ impl ValidEvent<'_> {
     pub fn realm(&self) -> &str {
         self.wire.realm.as_deref().unwrap_or(DEFAULT_REALM)
     }
-
-    /// Detaches the event from the input buffer (to hand it to another thread).
-    pub fn into_owned(self) -> ValidEvent<'static> {
-        fn o(c: Cow<'_, str>) -> Cow<'static, str> {
-            Cow::Owned(c.into_owned())
-        }
-        let w = self.wire;
-        ValidEvent {
-            wire: WireEvent {
-                v: w.v,
-                tx_id: o(w.tx_id),
-                realm: w.realm.map(o),
-                system: o(w.system),
-                seq: w.seq,
-                ts: o(w.ts),
-                kind: o(w.kind),
-                actor: w.actor.map(o),
-                grant: w.grant.map(o),
-                postings: w
-                    .postings
-                    .into_iter()
-                    .map(|p| WirePosting {
-                        account: o(p.account),
-                        asset: o(p.asset),
-                        delta: p.delta,
-                    })
-                    .collect(),
-                items: w
-                    .items
-                    .into_iter()
-                    .map(|m| WireItemMove {
-                        item: o(m.item),
-                        from: o(m.from),
-                        to: o(m.to),
-                        template: m.template.map(o),
-                    })
-                    .collect(),
-            },
-            ts: self.ts,
-            digest: self.digest,
-            balanced: self.balanced,
-            prechecked: self.prechecked,
-        }
-    }
 }
 
 /// Why bytes are not a valid events-v1 event. Becomes one `event.malformed` finding.
