@@ -30,6 +30,11 @@ use sqlx::{Connection, Executor, PgConnection};
 
 const ADMIN: &str = "postgres://root@127.0.0.1:5432/test";
 
+// The allocator of the `assayer` binary, so the figures are those `assayer reconcile`
+// would give.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Fixed(Arc<Expected>);
 
 impl LiveExpected for Fixed {
@@ -475,7 +480,7 @@ async fn reconcile(url: &str, expected: &Arc<Fixed>, mode: Mode, depth: u8) -> R
         "[reconcile]\ngrace_ms = 0\nrecheck_rounds = 1\ntree_depth = {depth}\n\
          [[store]]\nname = \"wallets\"\nsystem = \"economy\"\nrealm = \"r\"\nkind = \"postgres\"\n\
          mode = \"{mode}\"\nurl = \"{url}\"\naccounts = [\"player:*\"]\n\
-         balances_query = \"SELECT account, asset, balance FROM wallets\"\n"
+         balances_query = \"SELECT account, asset, balance, ctid FROM wallets\"\n"
     );
     let config = Config::parse(&text, "bench.toml", |_| None).expect("config");
     let source = Source::Live(expected.clone());

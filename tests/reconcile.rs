@@ -748,6 +748,100 @@ fn tiny_chunks() -> assayer::adapters::recon_pg::ReadLimits {
     }
 }
 
+/// Every row a pull sends, sorted, and its counters.
+async fn pull_all(
+    pg: &assayer::adapters::recon_pg::PgStore,
+    space: Space,
+) -> (
+    Vec<assayer::core::recon::Row>,
+    assayer::adapters::recon_pg::ReadStats,
+) {
+    use assayer::adapters::recon_pg::Batch;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let collect = tokio::spawn(async move {
+        let mut rows = Vec::new();
+        while let Some(b) = rx.recv().await {
+            match b {
+                Batch::Copy(t) => rows.extend(t.rows().expect("rows").iter().map(|r| r.to_row())),
+                Batch::Rows(r) => rows.extend(r),
+            }
+        }
+        rows
+    });
+    let st = pg.pull(space, &tx).await.expect("pull");
+    drop(tx);
+    let mut rows = collect.await.expect("collect");
+    rows.sort();
+    (rows, st)
+}
+
+/// Page ranges are read in one snapshot: while the game rewrites every row (moving
+/// each to another page), a pull still returns each row exactly once. Integer balances
+/// travel as binary integers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_by_pages_reads_each_row_once_while_rows_move_between_pages() {
+    use assayer::adapters::recon_pg::{BalanceWire, PgStore};
+    use assayer::core::recon::Row;
+    use sqlx::Connection as _;
+
+    let db = TestDb::create().await;
+    let mut c = db.connect().await;
+    // ~7 rows a page: the tiny chunks below are a page or two each.
+    sqlx::raw_sql(
+        "CREATE TABLE w (account TEXT PRIMARY KEY, asset TEXT NOT NULL, balance INT8 NOT NULL, pad TEXT);
+         INSERT INTO w SELECT 'player:' || i, 'gold', i, repeat('x', 1000) FROM generate_series(1, 300) i;",
+    )
+    .execute(&mut c)
+    .await
+    .expect("create");
+    let pg = PgStore::connect(
+        "moving",
+        &db.url,
+        Some("SELECT account, asset, balance, ctid FROM w".into()),
+        None,
+        tiny_chunks(),
+    )
+    .await
+    .expect("connect");
+    let plan = pg.pull_plan(Space::Balances).await.expect("plan");
+    assert!(plan.pages);
+    assert_eq!(plan.balance, BalanceWire::Int8);
+    let want: Vec<Row> = (1..=300)
+        .map(|i| Row::balance(&format!("player:{i}"), "gold", i))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    // The game rewrites every row with a longer pad (no room on its page: it moves),
+    // newest first, over and over, while the pulls run.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, url) = (stop.clone(), db.url.clone());
+        tokio::spawn(async move {
+            let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+            let mut rounds = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for i in (1..=300).rev().step_by(7) {
+                    sqlx::query("UPDATE w SET pad = pad || 'y' WHERE account = $1")
+                        .bind(format!("player:{i}"))
+                        .execute(&mut c)
+                        .await
+                        .expect("update");
+                }
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    for _ in 0..5 {
+        let (pulled, st) = pull_all(&pg, Space::Balances).await;
+        assert_eq!(pulled.len(), want.len(), "each row once");
+        assert_eq!(pulled, want);
+        assert!(st.queries > 10, "tiny chunks: {} queries", st.queries);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(writer.await.expect("writer") > 0, "the writer ran");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_summaries_equal_the_auditors_bit_for_bit_on_tricky_values() {
     use assayer::adapters::recon_pg::PgStore;
@@ -858,35 +952,30 @@ async fn postgresql_summaries_equal_the_auditors_bit_for_bit_on_tricky_values() 
         assert_eq!(got, want, "{space:?}");
         // The pull (binary COPY in tiny key-range chunks whose bounds PostgreSQL quotes)
         // returns every live row once: tricky keys, and both copies of a duplicate item.
-        // Held back until `ready` turns true: no row arrives before.
-        let opened = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (ready_tx, ready) = tokio::sync::watch::channel(false);
-        let opener = {
-            let opened = opened.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                opened.store(true, std::sync::atomic::Ordering::SeqCst);
-                ready_tx.send(true).expect("send");
-            })
-        };
-        let mut pulled: Vec<Row> = Vec::new();
-        let st = pg
-            .pull(space, Some(ready), |rs| {
-                assert!(
-                    opened.load(std::sync::atomic::Ordering::SeqCst),
-                    "rows before ready"
-                );
-                pulled.extend(rs.iter().map(|r| r.to_row()))
-            })
-            .await
-            .expect("pull");
-        opener.await.expect("opener");
-        pulled.sort();
         let mut all = rows.clone();
         all.sort();
+        assert!(!pg.pull_plan(space).await.expect("plan").pages);
+        let (pulled, st) = pull_all(&pg, space).await;
         assert_eq!(pulled, all, "{space:?} pull");
         // Two queries a chunk (boundary, COPY): more than one chunk.
         assert!(st.queries >= 4, "tiny chunks: {} queries", st.queries);
+        // The same query with a ctid: page ranges, the same rows.
+        let (q, cols) = match space {
+            Space::Balances => ("w", "account, asset, balance"),
+            Space::Items => ("i", "item, location"),
+        };
+        let paged = PgStore::connect(
+            "tricky",
+            &db.url,
+            Some(format!("SELECT {cols}, ctid FROM {q}")).filter(|_| space == Space::Balances),
+            Some(format!("SELECT {cols}, ctid FROM {q}")).filter(|_| space == Space::Items),
+            tiny_chunks(),
+        )
+        .await
+        .expect("connect");
+        assert!(paged.pull_plan(space).await.expect("plan").pages);
+        let (pulled, _) = pull_all(&paged, space).await;
+        assert_eq!(pulled, all, "{space:?} pull by pages");
     }
     // Another salt, other digests: what PostgreSQL sums is salted as the auditor's.
     let other = Salt::from_bytes([9; 16]);

@@ -1,9 +1,10 @@
 //! Reading a system's PostgreSQL store for reconciliation, gently: every query runs in
 //! a read-only transaction with `statement_timeout` and `lock_timeout`, through a pool
-//! no larger than the per-host concurrency cap, in keyset-paginated chunks whose size
-//! adapts to a target query time (a chunk that ran long shrinks the next one; one the
-//! database itself was slow on is followed by a pause as long, giving a busy database
-//! room).
+//! no larger than the per-host concurrency cap, in chunks whose size adapts to a target
+//! query time (a chunk that ran long shrinks the next one; one the database itself was
+//! slow on is followed by a pause as long, giving a busy database room). Pull mode's
+//! chunks are page (`ctid`) ranges in one snapshot when the store's query yields its
+//! table's `ctid`, keyset-paginated key ranges otherwise ([`PgStore::pull`]).
 //!
 //! Also the assayer-side tables of reconciliation: `recon_runs`, and the journal look-ups
 //! that give a divergent key its evidence and its newer expected value.
@@ -25,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row as _, Transaction};
+use sqlx::{
+    Column as _, Executor as _, Postgres, Row as _, SqlSafeStr as _, Transaction, TypeInfo as _,
+};
 
 use crate::core::recon::{Row, RowKey, RowRef, Scalar, Space};
 use crate::core::summary::{BucketSummary, Salt, Summaries};
@@ -151,15 +154,21 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| self.query_err(e))?;
+        self.set_timeouts(&mut tx).await?;
+        Ok(tx)
+    }
+
+    /// `statement_timeout` and `lock_timeout` for the transaction's statements.
+    async fn set_timeouts(&self, tx: &mut Transaction<'static, Postgres>) -> Result<(), ReadError> {
         sqlx::query(
             "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)",
         )
         .bind(format!("{}ms", self.limits.statement_timeout.as_millis()))
         .bind(format!("{}ms", self.limits.lock_timeout.as_millis()))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(|e| self.query_err(e))?;
-        Ok(tx)
+        Ok(())
     }
 
     fn decode(&self, space: Space, r: &sqlx::postgres::PgRow) -> Result<Option<Row>, ReadError> {
@@ -426,11 +435,11 @@ enum Pass<'a> {
         buckets: &'a [i32],
         on_rows: &'a mut (dyn FnMut(Vec<Row>) + Send),
     },
-    /// Pull every row through a binary `COPY` (pull mode), in batches borrowed from
-    /// the read buffer.
+    /// Pull every row through a binary `COPY` (pull mode), in batches of tuples sent
+    /// to `out`.
     Pull {
-        on_rows: &'a mut (dyn FnMut(&[RowRef<'_>]) + Send),
-        ready: Option<tokio::sync::watch::Receiver<bool>>,
+        out: &'a BatchSender,
+        balance: BalanceWire,
     },
 }
 
@@ -534,8 +543,6 @@ impl PgStore {
         };
         let chunk_max = chunk_max.max(1);
         let chunk_min = self.limits.chunk_rows_min.clamp(1, chunk_max);
-        // The first chunk is modest; the target time grows it (at most 4x a chunk).
-        const FIRST_CHUNK_ROWS: i64 = 100_000;
         let mut chunk = FIRST_CHUNK_ROWS.clamp(chunk_min, chunk_max);
         let mut stats = ReadStats::default();
         let mut after: Option<Bound> = None;
@@ -680,19 +687,14 @@ impl PgStore {
                     stats.rows += rows.len() as u64;
                     on_rows(page);
                 }
-                Pass::Pull { on_rows, ready } => {
-                    let sel = match space {
-                        Space::Balances => format!("{}, {}, {}", cols.k0, cols.k1, cols.v),
-                        Space::Items => format!("{}, {}", cols.k0, cols.k1),
-                    };
+                Pass::Pull { out, balance } => {
                     let sql = format!(
                         "COPY (SELECT {sel} FROM ({q}) q WHERE ({live}) AND {cond}) TO STDOUT (FORMAT binary)",
+                        sel = select_list(space, *balance),
                         live = cols.live,
                         cond = range.sql_literal(&cols),
                     );
-                    let (st, spent) = self
-                        .copy_chunk(&mut tx, &sql, space, &mut **on_rows, ready.clone())
-                        .await?;
+                    let (st, spent) = self.copy_chunk(&mut tx, &sql, space, *balance, out).await?;
                     stats.add(st);
                     ours = spent;
                 }
@@ -703,68 +705,193 @@ impl PgStore {
                 break;
             };
             after = Some(until);
-            // Adapt: aim the next chunk's statement time at the target; pause after a
-            // chunk the database itself was slow on (a busy database), not one the
-            // auditor held up.
             let took = started.elapsed();
-            let ratio = (target.as_secs_f64() / took.as_secs_f64().max(1e-4)).clamp(0.25, 4.0);
-            chunk = ((chunk as f64 * ratio) as i64).clamp(chunk_min, chunk_max);
-            let database = took.saturating_sub(ours);
-            if database > target * 2 {
-                tokio::time::sleep(database).await;
-            }
+            chunk = next_chunk(chunk, took, target).clamp(chunk_min, chunk_max);
+            yield_to_busy_database(took, ours, target).await;
         }
         Ok(stats)
     }
 
-    /// Streams every row of `space` to `on_rows` (pull mode): key-range chunks sized
-    /// to `target_query`, each one binary `COPY` in its own read-only transaction,
-    /// parsed in place and handed over in batches that borrow the read buffer.
-    /// Memory: one batch (a few MB) whatever the table's size. `ReadStats::bytes`
-    /// counts the fields' bytes as text, as the other readers do.
-    ///
-    /// With `ready`, rows are only buffered (up to 64 MB) until it turns true, and
-    /// handed over after: PostgreSQL keeps sending while the caller's CPU goes to
-    /// something it must finish first (the expected side's digest).
-    pub async fn pull(
-        &self,
-        space: Space,
-        ready: Option<tokio::sync::watch::Receiver<bool>>,
-        mut on_rows: impl FnMut(&[RowRef<'_>]) + Send,
-    ) -> Result<ReadStats, ReadError> {
-        self.ranged(
-            space,
-            0,
-            Pass::Pull {
-                on_rows: &mut on_rows,
-                ready,
-            },
-        )
-        .await
+    /// How pull mode reads `space` from this store, from PostgreSQL's description of
+    /// the store's query (one round trip, and an `EXPLAIN` when the query has a `ctid`).
+    pub async fn pull_plan(&self, space: Space) -> Result<PullPlan, ReadError> {
+        let (q, _) = self.sql(space)?;
+        let mut conn = self.pool.acquire().await.map_err(|e| self.query_err(e))?;
+        let described = (&mut *conn)
+            .describe(sqlx::AssertSqlSafe(format!("SELECT * FROM ({q}) q")).into_sql_str())
+            .await
+            .map_err(|e| self.query_err(e))?;
+        let type_of = |name: &str| {
+            described
+                .columns()
+                .iter()
+                .find(|c| c.name() == name)
+                .map(|c| c.type_info().name().to_ascii_uppercase())
+        };
+        let balance = match (space, type_of("balance").as_deref()) {
+            (Space::Balances, Some("INT8")) => BalanceWire::Int8,
+            (Space::Balances, Some("INT4")) => BalanceWire::Int4,
+            (Space::Balances, Some("INT2")) => BalanceWire::Int2,
+            _ => BalanceWire::Text,
+        };
+        let mut pages = false;
+        if type_of("ctid").as_deref() == Some("TID") {
+            // Only if PostgreSQL really reads a page range as a TID Range Scan (a
+            // `ctid` it cannot push down would make every chunk a full scan).
+            let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN (FORMAT JSON) SELECT 1 FROM ({q}) q
+                  WHERE q.ctid >= '(0,0)'::tid AND q.ctid < '(1,0)'::tid"
+            )))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| self.query_err(e))?;
+            pages = plan_has_node(&plan, "Tid Range Scan");
+            if !pages {
+                tracing::warn!(
+                    store = %self.name,
+                    "the store's query has a ctid, but PostgreSQL does not read ctid ranges \
+                     of it as a TID Range Scan: reading key ranges instead"
+                );
+            }
+        }
+        Ok(PullPlan { balance, pages })
     }
 
-    /// One chunk of [`PgStore::pull`]: `COPY (…) TO STDOUT (FORMAT binary)`.
+    /// Streams every row of `space` to `out` (pull mode), as batches of binary `COPY`
+    /// tuples (~512 KB each; the receiver parses and hashes them while this keeps
+    /// reading). A store whose query has a `ctid` column is read in page ranges
+    /// ([`PullPlan::pages`]), any other in key ranges; either way in chunks sized to
+    /// `target_query`. `ReadStats::bytes` counts the fields' bytes as sent.
+    ///
+    /// An error when `out`'s receiver is gone (it stopped on an error of its own, which
+    /// it reports).
+    pub async fn pull(&self, space: Space, out: &BatchSender) -> Result<ReadStats, ReadError> {
+        let plan = self.pull_plan(space).await?;
+        let mut stats = if plan.pages {
+            self.pull_pages(space, plan.balance, out).await?
+        } else {
+            self.ranged(
+                space,
+                0,
+                Pass::Pull {
+                    out,
+                    balance: plan.balance,
+                },
+            )
+            .await?
+        };
+        stats.queries += 1;
+        Ok(stats)
+    }
+
+    /// Pull mode by page ranges: `ctid` ranges read by TID Range Scans, in one
+    /// read-only REPEATABLE READ transaction, so each row is read exactly once even
+    /// while the game writes (an updated row moves to another page; with a snapshot per
+    /// chunk it could be read twice or not at all). No index is walked and no boundary
+    /// looked up: PostgreSQL's cost is close to a plain `COPY` of the table. The price:
+    /// the snapshot is held for the whole pull (see docs/reconciliation.md).
+    async fn pull_pages(
+        &self,
+        space: Space,
+        balance: BalanceWire,
+        out: &BatchSender,
+    ) -> Result<ReadStats, ReadError> {
+        /// Rows a page assumed for the first chunk (a narrow table holds ~100); the
+        /// next chunks know.
+        const FIRST_ROWS_A_PAGE: i64 = 100;
+        /// Block numbers are 32-bit: a range reaching past it is open-ended.
+        const LAST_BLOCK: i64 = u32::MAX as i64;
+        let (q, _) = self.sql(space)?;
+        let live = summary_cols(space).live;
+        let sel = select_list(space, balance);
+        let target = self.limits.target_query;
+        let mut stats = ReadStats::default();
+        let mut tx = self.begin_snapshot().await?;
+        let limits = &self.limits;
+        let first_rows =
+            FIRST_CHUNK_ROWS.clamp(limits.chunk_rows_min, limits.chunk_rows_max.max(1));
+        let mut pages = (first_rows / FIRST_ROWS_A_PAGE).max(1);
+        let mut start = 0i64;
+        loop {
+            let started = Instant::now();
+            let end = start.saturating_add(pages);
+            let upper = if end >= LAST_BLOCK {
+                String::new()
+            } else {
+                format!(" AND q.ctid < '({end},0)'::tid")
+            };
+            let sql = format!(
+                "COPY (SELECT {sel} FROM ({q}) q WHERE ({live}) AND q.ctid >= '({start},0)'::tid{upper})
+                 TO STDOUT (FORMAT binary)"
+            );
+            let (st, ours) = self.copy_chunk(&mut tx, &sql, space, balance, out).await?;
+            stats.add(st);
+            stats.queries += 1;
+            if upper.is_empty() {
+                break;
+            }
+            if st.rows == 0 {
+                // Past the table's end, or a run of empty pages: is anything beyond?
+                let more: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT EXISTS (SELECT 1 FROM ({q}) q WHERE q.ctid >= '({end},0)'::tid)"
+                )))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| self.query_err(e))?;
+                stats.queries += 1;
+                if !more {
+                    break;
+                }
+            }
+            start = end;
+            let took = started.elapsed();
+            // The row bounds of a chunk, in pages at this chunk's rows a page.
+            let (lo, hi) = match st.rows {
+                0 => (1, LAST_BLOCK),
+                rows => {
+                    let per_page = rows as f64 / pages as f64;
+                    (
+                        (self.limits.chunk_rows_min as f64 / per_page).ceil() as i64,
+                        (self.limits.chunk_rows_max as f64 / per_page) as i64,
+                    )
+                }
+            };
+            pages = next_chunk(pages, took, target).clamp(lo.max(1), hi.max(1));
+            yield_to_busy_database(took, ours, target).await;
+        }
+        tx.rollback().await.map_err(|e| self.query_err(e))?;
+        Ok(stats)
+    }
+
+    /// A read-only REPEATABLE READ transaction (one snapshot for all its statements)
+    /// with the limits set for its statements.
+    async fn begin_snapshot(&self) -> Result<Transaction<'static, Postgres>, ReadError> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.query_err(e))?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.query_err(e))?;
+        self.set_timeouts(&mut tx).await?;
+        Ok(tx)
+    }
+
+    /// One chunk of [`PgStore::pull`]: `COPY (…) TO STDOUT (FORMAT binary)`, its complete
+    /// tuples sent to `out` in batches. Returns the chunk's counters and the time spent
+    /// waiting for `out` (the auditor's time, not the database's).
     async fn copy_chunk(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         sql: &str,
         space: Space,
-        on_rows: &mut (dyn FnMut(&[RowRef<'_>]) + Send),
-        mut ready: Option<tokio::sync::watch::Receiver<bool>>,
+        balance: BalanceWire,
+        out: &BatchSender,
     ) -> Result<(ReadStats, Duration), ReadError> {
-        /// Parse and hand over rows once this much has arrived: small enough that
-        /// PostgreSQL fills the socket with the next batch while this one is hashed.
+        /// A batch is sent once this much has arrived: large enough that the per-batch
+        /// costs vanish, small enough that PostgreSQL keeps sending meanwhile.
         const BATCH_BYTES: usize = 512 << 10;
-        /// Rows handed over at once (a batch of ~512 KB).
-        const BATCH_ROWS: usize = 16_384;
-        /// Buffered at most while waiting for `ready`.
-        const HOLD_BYTES: usize = 64 << 20;
         let mut stats = ReadStats::default();
         let mut ours = Duration::ZERO;
-        let mut copy = CopyBinary::new(match space {
-            Space::Balances => 3,
-            Space::Items => 2,
-        });
+        let mut copy = CopyBinary::new(space_fields(space));
         let mut buf: Vec<u8> = Vec::with_capacity(BATCH_BYTES + (64 << 10));
         let mut stream = tx.copy_out_raw(sql).await.map_err(|e| self.query_err(e))?;
         loop {
@@ -772,44 +899,33 @@ impl PgStore {
             let done = next.is_none();
             if let Some(bytes) = next {
                 buf.extend_from_slice(&bytes);
-                let held = ready.as_ref().is_some_and(|r| !*r.borrow());
-                if buf.len() < BATCH_BYTES || (held && buf.len() < HOLD_BYTES) {
+                if buf.len() < BATCH_BYTES {
                     continue;
                 }
             }
-            let ours_from = Instant::now();
-            if let Some(r) = ready.as_mut() {
-                // A dropped sender (the caller's work failed) ends the wait too; the
-                // caller reports its own error.
-                let _ = r.wait_for(|v| *v).await;
-                ready = None;
+            let walk = copy
+                .walk(&buf, done)
+                .map_err(|message| self.data_err(message))?;
+            stats.rows += walk.rows as u64;
+            stats.bytes += walk.field_bytes;
+            let mut next_buf = Vec::with_capacity(BATCH_BYTES + (64 << 10));
+            next_buf.extend_from_slice(&buf[walk.consumed..]);
+            let mut tuples = std::mem::replace(&mut buf, next_buf);
+            tuples.truncate(walk.tuples.end);
+            tuples.drain(..walk.tuples.start);
+            if walk.rows > 0 {
+                let waited = Instant::now();
+                let batch = Batch::Copy(CopyTuples {
+                    space,
+                    balance,
+                    rows: walk.rows,
+                    bytes: tuples,
+                });
+                out.send(batch)
+                    .await
+                    .map_err(|_| self.data_err("the auditor stopped taking rows".to_string()))?;
+                ours += waited.elapsed();
             }
-            let mut at = 0;
-            loop {
-                let mut rows = Vec::new();
-                let used = copy
-                    .parse(&buf[at..], done, BATCH_ROWS, &mut rows)
-                    .map_err(|message| self.data_err(message))?;
-                at += used;
-                let full = rows.len() == BATCH_ROWS;
-                let mut batch = Vec::with_capacity(rows.len());
-                for f in &rows {
-                    let row = self.row_ref(space, f)?;
-                    stats.rows += 1;
-                    if let Some(r) = row {
-                        stats.bytes += r.wire_len() as u64;
-                        batch.push(r);
-                    }
-                }
-                if !batch.is_empty() {
-                    on_rows(&batch);
-                }
-                if !full {
-                    break;
-                }
-            }
-            buf.drain(..at);
-            ours += ours_from.elapsed();
             if done {
                 break;
             }
@@ -823,26 +939,142 @@ impl PgStore {
             message,
         }
     }
+}
 
-    /// A COPY tuple as a row; `None` for a zero balance (the same state as no row).
-    fn row_ref<'b>(
-        &self,
-        space: Space,
-        f: &[Option<&'b [u8]>; 3],
-    ) -> Result<Option<RowRef<'b>>, ReadError> {
-        let text = |i: usize| -> Result<&'b str, ReadError> {
-            let bytes = f[i].ok_or_else(|| self.data_err(format!("column {} is NULL", i + 1)))?;
-            std::str::from_utf8(bytes)
-                .map_err(|_| self.data_err(format!("column {} is not valid UTF-8", i + 1)))
+/// How pull mode reads a store's key space (see [`PgStore::pull_plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullPlan {
+    /// How the balance column travels.
+    pub balance: BalanceWire,
+    /// Page (`ctid`) ranges in one snapshot rather than key ranges.
+    pub pages: bool,
+}
+
+/// How the balance column travels in pull mode's binary `COPY`: PostgreSQL's integer
+/// types as binary integers (cheaper for the server than text: ~15% of a `COPY`'s time
+/// at 10M rows), anything else (`numeric`, text…) as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalanceWire {
+    Text,
+    Int2,
+    Int4,
+    Int8,
+}
+
+/// The columns pull mode selects from the store's query `q`.
+fn select_list(space: Space, balance: BalanceWire) -> String {
+    match (space, balance) {
+        (Space::Balances, BalanceWire::Text) => {
+            "q.account::text, q.asset::text, q.balance::text".into()
+        }
+        (Space::Balances, _) => "q.account::text, q.asset::text, q.balance".into(),
+        (Space::Items, _) => "q.item::text, q.location::text".into(),
+    }
+}
+
+fn space_fields(space: Space) -> usize {
+    match space {
+        Space::Balances => 3,
+        Space::Items => 2,
+    }
+}
+
+/// Whether an `EXPLAIN (FORMAT JSON)` plan has a node of this type anywhere.
+fn plan_has_node(plan: &serde_json::Value, node_type: &str) -> bool {
+    match plan {
+        serde_json::Value::Object(o) => {
+            o.get("Node Type").and_then(|t| t.as_str()) == Some(node_type)
+                || o.values().any(|v| plan_has_node(v, node_type))
+        }
+        serde_json::Value::Array(a) => a.iter().any(|v| plan_has_node(v, node_type)),
+        _ => false,
+    }
+}
+
+/// The first chunk of a pull is modest; the target time grows it (at most 4x a chunk).
+const FIRST_CHUNK_ROWS: i64 = 100_000;
+
+/// The next chunk's size: aimed at `target` from how long this one `took`, growing or
+/// shrinking at most 4x a chunk.
+fn next_chunk(size: i64, took: Duration, target: Duration) -> i64 {
+    let ratio = (target.as_secs_f64() / took.as_secs_f64().max(1e-4)).clamp(0.25, 4.0);
+    (size as f64 * ratio) as i64
+}
+
+/// After a chunk the database itself was slow on (more than twice the target, not
+/// counting the time the auditor held the stream), a pause as long: a busy database
+/// gets room.
+async fn yield_to_busy_database(took: Duration, ours: Duration, target: Duration) {
+    let database = took.saturating_sub(ours);
+    if database > target * 2 {
+        tokio::time::sleep(database).await;
+    }
+}
+
+/// Rows read from a store, on their way to the auditor's hashing.
+pub enum Batch {
+    /// Binary `COPY` tuples from PostgreSQL, parsed by the receiver.
+    Copy(CopyTuples),
+    /// Rows already decoded (Redis).
+    Rows(Vec<Row>),
+}
+
+/// Where a pull sends its batches: bounded, so a reader runs at most that many batches
+/// ahead of the hashing.
+pub type BatchSender = tokio::sync::mpsc::Sender<Batch>;
+
+/// Complete binary `COPY` tuples of one key space (no header, no end marker), as
+/// PostgreSQL sent them.
+pub struct CopyTuples {
+    space: Space,
+    balance: BalanceWire,
+    rows: usize,
+    bytes: Vec<u8>,
+}
+
+impl CopyTuples {
+    /// The tuples as rows, borrowing their strings; a zero balance is no row (the same
+    /// state as none). An error names what is wrong with which column.
+    pub fn rows(&self) -> Result<Vec<RowRef<'_>>, String> {
+        let fields = space_fields(self.space);
+        let mut out = Vec::with_capacity(self.rows);
+        let mut at = 0;
+        while at < self.bytes.len() {
+            match tuple_at(&self.bytes, at, fields)? {
+                Tuple::Fields(f, next) => {
+                    if let Some(r) = self.row_ref(&f)? {
+                        out.push(r);
+                    }
+                    at = next;
+                }
+                Tuple::End(_) | Tuple::Incomplete => {
+                    return Err("a COPY batch holds a partial tuple".into());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn row_ref<'b>(&self, f: &[Option<&'b [u8]>; 3]) -> Result<Option<RowRef<'b>>, String> {
+        let bytes = |i: usize| f[i].ok_or_else(|| format!("column {} is NULL", i + 1));
+        let text = |i: usize| -> Result<&'b str, String> {
+            std::str::from_utf8(bytes(i)?)
+                .map_err(|_| format!("column {} is not valid UTF-8", i + 1))
         };
-        Ok(match space {
+        Ok(match self.space {
             Space::Balances => {
-                let (account, asset, b) = (text(0)?, text(1)?, text(2)?);
-                let balance: i128 = b.parse().map_err(|_| {
-                    self.data_err(format!(
-                        "balance `{b}` of {account}/{asset} is not an integer"
-                    ))
-                })?;
+                let (account, asset) = (text(0)?, text(1)?);
+                let balance: i128 = match self.balance {
+                    BalanceWire::Text => {
+                        let b = text(2)?;
+                        b.parse().map_err(|_| {
+                            format!("balance `{b}` of {account}/{asset} is not an integer")
+                        })?
+                    }
+                    wire => be_int(bytes(2)?, wire).ok_or_else(|| {
+                        format!("balance of {account}/{asset}: not a {wire:?} in binary")
+                    })?,
+                };
                 (balance != 0).then_some(RowRef::Balance {
                     account,
                     asset,
@@ -857,11 +1089,20 @@ impl PgStore {
     }
 }
 
-/// A reader of PostgreSQL's binary `COPY` format: an 11-byte signature, an i32 of
-/// flags and an i32-prefixed header extension; then per tuple an i16 field count and
-/// per field an i32 length (-1: NULL) and the bytes; an i16 of -1 ends the data.
-/// (tokio-postgres has this reader, but for its own client; sqlx hands over the raw
-/// bytes.)
+/// A binary `COPY` integer (network byte order) of the wire's width.
+fn be_int(b: &[u8], wire: BalanceWire) -> Option<i128> {
+    Some(match wire {
+        BalanceWire::Int8 => i128::from(i64::from_be_bytes(b.try_into().ok()?)),
+        BalanceWire::Int4 => i128::from(i32::from_be_bytes(b.try_into().ok()?)),
+        BalanceWire::Int2 => i128::from(i16::from_be_bytes(b.try_into().ok()?)),
+        BalanceWire::Text => return None,
+    })
+}
+
+/// PostgreSQL's binary `COPY` format: an 11-byte signature, an i32 of flags and an
+/// i32-prefixed header extension; then per tuple an i16 field count and per field an
+/// i32 length (-1: NULL) and the bytes; an i16 of -1 ends the data. (tokio-postgres has
+/// a reader, but for its own client; sqlx hands over the raw bytes.)
 struct CopyBinary {
     fields: usize,
     header_done: bool,
@@ -869,6 +1110,67 @@ struct CopyBinary {
 }
 
 const COPY_SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+
+/// What [`CopyBinary::walk`] found at the start of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+struct Walk {
+    /// The complete tuples (after the header, before the end marker).
+    tuples: std::ops::Range<usize>,
+    /// Bytes taken: the tuples, plus the header and end marker where they were.
+    consumed: usize,
+    rows: usize,
+    /// The tuples' field bytes (the "bytes read" figure).
+    field_bytes: u64,
+}
+
+/// One tuple of a binary `COPY` body at some offset.
+enum Tuple<'b> {
+    /// Its fields (unused ones `None`) and where the next tuple begins.
+    Fields([Option<&'b [u8]>; 3], usize),
+    /// The end marker, and where it ends.
+    End(usize),
+    /// The bytes end inside it.
+    Incomplete,
+}
+
+fn be16(b: &[u8], i: usize) -> Option<i16> {
+    b.get(i..i + 2).map(|s| i16::from_be_bytes([s[0], s[1]]))
+}
+
+fn be32(b: &[u8], i: usize) -> Option<i32> {
+    b.get(i..i + 4)
+        .map(|s| i32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+/// The tuple of `fields` fields at `at`.
+fn tuple_at(buf: &[u8], at: usize, fields: usize) -> Result<Tuple<'_>, String> {
+    let Some(n) = be16(buf, at) else {
+        return Ok(Tuple::Incomplete);
+    };
+    if n == -1 {
+        return Ok(Tuple::End(at + 2));
+    }
+    if n as usize != fields {
+        return Err(format!("COPY tuple of {n} fields, expected {fields}"));
+    }
+    let mut p = at + 2;
+    let mut row = [None; 3];
+    for slot in row.iter_mut().take(fields) {
+        let Some(len) = be32(buf, p) else {
+            return Ok(Tuple::Incomplete);
+        };
+        p += 4;
+        if len >= 0 {
+            let len = len as usize;
+            let Some(bytes) = buf.get(p..p + len) else {
+                return Ok(Tuple::Incomplete);
+            };
+            *slot = Some(bytes);
+            p += len;
+        }
+    }
+    Ok(Tuple::Fields(row, p))
+}
 
 impl CopyBinary {
     fn new(fields: usize) -> CopyBinary {
@@ -879,22 +1181,10 @@ impl CopyBinary {
         }
     }
 
-    /// Parses the complete tuples at the start of `buf` into `out`, at most `max`;
-    /// returns the bytes consumed. With `last`, `buf` must hold everything up to the
-    /// end marker (unless `max` tuples were parsed first).
-    fn parse<'b>(
-        &mut self,
-        buf: &'b [u8],
-        last: bool,
-        max: usize,
-        out: &mut Vec<[Option<&'b [u8]>; 3]>,
-    ) -> Result<usize, String> {
+    /// Finds the complete tuples at the start of `buf` (after the header, the first
+    /// time). With `last`, `buf` must hold everything up to the end marker.
+    fn walk(&mut self, buf: &[u8], last: bool) -> Result<Walk, String> {
         let mut at = 0usize;
-        let be16 = |b: &[u8], i: usize| b.get(i..i + 2).map(|s| i16::from_be_bytes([s[0], s[1]]));
-        let be32 = |b: &[u8], i: usize| {
-            b.get(i..i + 4)
-                .map(|s| i32::from_be_bytes([s[0], s[1], s[2], s[3]]))
-        };
         if !self.header_done {
             let ext = match (buf.get(..11), be32(buf, 15)) {
                 (Some(sig), Some(ext)) => {
@@ -904,58 +1194,55 @@ impl CopyBinary {
                     usize::try_from(ext).map_err(|_| "bad COPY header".to_string())?
                 }
                 _ if last => return Err("COPY output ended inside its header".into()),
-                _ => return Ok(0),
+                _ => return Ok(Walk::empty()),
             };
             if buf.len() < 19 + ext {
                 return if last {
                     Err("COPY output ended inside its header".into())
                 } else {
-                    Ok(0)
+                    Ok(Walk::empty())
                 };
             }
             at = 19 + ext;
             self.header_done = true;
         }
-        let first = out.len();
-        'tuples: while !self.ended {
-            if out.len() - first >= max {
-                return Ok(at);
-            }
-            let Some(n) = be16(buf, at) else { break };
-            if n == -1 {
-                self.ended = true;
-                at += 2;
-                break;
-            }
-            if n as usize != self.fields {
-                return Err(format!(
-                    "COPY tuple of {n} fields, expected {}",
-                    self.fields
-                ));
-            }
-            let mut p = at + 2;
-            let mut row = [None; 3];
-            for slot in row.iter_mut().take(self.fields) {
-                let Some(len) = be32(buf, p) else {
-                    break 'tuples;
-                };
-                p += 4;
-                if len >= 0 {
-                    let len = len as usize;
-                    let Some(bytes) = buf.get(p..p + len) else {
-                        break 'tuples;
-                    };
-                    *slot = Some(bytes);
-                    p += len;
+        let mut walk = Walk {
+            tuples: at..at,
+            consumed: at,
+            rows: 0,
+            field_bytes: 0,
+        };
+        while !self.ended {
+            match tuple_at(buf, at, self.fields)? {
+                Tuple::Fields(f, next) => {
+                    walk.rows += 1;
+                    walk.field_bytes += f.iter().flatten().map(|b| b.len() as u64).sum::<u64>();
+                    at = next;
+                    walk.tuples.end = at;
+                    walk.consumed = at;
                 }
+                Tuple::End(next) => {
+                    self.ended = true;
+                    walk.consumed = next;
+                }
+                Tuple::Incomplete => break,
             }
-            out.push(row);
-            at = p;
         }
         if last && !self.ended {
             return Err("COPY output ended inside a tuple".into());
         }
-        Ok(at)
+        Ok(walk)
+    }
+}
+
+impl Walk {
+    fn empty() -> Walk {
+        Walk {
+            tuples: 0..0,
+            consumed: 0,
+            rows: 0,
+            field_bytes: 0,
+        }
     }
 }
 
@@ -1166,55 +1453,124 @@ mod tests {
         b
     }
 
-    /// However the stream is cut into messages, the same tuples come out, once each.
+    /// Walks `all` as the reader receives it, cut at `cut`, and parses the batches as
+    /// the auditor does: every balance row, once each.
+    fn pull_rows(all: &[u8], cut: usize, balance: BalanceWire) -> Result<Vec<Row>, String> {
+        let mut copy = CopyBinary::new(3);
+        let mut buf: Vec<u8> = Vec::new();
+        let mut got = Vec::new();
+        for (piece, last) in [(&all[..cut], false), (&all[cut..], true)] {
+            buf.extend_from_slice(piece);
+            let walk = copy.walk(&buf, last)?;
+            let batch = CopyTuples {
+                space: Space::Balances,
+                balance,
+                rows: walk.rows,
+                bytes: buf[walk.tuples.clone()].to_vec(),
+            };
+            assert_eq!(batch.rows()?.len(), walk.rows, "zero balances aside");
+            got.extend(batch.rows()?.iter().map(RowRef::to_row));
+            buf.drain(..walk.consumed);
+        }
+        assert!(buf.is_empty(), "cut at {cut}: {} bytes left", buf.len());
+        Ok(got)
+    }
+
+    /// However the stream is cut into messages, the same rows come out, once each.
     #[test]
     fn the_binary_copy_reader_is_independent_of_how_the_bytes_arrive() {
-        let tuples = [
+        let all = copy_bytes(&[
             [Some("player:1"), Some("gold"), Some("10")],
-            [Some(""), Some("tab\t'q"), None],
+            [
+                Some(""),
+                Some("tab\t'q"),
+                Some("170141183460469231731687303715884105727"),
+            ],
             [Some("ü"), Some("🪙"), Some("-5")],
+        ]);
+        let want = vec![
+            Row::balance("player:1", "gold", 10),
+            Row::balance("", "tab\t'q", i128::MAX),
+            Row::balance("ü", "🪙", -5),
         ];
-        let all = copy_bytes(&tuples);
         for cut in 0..all.len() {
-            let mut copy = CopyBinary::new(3);
-            let mut buf: Vec<u8> = Vec::new();
-            let mut got: Vec<[Option<Vec<u8>>; 3]> = Vec::new();
-            for (piece, last) in [(&all[..cut], false), (&all[cut..], true)] {
-                buf.extend_from_slice(piece);
-                // At most two tuples a call, as the reader hands over batches.
-                loop {
-                    let mut out = Vec::new();
-                    let used = copy.parse(&buf, last, 2, &mut out).expect("parse");
-                    got.extend(out.iter().map(|t| t.map(|f| f.map(<[u8]>::to_vec))));
-                    buf.drain(..used);
-                    if used == 0 {
-                        break;
-                    }
-                }
-            }
-            assert!(buf.is_empty(), "cut at {cut}: {} bytes left", buf.len());
-            let want: Vec<[Option<Vec<u8>>; 3]> = tuples
-                .iter()
-                .map(|t| t.map(|f| f.map(|s| s.as_bytes().to_vec())))
-                .collect();
-            assert_eq!(got, want, "cut at {cut}");
+            assert_eq!(
+                pull_rows(&all, cut, BalanceWire::Text).expect("rows"),
+                want,
+                "cut at {cut}"
+            );
         }
+    }
+
+    /// Integer balances travel as binary integers of their column's width.
+    #[test]
+    fn binary_integer_balances_are_read_at_their_width() {
+        let tuple = |v: &[u8]| {
+            let mut b = 3i16.to_be_bytes().to_vec();
+            for f in [&b"p"[..], b"gold", v] {
+                b.extend((f.len() as i32).to_be_bytes());
+                b.extend(f);
+            }
+            b
+        };
+        for (wire, bytes, want) in [
+            (BalanceWire::Int8, (-7i64).to_be_bytes().to_vec(), -7i128),
+            (BalanceWire::Int4, 70_000i32.to_be_bytes().to_vec(), 70_000),
+            (BalanceWire::Int2, (-2i16).to_be_bytes().to_vec(), -2),
+        ] {
+            let t = CopyTuples {
+                space: Space::Balances,
+                balance: wire,
+                rows: 1,
+                bytes: tuple(&bytes),
+            };
+            assert_eq!(
+                t.rows().expect("rows")[0].to_row(),
+                Row::balance("p", "gold", want)
+            );
+            // The wrong width is an error, not a wrong number.
+            let short = CopyTuples {
+                bytes: tuple(&bytes[1..]),
+                ..t
+            };
+            assert!(short.rows().is_err(), "{wire:?}");
+        }
+        // A zero balance is no row.
+        let zero = CopyTuples {
+            space: Space::Balances,
+            balance: BalanceWire::Int8,
+            rows: 1,
+            bytes: tuple(&0i64.to_be_bytes()),
+        };
+        assert!(zero.rows().expect("rows").is_empty());
     }
 
     #[test]
     fn a_truncated_or_foreign_copy_stream_is_an_error() {
         let all = copy_bytes(&[[Some("a"), Some("b"), Some("1")]]);
-        let mut out = Vec::new();
         assert!(
             CopyBinary::new(3)
-                .parse(&all[..all.len() - 3], true, 10, &mut out)
+                .walk(&all[..all.len() - 3], true)
                 .is_err()
         );
-        assert!(
-            CopyBinary::new(3)
-                .parse(b"a\tb\t1\n", true, 10, &mut out)
-                .is_err()
-        );
-        assert!(CopyBinary::new(2).parse(&all, true, 10, &mut out).is_err());
+        assert!(CopyBinary::new(3).walk(b"a\tb\t1\n", true).is_err());
+        assert!(CopyBinary::new(2).walk(&all, true).is_err());
+        // NULLs and bad text are errors of the row, naming the column.
+        let bad = copy_bytes(&[[Some("a"), None, Some("1")]]);
+        let err = pull_rows(&bad, 0, BalanceWire::Text).expect_err("NULL");
+        assert!(err.contains("column 2 is NULL"), "{err}");
+        let bad = copy_bytes(&[[Some("a"), Some("b"), Some("1.5")]]);
+        let err = pull_rows(&bad, 0, BalanceWire::Text).expect_err("not an integer");
+        assert!(err.contains("not an integer"), "{err}");
+    }
+
+    #[test]
+    fn a_plan_is_searched_for_its_node_types() {
+        let plan: serde_json::Value = serde_json::from_str(
+            r#"[{"Plan": {"Node Type": "Limit", "Plans": [{"Node Type": "Tid Range Scan"}]}}]"#,
+        )
+        .expect("json");
+        assert!(plan_has_node(&plan, "Tid Range Scan"));
+        assert!(!plan_has_node(&plan, "Seq Scan"));
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 
-use super::recon_pg::ReadStats;
+use super::recon_pg::{Batch, BatchSender, ReadStats};
 use crate::core::recon::{Row, RowKey, Scalar};
 
 #[derive(Debug, thiserror::Error)]
@@ -99,8 +99,8 @@ impl RedisStore {
         Ok((b != 0).then(|| Row::balance(account, asset, b)))
     }
 
-    /// Every balance row, handed over one SCAN page at a time.
-    pub async fn scan(&self, mut on_rows: impl FnMut(Vec<Row>)) -> Result<ReadStats, RedisError> {
+    /// Every balance row, sent to `out` one `SCAN` page at a time.
+    pub async fn scan(&self, out: &BatchSender) -> Result<ReadStats, RedisError> {
         let mut stats = ReadStats::default();
         let pattern = format!("{}*", glob_escape(&self.key_prefix));
         let mut cursor: u64 = 0;
@@ -131,7 +131,12 @@ impl RedisStore {
                     }
                 }
             }
-            on_rows(rows);
+            out.send(Batch::Rows(rows))
+                .await
+                .map_err(|_| RedisError::Data {
+                    store: self.name.clone(),
+                    message: "the auditor stopped taking rows".into(),
+                })?;
             cursor = next;
             if cursor == 0 {
                 break;

@@ -10,7 +10,7 @@
 
 pub mod config;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,7 +21,9 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::adapters::postgres::{ConnectOptions, Pg};
-use crate::adapters::recon_pg::{PgStore, ReadError, ReadLimits, ReadStats, ReconDb, RunRecord};
+use crate::adapters::recon_pg::{
+    Batch, BatchSender, PgStore, ReadError, ReadLimits, ReadStats, ReconDb, RunRecord,
+};
 use crate::adapters::redis::{RedisError, RedisStore};
 use crate::core::engine::Engine;
 use crate::core::event::is_world;
@@ -199,28 +201,12 @@ impl Reader {
         })
     }
 
-    /// Every row of `space`, in borrowed batches (PostgreSQL: binary COPY chunks).
-    /// With `ready`, no row is handed over before it turns true (PostgreSQL keeps
-    /// sending into a buffer meanwhile; Redis is not read until then).
-    async fn pull(
-        &self,
-        space: Space,
-        ready: Option<tokio::sync::watch::Receiver<bool>>,
-        mut on_rows: impl FnMut(&[RowRef<'_>]) + Send,
-    ) -> Result<ReadStats, ReconError> {
+    /// Every row of `space`, sent to `out` in batches (PostgreSQL: binary COPY tuples;
+    /// Redis: a SCAN page of rows).
+    async fn pull(&self, space: Space, out: &BatchSender) -> Result<ReadStats, ReconError> {
         Ok(match self {
-            Reader::Pg(p) => p.pull(space, ready, on_rows).await?,
-            Reader::Redis(r) => {
-                if let Some(mut ready) = ready {
-                    // A dropped sender: the caller reports its own error.
-                    let _ = ready.wait_for(|v| *v).await;
-                }
-                r.scan(|rows| {
-                    let refs: Vec<RowRef<'_>> = rows.iter().filter_map(Row::as_ref).collect();
-                    on_rows(&refs)
-                })
-                .await?
-            }
+            Reader::Pg(p) => p.pull(space, out).await?,
+            Reader::Redis(r) => r.scan(out).await?,
         })
     }
 
@@ -276,16 +262,17 @@ impl ExpectedSource {
         }
     }
 
-    /// The values the stream gave the key from the watermark on, oldest first (the
-    /// value at the watermark first, the newest last).
+    /// The values the stream gave the key from the watermark on, oldest first: the
+    /// values `at_watermark` (the candidate's expected values: no key look-up in the
+    /// expected state, whose index would cost 8 bytes a row) first, the newest last.
     async fn history(
         &self,
         realm: &str,
         key: &RowKey,
         own: &Ownership,
+        at_watermark: &[Scalar],
     ) -> Result<Vec<Vec<Scalar>>, ReconError> {
-        let at_watermark = self.expected().values(realm, key, own);
-        let mut out = vec![at_watermark.clone()];
+        let mut out = vec![at_watermark.to_vec()];
         match self {
             ExpectedSource::Static(_) => {}
             ExpectedSource::Live(l, e) => {
@@ -633,6 +620,59 @@ fn host_of(url: &str) -> String {
 /// Rows hashed in parallel once a batch holds this many (fewer: not worth the threads).
 const PARALLEL_ROWS: usize = 4_096;
 
+/// Read batches that may wait for the hashing (~512 KB each: 64 MB), so the store keeps
+/// sending while the expected side is digested.
+const BATCHES_AHEAD: usize = 128;
+
+/// Reads every row of `space` on this task while the blocking pool first runs `prepare`,
+/// then hands `take` each batch's rows as it arrives: the store's sending, the reading
+/// and the hashing overlap, and no row is taken before `prepare` is done. Returns what
+/// `take` built and the read's counters. A bad row stops both sides with its error.
+async fn pull_through<S: Send + 'static>(
+    reader: &Reader,
+    store: &str,
+    space: Space,
+    prepare: impl FnOnce() -> S + Send + 'static,
+    mut take: impl FnMut(&mut S, &[RowRef<'_>]) + Send + 'static,
+) -> Result<(S, ReadStats), ReconError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(BATCHES_AHEAD);
+    let store = store.to_string();
+    let worker = tokio::task::spawn_blocking(move || -> Result<S, ReadError> {
+        let mut state = prepare();
+        while let Some(batch) = rx.blocking_recv() {
+            match batch {
+                Batch::Copy(tuples) => {
+                    let rows = tuples.rows().map_err(|message| ReadError::Data {
+                        store: store.clone(),
+                        message,
+                    })?;
+                    take(&mut state, &rows);
+                }
+                Batch::Rows(rows) => {
+                    let refs: Vec<RowRef<'_>> = rows.iter().filter_map(Row::as_ref).collect();
+                    take(&mut state, &refs);
+                }
+            }
+        }
+        Ok(state)
+    });
+    let read = reader.pull(space, &tx).await;
+    drop(tx);
+    // The worker's error first: the reader only saw it stop taking rows.
+    let state = worker
+        .await
+        .map_err(|e| ReconError::Config(format!("the hashing thread failed: {e}")))??;
+    Ok((state, read?))
+}
+
+/// Pass 1 of a pull: both trees, the expected rows' filter, and the store rows the
+/// filter never saw.
+struct StoreSide {
+    ours: ExpectedDigest,
+    theirs: Tree,
+    kept: Vec<Row>,
+}
+
 /// Hashes a batch of rows in parallel and adds them to the tree. With `expected`, the
 /// rows whose hashes the filter has never seen (certainly not in the expected state)
 /// are copied into `kept`.
@@ -828,7 +868,7 @@ async fn reconcile_store(
     let mut reread = 0usize;
     let mut compared = 0u64;
     let mut cands: Vec<Candidate> = Vec::new();
-    let tick = |n: u64| {
+    let tick = move |n: u64| {
         if let Some(p) = &progress {
             p(n)
         }
@@ -869,44 +909,49 @@ async fn reconcile_store(
             cands.extend(core_recon::candidates(exp_rows, kept));
             continue;
         }
-        // The expected side (on the blocking pool): its tree, and a filter of its row
-        // hashes that every store row is tested against. The store's first rows are
-        // buffered meanwhile, so PostgreSQL's reading overlaps this digest.
-        let digest: Arc<std::sync::OnceLock<ExpectedDigest>> = Arc::default();
-        let (ready_tx, ready) = tokio::sync::watch::channel(false);
-        let digesting = {
+        // On the blocking pool: first the expected side (its tree, and a filter of its
+        // row hashes), then the store's rows as they arrive (their tree, keeping the
+        // rows the filter never saw). This task meanwhile keeps reading, so the store's
+        // sending, the reading and the hashing overlap.
+        let prepare = {
             let (source, realm, own) = (source.clone(), s.realm.clone(), s.own.clone());
-            let digest = digest.clone();
             let bits = limits.filter_bits_per_row;
-            tokio::task::spawn_blocking(move || {
+            move || {
                 let e = source.expected();
-                let d =
-                    expected_digest(e.realm_refs(&realm, space), &own, depth, e.len(space), bits);
-                let _ = digest.set(d);
-                let _ = ready_tx.send(true);
-            })
-        };
-        // Pass 1: the store's tree, keeping the rows that are not expected.
-        let mut theirs = Tree::new(depth);
-        let mut kept: Vec<Row> = Vec::new();
-        let first = reader
-            .pull(space, Some(ready), |rows| {
-                tick(rows.len() as u64);
-                let filter = digest.get().and_then(|d| d.filter.as_ref());
-                digest_rows(&mut theirs, rows, filter, &mut kept);
-                // Past the cap the kept rows are useless: stop copying them.
-                if kept.len() > limits.candidate_rows_max {
-                    kept.truncate(limits.candidate_rows_max + 1);
+                StoreSide {
+                    ours: expected_digest(
+                        e.realm_refs(&realm, space),
+                        &own,
+                        depth,
+                        e.len(space),
+                        bits,
+                    ),
+                    theirs: Tree::new(depth),
+                    kept: Vec::new(),
                 }
-            })
-            .await;
-        digesting
-            .await
-            .map_err(|e| ReconError::Config(format!("the digest thread failed: {e}")))?;
-        let first = first?;
-        let Some(ours) = digest.get() else {
-            return Err(ReconError::Config("the expected digest is missing".into()));
+            }
         };
+        let cap = limits.candidate_rows_max;
+        let tick1 = tick.clone();
+        let (side, first) = pull_through(&reader, &s.name, space, prepare, move |side, rows| {
+            tick1(rows.len() as u64);
+            digest_rows(
+                &mut side.theirs,
+                rows,
+                side.ours.filter.as_ref(),
+                &mut side.kept,
+            );
+            // Past the cap the kept rows are useless: stop copying them.
+            if side.kept.len() > cap {
+                side.kept.truncate(cap + 1);
+            }
+        })
+        .await?;
+        let StoreSide {
+            ours,
+            mut theirs,
+            kept,
+        } = side;
         compared += first.rows;
         stats.add(first);
         theirs.seal();
@@ -953,14 +998,18 @@ async fn reconcile_store(
             reread += still.len();
             if !still.is_empty() {
                 // Pass 2: only the rows of the leaves nothing else explains.
-                let mut again: Vec<Row> = Vec::new();
-                let st = reader
-                    .pull(space, None, |rows| {
-                        if again.len() <= limits.candidate_rows_max {
+                let (again, st) = pull_through(
+                    &reader,
+                    &s.name,
+                    space,
+                    Vec::new,
+                    move |again: &mut Vec<Row>, rows| {
+                        if again.len() <= cap {
                             again.extend(rows_in(rows, &still, depth));
                         }
-                    })
-                    .await?;
+                    },
+                )
+                .await?;
                 stats.add(st);
                 actual.extend(keep_at_most(again, limits.candidate_rows_max, &s.name)?);
             }
@@ -972,6 +1021,12 @@ async fn reconcile_store(
     // The grace re-check: re-read each candidate from the store, wait the grace period
     // (longer than the stream's lag), then accept the store's value if the stream gave
     // the key that value at some point since the watermark: a write in flight.
+    // A surviving candidate's `expected` is the stream's newest value; the history
+    // starts from the value at the watermark.
+    let at_watermark: HashMap<RowKey, Vec<Scalar>> = cands
+        .iter()
+        .map(|c| (c.key.clone(), c.expected.clone()))
+        .collect();
     for _ in 0..limits.recheck_rounds {
         if cands.is_empty() {
             break;
@@ -988,7 +1043,14 @@ async fn reconcile_store(
         tokio::time::sleep(grace).await;
         let mut still = Vec::new();
         for (c, actual) in cands.iter().zip(reread) {
-            let history = source.history(&s.realm, &c.key, &s.own).await?;
+            let history = source
+                .history(
+                    &s.realm,
+                    &c.key,
+                    &s.own,
+                    at_watermark.get(&c.key).map_or(&[], Vec::as_slice),
+                )
+                .await?;
             if let Some(c) = core_recon::recheck(c, &history, actual) {
                 still.push(c);
             }

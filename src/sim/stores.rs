@@ -161,8 +161,13 @@ pub fn store_config_toml(
     for spec in TABLES {
         let owns: Vec<String> = spec.owns.iter().map(|p| format!("\"{p}\"")).collect();
         let (own_key, query_key, cols) = match spec.space {
-            Space::Balances => ("accounts", "balances_query", "account, asset, balance"),
-            Space::Items => ("locations", "items_query", "item, location"),
+            // `ctid`: pull mode reads these single-table stores by page ranges.
+            Space::Balances => (
+                "accounts",
+                "balances_query",
+                "account, asset, balance, ctid",
+            ),
+            Space::Items => ("locations", "items_query", "item, location, ctid"),
         };
         let query = match (spec.table, wallets_query) {
             ("wallets", Some(q)) => q.to_string(),
