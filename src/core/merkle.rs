@@ -155,6 +155,30 @@ impl BucketDigest {
         }
         out
     }
+
+    /// The digest of the rows in `self` but not in `other` (a subset of them): the
+    /// difference of the counts and of the sums, modulo 2²⁵⁶.
+    pub fn less(&self, other: &BucketDigest) -> BucketDigest {
+        let mut out = BucketDigest {
+            rows: self.rows.wrapping_sub(other.rows),
+            sum: [0; 4],
+        };
+        let mut borrow = false;
+        for i in 0..4 {
+            let (d, b1) = self.sum[i].overflowing_sub(other.sum[i]);
+            let (d, b2) = d.overflowing_sub(u64::from(borrow));
+            out.sum[i] = d;
+            borrow = b1 || b2;
+        }
+        out
+    }
+
+    /// The digest of one row.
+    pub fn of_row(row_hash: &[u8; 32]) -> BucketDigest {
+        let mut d = BucketDigest::default();
+        d.add_row(row_hash);
+        d
+    }
 }
 
 /// A complete binary tree over `2^depth` bucket digests; node `i`'s children are

@@ -532,11 +532,12 @@ pub fn to_finding(
 /// that are not in the expected state (`kept`, tested against a filter of expected
 /// row hashes: none is missed, a few may pass as expected). For each differing leaf,
 /// the store's rows are then most likely the kept rows plus the expected rows of the
-/// keys those do not touch; that guess is taken only where it reproduces the store's
-/// own leaf digest (count and sum) exactly. Returns the rows of the leaves so
-/// explained, and the leaves that were not (a deleted row, an item copy beside an
-/// expected one, a filter false positive, a write since pass 1): their rows must be
-/// read again.
+/// keys those do not touch — or that less one of those expected rows, deleted from the
+/// store (a lost write). A guess is taken only where it reproduces the store's own leaf
+/// digest (count and sum mod 2²⁵⁶: a coincidence is as likely as a blake3 collision)
+/// exactly. Returns the rows of the leaves so explained, and the leaves that were not
+/// (several deleted rows, an item copy beside an expected one, a filter false
+/// positive, a write since pass 1): their rows must be read again.
 pub fn explain_leaves(
     expected: &[Row],
     kept: &[Row],
@@ -544,13 +545,14 @@ pub fn explain_leaves(
     differing: &[usize],
 ) -> (Vec<Row>, Vec<usize>) {
     let depth = theirs.depth();
-    let mut guess: BTreeMap<usize, Vec<&Row>> =
+    // Per leaf: the guessed rows, and whether each is an expected one.
+    let mut guess: BTreeMap<usize, Vec<(&Row, bool)>> =
         differing.iter().map(|&b| (b, Vec::new())).collect();
     let mut touched: std::collections::HashSet<&RowKey> = std::collections::HashSet::new();
     for r in kept {
         touched.insert(&r.key);
         if let Some(rows) = guess.get_mut(&r.key.bucket(depth)) {
-            rows.push(r);
+            rows.push((r, false));
         }
     }
     for r in expected {
@@ -558,17 +560,41 @@ pub fn explain_leaves(
             continue;
         }
         if let Some(rows) = guess.get_mut(&r.key.bucket(depth)) {
-            rows.push(r);
+            rows.push((r, true));
         }
     }
     let mut explained = Vec::new();
     let mut unexplained = Vec::new();
     for (bucket, rows) in guess {
-        if digest_of(rows.iter().copied(), depth) == theirs.leaf(bucket) {
-            explained.extend(rows.into_iter().cloned());
-        } else {
-            unexplained.push(bucket);
+        let hashes: Vec<[u8; 32]> = rows.iter().map(|(r, _)| hash_row(r, depth).1).collect();
+        let mut digest = BucketDigest::default();
+        for h in &hashes {
+            digest.add_row(h);
         }
+        let leaf = theirs.leaf(bucket);
+        let deleted = if digest == leaf {
+            None
+        } else {
+            // One expected row too many: the one whose hash is the difference.
+            let extra = digest.less(&leaf);
+            match rows
+                .iter()
+                .zip(&hashes)
+                .position(|((_, exp), h)| *exp && BucketDigest::of_row(h) == extra)
+            {
+                Some(i) => Some(i),
+                None => {
+                    unexplained.push(bucket);
+                    continue;
+                }
+            }
+        };
+        explained.extend(
+            rows.into_iter()
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != deleted)
+                .map(|(_, (r, _))| r.clone()),
+        );
     }
     (explained, unexplained)
 }
@@ -722,10 +748,65 @@ mod tests {
             vec![store[7].clone(), store[200].clone()],
             vec![],
         );
-        // A deleted balance: nothing kept, its leaf unexplained.
+        // A deleted balance: nothing kept, the leaf less that row is the store's.
+        let mut store = expected.clone();
+        store.remove(42);
+        check(store, vec![], vec![]);
+        // Two deleted from one leaf: unexplained (read again).
         let mut store = expected.clone();
         let gone = store.remove(42);
+        let other = store
+            .iter()
+            .position(|r| r.key.bucket(depth) == gone.key.bucket(depth))
+            .expect("another row in the leaf");
+        store.remove(other);
         check(store, vec![], vec![gone.key.bucket(depth)]);
+        // A deleted row beside a changed one in the same leaf: explained.
+        let mut store = expected.clone();
+        let gone = store.remove(42);
+        let other = store
+            .iter()
+            .position(|r| r.key.bucket(depth) == gone.key.bucket(depth))
+            .expect("another row in the leaf");
+        let changed = match &store[other].key {
+            RowKey::Balance { account, asset } => Row::balance(account, asset, -1),
+            RowKey::Item { .. } => unreachable!(),
+        };
+        store[other] = changed.clone();
+        check(store, vec![changed], vec![]);
+        // An item copy beside an expected one: the kept row does not explain it.
+        let items: Vec<Row> = (0..50)
+            .map(|i| Row::item(&format!("itm:{i}"), "p/bag"))
+            .collect();
+        let ours = tree_of(&items);
+        let mut store = items.clone();
+        store.push(Row::item("itm:3", "p/bank"));
+        let theirs = tree_of(&store);
+        let differing = ours.diff(&theirs);
+        let exp: Vec<Row> = items
+            .iter()
+            .filter(|r| differing.contains(&r.key.bucket(depth)))
+            .cloned()
+            .collect();
+        let (_, unexplained) =
+            explain_leaves(&exp, &[Row::item("itm:3", "p/bank")], &theirs, &differing);
+        assert_eq!(unexplained, differing);
+    }
+
+    #[test]
+    fn a_digest_less_a_subset_is_the_digest_of_the_rest() {
+        let h = |i: u8| *blake3::hash(&[i]).as_bytes();
+        let mut all = BucketDigest::default();
+        let mut some = BucketDigest::default();
+        for i in 0..20 {
+            all.add_row(&h(i));
+            if i != 7 {
+                some.add_row(&h(i));
+            }
+        }
+        assert_eq!(all.less(&some), BucketDigest::of_row(&h(7)));
+        assert_eq!(all.less(&all), BucketDigest::default());
+        assert_eq!(some.merge(&all.less(&some)), all);
     }
 
     /// The prefix fast path matches exactly what the glob set matches.

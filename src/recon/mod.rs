@@ -757,10 +757,17 @@ fn in_batches<'a>(rows: impl Iterator<Item = RowRef<'a>>, mut f: impl FnMut(&[Ro
 struct ExpectedDigest {
     tree: Tree,
     filter: Option<ExpectedRows>,
+    /// The leaf of each row of the realm, in order (`NOT_OWNED` for a row the store
+    /// does not own): the rows of a few differing leaves are then found without
+    /// hashing every key again. 2 bytes a row; only for trees of at most 2^15 leaves.
+    leaves: Option<Vec<u16>>,
 }
 
+/// A row of the realm outside the store's slice, in [`ExpectedDigest::leaves`].
+const NOT_OWNED: u16 = u16::MAX;
+
 /// The tree and the row filter of a store's expected rows (`rows` of its realm, kept
-/// if `own`ed); memory: one batch and the filter.
+/// if `own`ed); memory: one batch, the filter and the leaves.
 fn expected_digest<'a>(
     rows: impl Iterator<Item = RowRef<'a>>,
     own: &Ownership,
@@ -771,38 +778,66 @@ fn expected_digest<'a>(
     let mut tree = Tree::new(depth);
     let mut filter =
         (filter_bits_per_row > 0).then(|| ExpectedRows::new(rows_hint, filter_bits_per_row));
+    let mut leaves = (depth <= 15).then(|| Vec::with_capacity(rows_hint));
     in_batches(rows, |batch| {
-        let hashed: Vec<(usize, [u8; 32])> = batch
+        let hashed: Vec<Option<(usize, [u8; 32])>> = batch
             .par_iter()
             .with_min_len(1_024)
-            .filter(|r| own.owns(r))
-            .map(|r| r.hash(depth))
+            .map(|r| own.owns(r).then(|| r.hash(depth)))
             .collect();
-        for (b, h) in &hashed {
+        for (b, h) in hashed.iter().flatten() {
             tree.add_hashed(*b, h);
         }
         // In a loop of their own, so the CPU overlaps the inserts' cache misses.
         if let Some(f) = filter.as_mut() {
-            for (_, h) in &hashed {
+            for (_, h) in hashed.iter().flatten() {
                 f.insert(h);
             }
         }
+        if let Some(l) = leaves.as_mut() {
+            l.extend(
+                hashed
+                    .iter()
+                    .map(|o| o.map_or(NOT_OWNED, |(b, _)| b as u16)),
+            );
+        }
     });
     tree.seal();
-    ExpectedDigest { tree, filter }
+    ExpectedDigest {
+        tree,
+        filter,
+        leaves,
+    }
 }
 
-/// A store's expected rows in the buckets `keep`: only the keys are hashed again
-/// (xxh3, a few ns a row), in parallel, a batch at a time.
+/// A store's expected rows in the leaves `keep`: found from the digest's `leaves` where
+/// it has them, else by hashing the keys again (xxh3, a few ns a row, in parallel).
 fn expected_in<'a>(
     rows: impl Iterator<Item = RowRef<'a>>,
     own: &Ownership,
     keep: &HashSet<usize>,
     depth: u8,
+    leaves: Option<&[u16]>,
 ) -> Vec<Row> {
     let mut wanted = vec![false; 1 << depth];
     for &b in keep {
         wanted[b] = true;
+    }
+    if let Some(leaves) = leaves {
+        // Skipped rows are passed over with `nth`, never built.
+        let mut rows = rows;
+        let mut next = 0;
+        let mut out = Vec::new();
+        for (i, l) in leaves.iter().enumerate() {
+            if *l != NOT_OWNED && wanted[usize::from(*l)] {
+                match rows.nth(i - next) {
+                    Some(r) => out.push(r.to_row()),
+                    None => break,
+                }
+                next = i + 1;
+            }
+        }
+        return out;
     }
     let mut out = Vec::new();
     in_batches(rows, |batch| {
@@ -962,7 +997,13 @@ async fn reconcile_store(
         }
         let kept = keep_at_most(kept, limits.candidate_rows_max, &s.name)?;
         let set: HashSet<usize> = differing.iter().copied().collect();
-        let exp_rows = expected_in(expected.realm_refs(&s.realm, space), &s.own, &set, depth);
+        let exp_rows = expected_in(
+            expected.realm_refs(&s.realm, space),
+            &s.own,
+            &set,
+            depth,
+            ours.leaves.as_deref(),
+        );
         // Most differing leaves are explained by the kept rows alone; the others are
         // read by key through the index, and only what that cannot explain either is
         // read again in full (pass 2).
