@@ -265,7 +265,6 @@ async fn bench(
     eprintln!("setup: {rows} rows in {:.1} s", t.elapsed().as_secs_f64());
 
     // The expected state: the table as it was.
-    let rss_before_expected = rss_mib();
     let mut expected = Expected::default();
     for i in 1..=rows {
         expected.add_balance(
@@ -275,8 +274,8 @@ async fn bench(
             i128::from((i * 7919) % 100_000 + 1),
         );
     }
+    let expected_mib = expected.heap_bytes() as f64 / 1048576.0;
     let expected = Arc::new(Fixed(Arc::new(expected)));
-    let expected_mib = rss_mib() - rss_before_expected;
     let depth = ((rows as f64 / 1000.0).log2().round() as i64).clamp(1, 20) as u8;
 
     // `ASSAYER_RECON_BENCH_ONLY=pull`: pull mode and the baselines only (a quick

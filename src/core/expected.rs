@@ -151,6 +151,20 @@ impl Expected {
         self.index = OnceLock::new();
     }
 
+    /// The heap memory the state holds (strings, rows, the key index once built).
+    pub fn heap_bytes(&self) -> usize {
+        let names = |n: &Names| {
+            n.names.iter().map(|s| 2 * s.capacity() + 48).sum::<usize>()
+                + n.names.capacity() * std::mem::size_of::<String>()
+        };
+        self.text.capacity()
+            + names(&self.realms)
+            + names(&self.assets)
+            + self.balances.capacity() * std::mem::size_of::<Balance>()
+            + self.items.capacity() * std::mem::size_of::<Item>()
+            + self.index.get().map_or(0, |i| i.capacity() * 8)
+    }
+
     /// Rows of `space` in all realms and slices (an upper bound of a slice's size).
     pub fn len(&self, space: Space) -> usize {
         match space {

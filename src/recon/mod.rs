@@ -717,13 +717,18 @@ fn digest_rows(
 /// positives. The optimum for that rate is ~14 bits and 10 probes, but every probe is
 /// a cache miss on a filter of millions of rows, once per row on each side: fewer
 /// probes over more bits cost 2.5 bytes a row and halve the run's time in the filter.
+/// At most [`FILTER_BYTES_MAX`]: past ~27M rows a slice gets fewer bits a row (more
+/// false positives, each sending a leaf to a keyed read or a second pass), so the
+/// run's memory stays bounded whatever the table's size.
 struct ExpectedRows(fastbloom::BloomFilter);
+
+/// The row filter's most memory (64 MB: 20 bits a row up to ~27M rows).
+const FILTER_BYTES_MAX: usize = 64 << 20;
 
 impl ExpectedRows {
     fn new(rows: usize, bits_per_row: u32) -> ExpectedRows {
-        ExpectedRows(
-            fastbloom::BloomFilter::with_num_bits(rows.max(64) * bits_per_row as usize).hashes(4),
-        )
+        let bits = (rows.max(64) * bits_per_row as usize).min(FILTER_BYTES_MAX * 8);
+        ExpectedRows(fastbloom::BloomFilter::with_num_bits(bits).hashes(4))
     }
 
     /// Row hashes are uniform already: eight of their bytes are the filter's hash.
@@ -759,9 +764,14 @@ struct ExpectedDigest {
     filter: Option<ExpectedRows>,
     /// The leaf of each row of the realm, in order (`NOT_OWNED` for a row the store
     /// does not own): the rows of a few differing leaves are then found without
-    /// hashing every key again. 2 bytes a row; only for trees of at most 2^15 leaves.
+    /// hashing every key again. 2 bytes a row; only for trees of at most 2^15 leaves
+    /// and slices of at most [`LEAVES_ROWS_MAX`] rows.
     leaves: Option<Vec<u16>>,
 }
+
+/// The most rows whose leaves are noted (64 MB); a larger slice finds the expected rows
+/// of differing leaves by hashing their keys again, so the run's memory stays bounded.
+const LEAVES_ROWS_MAX: usize = 32 << 20;
 
 /// A row of the realm outside the store's slice, in [`ExpectedDigest::leaves`].
 const NOT_OWNED: u16 = u16::MAX;
@@ -778,7 +788,8 @@ fn expected_digest<'a>(
     let mut tree = Tree::new(depth);
     let mut filter =
         (filter_bits_per_row > 0).then(|| ExpectedRows::new(rows_hint, filter_bits_per_row));
-    let mut leaves = (depth <= 15).then(|| Vec::with_capacity(rows_hint));
+    let mut leaves =
+        (depth <= 15 && rows_hint <= LEAVES_ROWS_MAX).then(|| Vec::with_capacity(rows_hint));
     in_batches(rows, |batch| {
         let hashed: Vec<Option<(usize, [u8; 32])>> = batch
             .par_iter()
