@@ -149,26 +149,29 @@ impl PgStore {
 
     /// A read-only transaction with the limits set for its statements.
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, ReadError> {
+        self.begin_as("SET TRANSACTION READ ONLY").await
+    }
+
+    /// A transaction set by `set` (read only, an isolation level), with the limits set
+    /// for its statements: `statement_timeout` and `lock_timeout`.
+    async fn begin_as(
+        &self,
+        set: &'static str,
+    ) -> Result<Transaction<'static, Postgres>, ReadError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.query_err(e))?;
-        sqlx::query("SET TRANSACTION READ ONLY")
+        sqlx::query(set)
             .execute(&mut *tx)
             .await
             .map_err(|e| self.query_err(e))?;
-        self.set_timeouts(&mut tx).await?;
-        Ok(tx)
-    }
-
-    /// `statement_timeout` and `lock_timeout` for the transaction's statements.
-    async fn set_timeouts(&self, tx: &mut Transaction<'static, Postgres>) -> Result<(), ReadError> {
         sqlx::query(
             "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)",
         )
         .bind(format!("{}ms", self.limits.statement_timeout.as_millis()))
         .bind(format!("{}ms", self.limits.lock_timeout.as_millis()))
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(|e| self.query_err(e))?;
-        Ok(())
+        Ok(tx)
     }
 
     fn decode(&self, space: Space, r: &sqlx::postgres::PgRow) -> Result<Option<Row>, ReadError> {
@@ -866,13 +869,8 @@ impl PgStore {
     /// A read-only REPEATABLE READ transaction (one snapshot for all its statements)
     /// with the limits set for its statements.
     async fn begin_snapshot(&self) -> Result<Transaction<'static, Postgres>, ReadError> {
-        let mut tx = self.pool.begin().await.map_err(|e| self.query_err(e))?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
+        self.begin_as("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .await
-            .map_err(|e| self.query_err(e))?;
-        self.set_timeouts(&mut tx).await?;
-        Ok(tx)
     }
 
     /// One chunk of [`PgStore::pull`]: `COPY (…) TO STDOUT (FORMAT binary)`, its complete
