@@ -768,7 +768,7 @@ async fn pull_all(
         }
         rows
     });
-    let st = pg.pull(space, &tx).await.expect("pull");
+    let (st, _) = pg.pull(space, &tx).await.expect("pull");
     drop(tx);
     let mut rows = collect.await.expect("collect");
     rows.sort();

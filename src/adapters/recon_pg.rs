@@ -766,9 +766,13 @@ impl PgStore {
     /// ([`PullPlan::pages`]), any other in key ranges; either way in chunks sized to
     /// `target_query`. `ReadStats::bytes` counts the fields' bytes as sent.
     ///
-    /// An error when `out`'s receiver is gone (it stopped on an error of its own, which
-    /// it reports).
-    pub async fn pull(&self, space: Space, out: &BatchSender) -> Result<ReadStats, ReadError> {
+    /// Returns the read's counters and how it read. An error when `out`'s receiver is
+    /// gone (it stopped on an error of its own, which it reports).
+    pub async fn pull(
+        &self,
+        space: Space,
+        out: &BatchSender,
+    ) -> Result<(ReadStats, PullPlan), ReadError> {
         let plan = self.pull_plan(space).await?;
         let mut stats = if plan.pages {
             self.pull_pages(space, plan.balance, out).await?
@@ -784,7 +788,7 @@ impl PgStore {
             .await?
         };
         stats.queries += 1;
-        Ok(stats)
+        Ok((stats, plan))
     }
 
     /// Pull mode by page ranges: `ctid` ranges read by TID Range Scans, in one
@@ -946,6 +950,13 @@ pub struct PullPlan {
     pub balance: BalanceWire,
     /// Page (`ctid`) ranges in one snapshot rather than key ranges.
     pub pages: bool,
+}
+
+impl PullPlan {
+    /// How the chunks are cut, for reports.
+    pub fn chunks(&self) -> &'static str {
+        if self.pages { "pages" } else { "key ranges" }
+    }
 }
 
 /// How the balance column travels in pull mode's binary `COPY`: PostgreSQL's integer

@@ -100,12 +100,13 @@ pub fn run(args: ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
     // Per store, so pull and summary mode's costs can be told apart.
     for s in &report.stores {
         eprintln!(
-            "  {} ({}): {} rows, {} bytes read, {} queries, {} differing buckets{}",
+            "  {} ({}{}): {} rows, {} bytes read, {} queries, {} differing buckets{}",
             s.store,
             match s.mode {
                 recon::config::StoreMode::Pull => "pull",
                 recon::config::StoreMode::Summary => "summary",
             },
+            s.chunks.map(|c| format!(" by {c}")).unwrap_or_default(),
             s.rows_compared,
             s.bytes_read,
             s.queries,

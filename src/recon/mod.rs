@@ -135,6 +135,9 @@ pub struct StoreReport {
     pub reread_leaves: usize,
     pub candidates: usize,
     pub divergent_keys: usize,
+    /// How a PostgreSQL store's pull was cut: `pages` (its query has a `ctid`) or `key
+    /// ranges`; none for summary mode and Redis.
+    pub chunks: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -203,10 +206,18 @@ impl Reader {
 
     /// Every row of `space`, sent to `out` in batches (PostgreSQL: binary COPY tuples;
     /// Redis: a SCAN page of rows).
-    async fn pull(&self, space: Space, out: &BatchSender) -> Result<ReadStats, ReconError> {
+    /// Returns the read's counters and, for PostgreSQL, how its chunks were cut.
+    async fn pull(
+        &self,
+        space: Space,
+        out: &BatchSender,
+    ) -> Result<(ReadStats, Option<&'static str>), ReconError> {
         Ok(match self {
-            Reader::Pg(p) => p.pull(space, out).await?,
-            Reader::Redis(r) => r.scan(out).await?,
+            Reader::Pg(p) => {
+                let (stats, plan) = p.pull(space, out).await?;
+                (stats, Some(plan.chunks()))
+            }
+            Reader::Redis(r) => (r.scan(out).await?, None),
         })
     }
 
@@ -627,14 +638,15 @@ const BATCHES_AHEAD: usize = 128;
 /// Reads every row of `space` on this task while the blocking pool first runs `prepare`,
 /// then hands `take` each batch's rows as it arrives: the store's sending, the reading
 /// and the hashing overlap, and no row is taken before `prepare` is done. Returns what
-/// `take` built and the read's counters. A bad row stops both sides with its error.
+/// `take` built, the read's counters and how its chunks were cut (PostgreSQL). A bad row
+/// stops both sides with its error.
 async fn pull_through<S: Send + 'static>(
     reader: &Reader,
     store: &str,
     space: Space,
     prepare: impl FnOnce() -> S + Send + 'static,
     mut take: impl FnMut(&mut S, &[RowRef<'_>]) + Send + 'static,
-) -> Result<(S, ReadStats), ReconError> {
+) -> Result<(S, ReadStats, Option<&'static str>), ReconError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(BATCHES_AHEAD);
     let store = store.to_string();
     let worker = tokio::task::spawn_blocking(move || -> Result<S, ReadError> {
@@ -662,7 +674,8 @@ async fn pull_through<S: Send + 'static>(
     let state = worker
         .await
         .map_err(|e| ReconError::Config(format!("the hashing thread failed: {e}")))??;
-    Ok((state, read?))
+    let (stats, chunks) = read?;
+    Ok((state, stats, chunks))
 }
 
 /// Pass 1 of a pull: both trees, the expected rows' filter, and the store rows the
@@ -911,6 +924,7 @@ async fn reconcile_store(
     let expected = source.expected();
     let mut stats = ReadStats::default();
     let mut leaves = 0usize;
+    let mut pull_chunks = None;
     let mut reread = 0usize;
     let mut compared = 0u64;
     let mut cands: Vec<Candidate> = Vec::new();
@@ -979,25 +993,27 @@ async fn reconcile_store(
         };
         let cap = limits.candidate_rows_max;
         let tick1 = tick.clone();
-        let (side, first) = pull_through(&reader, &s.name, space, prepare, move |side, rows| {
-            tick1(rows.len() as u64);
-            digest_rows(
-                &mut side.theirs,
-                rows,
-                side.ours.filter.as_ref(),
-                &mut side.kept,
-            );
-            // Past the cap the kept rows are useless: stop copying them.
-            if side.kept.len() > cap {
-                side.kept.truncate(cap + 1);
-            }
-        })
-        .await?;
+        let (side, first, chunks) =
+            pull_through(&reader, &s.name, space, prepare, move |side, rows| {
+                tick1(rows.len() as u64);
+                digest_rows(
+                    &mut side.theirs,
+                    rows,
+                    side.ours.filter.as_ref(),
+                    &mut side.kept,
+                );
+                // Past the cap the kept rows are useless: stop copying them.
+                if side.kept.len() > cap {
+                    side.kept.truncate(cap + 1);
+                }
+            })
+            .await?;
         let StoreSide {
             ours,
             mut theirs,
             kept,
         } = side;
+        pull_chunks = pull_chunks.or(chunks);
         compared += first.rows;
         stats.add(first);
         theirs.seal();
@@ -1050,7 +1066,7 @@ async fn reconcile_store(
             reread += still.len();
             if !still.is_empty() {
                 // Pass 2: only the rows of the leaves nothing else explains.
-                let (again, st) = pull_through(
+                let (again, st, _) = pull_through(
                     &reader,
                     &s.name,
                     space,
@@ -1121,6 +1137,7 @@ async fn reconcile_store(
             reread_leaves: reread,
             candidates: found,
             divergent_keys: cands.len(),
+            chunks: pull_chunks,
         },
         cands,
     ))
