@@ -81,7 +81,27 @@ async fn assert_same_as_uninterrupted(
     state: &State,
 ) {
     let want: BTreeSet<String> = expected.iter().map(|f| f.fingerprint.clone()).collect();
-    assert_eq!(stored_fingerprints(db).await, want, "findings");
+    let stored = stored_fingerprints(db).await;
+    if stored != want {
+        // Name the findings that differ, not just their fingerprints.
+        let mut c = db.connect().await;
+        let extra: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
+            "SELECT fingerprint, invariant, tx_id, message FROM findings
+              WHERE NOT (fingerprint = ANY($1)) ORDER BY detected_at",
+        )
+        .bind(want.iter().cloned().collect::<Vec<_>>())
+        .fetch_all(&mut c)
+        .await
+        .expect("findings");
+        let missing: Vec<String> = expected
+            .iter()
+            .filter(|f| !stored.contains(&f.fingerprint))
+            .map(|f| format!("{} {} {}", f.fingerprint, f.invariant, f.message))
+            .collect();
+        panic!(
+            "findings differ from the uninterrupted run's\nextra: {extra:#?}\nmissing: {missing:#?}"
+        );
+    }
     assert_eq!(&durable_state(db, &bus.queue).await, state, "state");
     // The support rollups were written exactly once too: they add up to the balances.
     let nonzero = |b: &[(String, String, String, i128)]| -> Vec<(String, String, String, i128)> {
