@@ -291,6 +291,28 @@ impl<'a> Session<'a> {
             c.amqp.operation_timeout,
         )
         .await?;
+        let served = self.serve(&pg, &bus, shutdown).await;
+        if served.is_err() {
+            // This session's unacked deliveries go back to the queue only when its
+            // connection closes. Close it before the next session consumes: left to the
+            // client's drop, the broker could hand the next consumer newer messages
+            // first (single-active-consumer moves on when the consumer goes, while its
+            // channel still holds the deliveries), and those would come back after newer
+            // events by more than the reorder window (false stream.seq_gap findings).
+            bus.close().await;
+        }
+        served
+    }
+
+    /// Restores the engine and consumes until `shutdown` or an error.
+    async fn serve(
+        &self,
+        pg: &Pg,
+        bus: &Amqp,
+        shutdown: CancellationToken,
+    ) -> Result<(), DaemonError> {
+        let c = self.config;
+        let pg = pg.clone();
         bus.declare(&self.topology).await?;
         self.metrics.broker_connected.set(1);
         let restored = restore(&pg, self.policy).await?;
@@ -300,7 +322,7 @@ impl<'a> Session<'a> {
             position = restored.position,
             "engine restored from PostgreSQL"
         );
-        self.publish_outbox(&pg, &bus).await?;
+        self.publish_outbox(&pg, bus).await?;
 
         let tag = format!("assayer-{}-{}", c.daemon.group, std::process::id());
         let mut consumer = bus
@@ -326,7 +348,7 @@ impl<'a> Session<'a> {
                         committer.close();
                         while committer.in_flight() > 0 {
                             let done = committer.next().await?;
-                            self.committed(&bus, done).await?;
+                            self.committed(bus, done).await?;
                         }
                         Ok::<(), DaemonError>(())
                     })
@@ -339,7 +361,7 @@ impl<'a> Session<'a> {
                     return Ok(());
                 }
                 done = committer.next() => {
-                    self.committed(&bus, done?).await?;
+                    self.committed(bus, done?).await?;
                 }
                 d = consumer.next() => {
                     let d = match d {
@@ -355,7 +377,7 @@ impl<'a> Session<'a> {
                         }
                         pending.since = Some(Instant::now());
                     }
-                    self.handle(&bus, &mut engine, &mut pending, d).await?;
+                    self.handle(bus, &mut engine, &mut pending, d).await?;
                     // Cut the batch when it is full, and when half the prefetch window is
                     // unacked (else the broker stops delivering and the consumer idles
                     // until the timer). Findings were published on detection, so the
