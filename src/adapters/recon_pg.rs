@@ -811,10 +811,10 @@ impl PgStore {
         let (q, _) = self.sql(space)?;
         let live = summary_cols(space).live;
         let sel = select_list(space, balance);
-        let target = self.limits.target_query;
+        let limits = &self.limits;
+        let target = limits.target_query;
         let mut stats = ReadStats::default();
         let mut tx = self.begin_snapshot().await?;
-        let limits = &self.limits;
         let first_rows =
             FIRST_CHUNK_ROWS.clamp(limits.chunk_rows_min, limits.chunk_rows_max.max(1));
         let mut pages = (first_rows / FIRST_ROWS_A_PAGE).max(1);
@@ -822,7 +822,8 @@ impl PgStore {
         loop {
             let started = Instant::now();
             let end = start.saturating_add(pages);
-            let upper = if end >= LAST_BLOCK {
+            let last = end >= LAST_BLOCK;
+            let upper = if last {
                 String::new()
             } else {
                 format!(" AND q.ctid < '({end},0)'::tid")
@@ -834,7 +835,7 @@ impl PgStore {
             let (st, ours) = self.copy_chunk(&mut tx, &sql, space, balance, out).await?;
             stats.add(st);
             stats.queries += 1;
-            if upper.is_empty() {
+            if last {
                 break;
             }
             if st.rows == 0 {
@@ -858,8 +859,8 @@ impl PgStore {
                 rows => {
                     let per_page = rows as f64 / pages as f64;
                     (
-                        (self.limits.chunk_rows_min as f64 / per_page).ceil() as i64,
-                        (self.limits.chunk_rows_max as f64 / per_page) as i64,
+                        (limits.chunk_rows_min as f64 / per_page).ceil() as i64,
+                        (limits.chunk_rows_max as f64 / per_page) as i64,
                     )
                 }
             };

@@ -5,7 +5,8 @@
 //! lives once in one arena (realms and assets, the few values repeated on every row,
 //! are interned), and the rows are flat vectors read in order — ~48 bytes a balance and
 //! ~40 an item copy plus their key text, where owned `String` maps took ~230. Looking a
-//! key up (the grace re-check, for a few candidates) builds a hash index on first use.
+//! balance up ([`Expected::balance`], for tests and tools; reconciliation itself never
+//! looks keys up) builds a hash index of the balances on first use.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -13,7 +14,7 @@ use std::sync::OnceLock;
 
 use super::engine::Engine;
 use super::event::is_world;
-use super::recon::{Ownership, Row, RowKey, RowRef, Scalar, Space};
+use super::recon::{Ownership, Row, RowRef, Space};
 use super::time::Timestamp;
 
 /// A string in the arena.
@@ -76,15 +77,14 @@ pub struct Expected {
     assets: Names,
     balances: Vec<Balance>,
     items: Vec<Item>,
-    /// Per row, the top 32 bits of the hash of (space, realm, key) above its place in
-    /// the low 32 bits (bit 31: an item row), sorted: 8 bytes a row, built on the
-    /// first look-up.
+    /// Per balance row, the top 32 bits of the hash of (realm, account, asset) above its
+    /// place in the low 32 bits, sorted: 8 bytes a row, built on the first look-up.
     index: OnceLock<Vec<u64>>,
 }
 
-fn key_of(space: Space, realm: &str, key: &str, asset: &str) -> u64 {
+fn key_of(realm: &str, account: &str, asset: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (space, realm, key, asset).hash(&mut h);
+    (realm, account, asset).hash(&mut h);
     h.finish()
 }
 
@@ -148,11 +148,11 @@ impl Expected {
             item,
             location,
         });
-        self.index = OnceLock::new();
     }
 
     /// The heap memory the state holds (strings, rows, the key index once built).
     pub fn heap_bytes(&self) -> usize {
+        // Each name twice (the list and the map's key) plus ~48 bytes of map entry.
         let names = |n: &Names| {
             n.names.iter().map(|s| 2 * s.capacity() + 48).sum::<usize>()
                 + n.names.capacity() * std::mem::size_of::<String>()
@@ -180,7 +180,7 @@ impl Expected {
 
     /// One balance (`None`: no row).
     pub fn balance(&self, realm: &str, account: &str, asset: &str) -> Option<i128> {
-        self.lookup(Space::Balances, realm, account, asset)
+        self.lookup(realm, account, asset)
             .map(|i| self.balances[i].balance)
             .next()
     }
@@ -239,90 +239,46 @@ impl Expected {
         }
     }
 
-    /// The row indexes of one key (an item may have several copies).
+    /// The balance rows of (realm, account, asset): one at most.
     fn lookup<'a>(
         &'a self,
-        space: Space,
         realm: &'a str,
-        key: &'a str,
+        account: &'a str,
         asset: &'a str,
     ) -> impl Iterator<Item = usize> + 'a {
+        const HIGH: u64 = !0xFFFF_FFFF;
         let index = self.index.get_or_init(|| {
-            let entry = |h: u64, i: usize| (h & !0xFFFF_FFFF) | i as u64;
-            const ITEM: usize = 1 << 31;
-            let mut v: Vec<u64> = Vec::with_capacity(self.balances.len() + self.items.len());
-            for (i, b) in self.balances.iter().enumerate() {
-                let h = key_of(
-                    Space::Balances,
-                    self.realms.name(b.realm),
-                    self.str(b.account),
-                    self.assets.name(b.asset),
-                );
-                v.push(entry(h, i));
-            }
-            for (i, it) in self.items.iter().enumerate() {
-                let h = key_of(
-                    Space::Items,
-                    self.realms.name(it.realm),
-                    self.str(it.item),
-                    "",
-                );
-                v.push(entry(h, ITEM | i));
-            }
+            let mut v: Vec<u64> = self
+                .balances
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let h = key_of(
+                        self.realms.name(b.realm),
+                        self.str(b.account),
+                        self.assets.name(b.asset),
+                    );
+                    (h & HIGH) | i as u64
+                })
+                .collect();
             v.sort_unstable();
             v
         });
-        // Equal top bits: the key's rows, and the rare other key that shares them
-        // (told apart below by comparing the strings).
-        let top = key_of(space, realm, key, asset) & !0xFFFF_FFFF;
+        // Equal top bits: the key's row, and the rare other key that shares them (told
+        // apart by comparing the strings).
+        let top = key_of(realm, account, asset) & HIGH;
         let from = index.partition_point(|&x| x < top);
         index[from..]
             .iter()
-            .take_while(move |&&x| x & !0xFFFF_FFFF == top)
+            .take_while(move |&&x| x & HIGH == top)
             .map(|&x| (x & 0xFFFF_FFFF) as usize)
-            .filter_map(move |low| {
-                let (is_item, i) = (low >> 31 == 1, low & 0x7FFF_FFFF);
-                let found = match space {
-                    Space::Balances => {
-                        !is_item
-                            && self.balances.get(i).is_some_and(|b| {
-                                self.realms.name(b.realm) == realm
-                                    && self.str(b.account) == key
-                                    && self.assets.name(b.asset) == asset
-                            })
-                    }
-                    Space::Items => {
-                        is_item
-                            && self.items.get(i).is_some_and(|it| {
-                                self.realms.name(it.realm) == realm && self.str(it.item) == key
-                            })
-                    }
-                };
-                found.then_some(i)
+            .filter(move |&i| {
+                self.balances.get(i).is_some_and(|b| {
+                    self.realms.name(b.realm) == realm
+                        && self.str(b.account) == account
+                        && self.assets.name(b.asset) == asset
+                })
             })
-    }
-
-    /// The expected values of one key in a store's slice, sorted (empty: the store
-    /// must not hold it).
-    pub fn values(&self, realm: &str, key: &RowKey, own: &Ownership) -> Vec<Scalar> {
-        let mut out: Vec<Scalar> = match key {
-            RowKey::Balance { account, asset } => {
-                if !own.owns_account(account) {
-                    return Vec::new();
-                }
-                self.lookup(Space::Balances, realm, account, asset)
-                    .map(|i| Scalar::Int(self.balances[i].balance))
-                    .collect()
-            }
-            RowKey::Item { item } => self
-                .lookup(Space::Items, realm, item, "")
-                .map(|i| self.str(self.items[i].location))
-                .filter(|l| own.owns_location(l))
-                .map(|l| Scalar::Str(l.to_string()))
-                .collect(),
-        };
-        out.sort();
-        out
     }
 }
 
@@ -346,17 +302,14 @@ mod tests {
         assert_eq!(e.balance("r2", "player:1", "gem"), None);
         assert_eq!(e.balance("r3", "player:1", "gold"), None);
         let all = Ownership::new(vec!["*".into()], vec!["*/*".into()]).expect("globs");
+        // Both copies of itm:1 come back.
+        let items: Vec<Row> = e.slice("r1", Space::Items, &all).collect();
         assert_eq!(
-            e.values(
-                "r1",
-                &RowKey::Item {
-                    item: "itm:1".into()
-                },
-                &all
-            ),
+            items,
             vec![
-                Scalar::Str("player:1/bag".into()),
-                Scalar::Str("player:1/bank".into())
+                Row::item("itm:1", "player:1/bank"),
+                Row::item("itm:1", "player:1/bag"),
+                Row::item("itm:2", "player:2/bag")
             ]
         );
         let r1: Vec<Row> = e.slice("r1", Space::Balances, &all).collect();
