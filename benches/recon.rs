@@ -23,7 +23,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use assayer::core::recon::{Expected, Ownership, Row, RowKey, Scalar, hash_row};
+use assayer::core::recon::{Expected, Ownership, Row, RowKey, RowRef, Scalar};
 use assayer::daemon::config::Config;
 use assayer::recon::{LiveExpected, ReconOptions, Source};
 use sqlx::{Connection, Executor, PgConnection};
@@ -251,17 +251,22 @@ async fn bench(
     .execute(&mut c)
     .await
     .expect("fill");
+    // `ASSAYER_RECON_BENCH_ONLY=pull`: pull mode and the baselines only (a quick
+    // iteration; the checks below then skip summary mode and the peer tool).
+    let only_pull = std::env::var("ASSAYER_RECON_BENCH_ONLY").is_ok_and(|v| v == "pull");
     // The expected state as a table too, for the peer tool (which diffs two tables).
-    c.execute("CREATE TABLE wallets_expected AS SELECT * FROM wallets")
-        .await
-        .expect("expected table");
-    c.execute("CREATE UNIQUE INDEX ON wallets_expected (id)")
-        .await
-        .expect("expected index");
+    if !only_pull {
+        c.execute("CREATE TABLE wallets_expected AS SELECT * FROM wallets")
+            .await
+            .expect("expected table");
+        c.execute("CREATE UNIQUE INDEX ON wallets_expected (id)")
+            .await
+            .expect("expected index");
+        c.execute("VACUUM ANALYZE wallets_expected")
+            .await
+            .expect("vacuum");
+    }
     c.execute("VACUUM ANALYZE wallets").await.expect("vacuum");
-    c.execute("VACUUM ANALYZE wallets_expected")
-        .await
-        .expect("vacuum");
     eprintln!("setup: {rows} rows in {:.1} s", t.elapsed().as_secs_f64());
 
     // The expected state: the table as it was.
@@ -278,9 +283,6 @@ async fn bench(
     let expected = Arc::new(Fixed(Arc::new(expected)));
     let depth = ((rows as f64 / 1000.0).log2().round() as i64).clamp(1, 20) as u8;
 
-    // `ASSAYER_RECON_BENCH_ONLY=pull`: pull mode and the baselines only (a quick
-    // iteration; the checks below then skip summary mode and the peer tool).
-    let only_pull = std::env::var("ASSAYER_RECON_BENCH_ONLY").is_ok_and(|v| v == "pull");
     // Unchanged table: pull, then summary.
     let pull_clean = reconcile(url, &expected, Mode::Pull, depth).await;
     let sum_clean = if only_pull {
@@ -338,13 +340,19 @@ async fn bench(
     let sample: Vec<Row> = (1..=rows.min(1_000_000))
         .map(|i| Row::balance(&format!("player:{i}"), "gold", i128::from(i)))
         .collect();
+    // As the pull hashes them: borrowed rows, 16 per blake3 pass.
+    let refs: Vec<RowRef<'_>> = sample.iter().filter_map(Row::as_ref).collect();
+    let mut out = vec![(0, [0; 32]); 65_536];
     let t = Instant::now();
     let mut acc = 0usize;
-    for r in &sample {
-        acc ^= hash_row(r, 12).0;
+    for batch in refs.chunks(out.len()) {
+        let out = &mut out[..batch.len()];
+        RowRef::hash_many(batch, 12, out);
+        acc ^= out[0].0;
     }
     let hash_rate = sample.len() as f64 / t.elapsed().as_secs_f64();
     std::hint::black_box(acc);
+    drop(refs);
     drop(sample);
 
     // assayer, 20 differences planted.

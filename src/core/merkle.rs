@@ -2,8 +2,11 @@
 //! stream implies and a store's state are each summarised as a tree of buckets, and
 //! only the buckets whose digests differ are fetched row by row.
 //!
-//! - A **row** is hashed with keyed blake3 over a typed, length-prefixed encoding, so
-//!   `("ab","c")` and `("a","bc")` differ and a value can never pass for a key.
+//! - A **row** is hashed with keyed blake3 over a typed, length-prefixed encoding,
+//!   padded with zeros to whole 64-byte blocks, so `("ab","c")` and `("a","bc")` differ
+//!   and a value can never pass for a key. The encoding is prefix-free (field counts,
+//!   typed and length-prefixed fields), so the padding never makes two rows equal; it
+//!   lets [`hash_rows`] hash 16 rows in one SIMD pass.
 //! - A row goes to the **bucket** chosen by the hash (xxh3) of its *key* alone, so
 //!   string, UUID, composite or gappy keys spread evenly and a changed value stays in its
 //!   bucket.
@@ -25,7 +28,7 @@ pub enum Field<'a> {
 /// The row hash is blake3 in keyed mode with a key derived from a context string:
 /// domain separation that costs no bytes of the hashed input.
 static ROW_DOMAIN: std::sync::LazyLock<[u8; 32]> =
-    std::sync::LazyLock::new(|| blake3::derive_key("assayer merkle v3 row hash", b""));
+    std::sync::LazyLock::new(|| blake3::derive_key("assayer merkle v4 row hash", b""));
 /// Seed of the key hash (xxh3), so buckets are not a bare xxh3 of the key.
 const KEY_SEED: u64 = 0x6173_7361_7965_7233; // "assayer3"
 
@@ -46,18 +49,132 @@ pub fn row_hash(key: &[Field<'_>], value: &[Field<'_>]) -> [u8; 32] {
 
 /// A row's key hash and row hash from one encoding: the key's encoding followed by the
 /// value's; the key hash is xxh3 of the key's part, the row hash keyed blake3 of the
-/// whole. A typical row (an account name and asset under ~30 bytes together, or an
-/// item and its location) is one 64-byte blake3 block.
+/// whole, padded with zeros to whole blocks. A typical row (an account name and asset
+/// under ~30 bytes together) is one 64-byte blake3 block. [`hash_rows`] gives the same
+/// hashes for many rows at once, several times faster.
 pub fn hash_row(key: &[Field<'_>], value: &[Field<'_>]) -> (u64, [u8; 32]) {
-    with_buffer(encoded_len(key) + encoded_len(value), |buf| {
+    with_buffer(padded(encoded_len(key) + encoded_len(value)), |buf| {
         let k = encode_into(buf, key);
         let n = k + encode_into(&mut buf[k..], value);
         (
             xxhash_rust::xxh3::xxh3_64_with_seed(&buf[..k], KEY_SEED),
-            *blake3::keyed_hash(&ROW_DOMAIN, &buf[..n]).as_bytes(),
+            *blake3::keyed_hash(&ROW_DOMAIN, &buf[..padded(n)]).as_bytes(),
         )
     })
 }
+
+/// A blake3 block: a row's encoding is padded with zeros to a whole number of them.
+const BLOCK: usize = 64;
+
+/// An encoding's length padded to whole blocks (at least one).
+fn padded(n: usize) -> usize {
+    n.div_ceil(BLOCK).max(1) * BLOCK
+}
+
+/// The fields of a row, for [`hash_rows`]: its key's and its value's.
+pub trait RowFields {
+    fn row_fields(&self) -> ([Field<'_>; 3], [Field<'_>; 1]);
+}
+
+/// Rows hashed side by side: blake3 compresses up to 16 one-block (or two-block)
+/// inputs in one SIMD pass (AVX-512; 8 with AVX2), ~5x the rate of one row at a time.
+const LANES: usize = 16;
+
+/// The bucket (among `2^depth` leaves) and row hash of each of `rows`, into the same
+/// index of `out`: exactly [`hash_row`]'s, computed [`LANES`] rows at a time. Rows of
+/// one or two blocks share a SIMD pass with rows of their size; longer ones (rare: a
+/// key and value over 128 bytes) are hashed one by one.
+///
+/// The SIMD pass is blake3's `platform::Platform::hash_many`, which the crate exports
+/// for benchmarks rather than as a stable API: the crate's version is pinned, and the
+/// tests check it against `blake3::keyed_hash` for every encoding length.
+pub fn hash_rows<R: RowFields>(rows: &[R], depth: u8, out: &mut [(usize, [u8; 32])]) {
+    assert_eq!(rows.len(), out.len(), "one output per row");
+    for (rows, out) in rows.chunks(LANES).zip(out.chunks_mut(LANES)) {
+        let mut one = Lanes::<BLOCK>::new();
+        let mut two = Lanes::<{ 2 * BLOCK }>::new();
+        for (i, (r, o)) in rows.iter().zip(out.iter_mut()).enumerate() {
+            let (key, value) = r.row_fields();
+            let len = encoded_len(&key) + encoded_len(&value);
+            let kh = if len <= BLOCK {
+                one.push(i, &key, &value)
+            } else if len <= 2 * BLOCK {
+                two.push(i, &key, &value)
+            } else {
+                let (kh, rh) = hash_row(&key, &value);
+                o.1 = rh;
+                kh
+            };
+            o.0 = bucket_of(kh, depth);
+        }
+        one.hash_into(out);
+        two.hash_into(out);
+    }
+}
+
+/// Up to [`LANES`] encodings of `N` bytes (zero-padded) waiting for one SIMD pass.
+struct Lanes<const N: usize> {
+    blocks: [[u8; N]; LANES],
+    /// The index (in the group of rows) of each filled lane.
+    row: [usize; LANES],
+    filled: usize,
+}
+
+impl<const N: usize> Lanes<N> {
+    fn new() -> Self {
+        Lanes {
+            blocks: [[0; N]; LANES],
+            row: [0; LANES],
+            filled: 0,
+        }
+    }
+
+    /// Encodes a row into the next lane; returns its key hash.
+    fn push(&mut self, row: usize, key: &[Field<'_>], value: &[Field<'_>]) -> u64 {
+        let b = &mut self.blocks[self.filled];
+        let k = encode_into(b, key);
+        encode_into(&mut b[k..], value);
+        self.row[self.filled] = row;
+        self.filled += 1;
+        xxhash_rust::xxh3::xxh3_64_with_seed(&b[..k], KEY_SEED)
+    }
+
+    /// Hashes the filled lanes (keyed blake3 of each whole `N`-byte input, one chunk,
+    /// so: first block CHUNK_START, last block CHUNK_END | ROOT) into `out`.
+    fn hash_into(&self, out: &mut [(usize, [u8; 32])]) {
+        /// Flags of the BLAKE3 specification (§2.1).
+        const CHUNK_START: u8 = 1;
+        const CHUNK_END: u8 = 2;
+        const ROOT: u8 = 8;
+        const KEYED_HASH: u8 = 16;
+        if self.filled == 0 {
+            return;
+        }
+        let inputs: [&[u8; N]; LANES] = std::array::from_fn(|i| &self.blocks[i]);
+        let mut hashes = [0u8; 32 * LANES];
+        BLAKE3.hash_many::<N>(
+            &inputs[..self.filled],
+            &ROW_KEY_WORDS,
+            0,
+            blake3::IncrementCounter::No,
+            KEYED_HASH,
+            CHUNK_START,
+            CHUNK_END | ROOT,
+            &mut hashes,
+        );
+        for (lane, h) in hashes.chunks_exact(32).take(self.filled).enumerate() {
+            out[self.row[lane]].1.copy_from_slice(h);
+        }
+    }
+}
+
+/// The best blake3 implementation for this CPU, detected once.
+static BLAKE3: std::sync::LazyLock<blake3::platform::Platform> =
+    std::sync::LazyLock::new(blake3::platform::Platform::detect);
+
+/// [`ROW_DOMAIN`] as blake3's key words.
+static ROW_KEY_WORDS: std::sync::LazyLock<[u32; 8]> =
+    std::sync::LazyLock::new(|| blake3::platform::words_from_le_bytes_32(&ROW_DOMAIN));
 
 /// Encodings that fit are hashed without an allocation.
 const STACK_ROW_BYTES: usize = 192;
@@ -348,8 +465,9 @@ mod tests {
         assert!(a.diff(&a).is_empty());
     }
 
-    /// The one-buffer hashing is the documented encoding fed to keyed blake3 (and to
-    /// xxh3 for the key) field by field, for rows on the stack and on the heap.
+    /// The one-buffer hashing is the documented encoding, padded with zeros to whole
+    /// blocks, fed to keyed blake3 (and to xxh3 for the key) field by field, for rows on
+    /// the stack and on the heap.
     #[test]
     fn one_buffer_hashing_equals_the_documented_encoding() {
         fn encoding(fields: &[Field<'_>]) -> Vec<u8> {
@@ -386,6 +504,8 @@ mod tests {
             let mut h = blake3::Hasher::new_keyed(&ROW_DOMAIN);
             h.update(&key);
             h.update(&value);
+            let n = key.len() + value.len();
+            h.update(&vec![0; n.div_ceil(64).max(1) * 64 - n]);
             assert_eq!(
                 hash_row(&k, &v),
                 (
@@ -398,6 +518,41 @@ mod tests {
                 hash_row(&k, &v).0,
                 "the value never moves a row"
             );
+        }
+    }
+
+    struct Fields(String, String, i128);
+
+    impl RowFields for Fields {
+        fn row_fields(&self) -> ([Field<'_>; 3], [Field<'_>; 1]) {
+            (
+                [Field::Tag(1), Field::Str(&self.0), Field::Str(&self.1)],
+                [Field::Int(self.2)],
+            )
+        }
+    }
+
+    /// The SIMD pass gives every row exactly [`hash_row`]'s bucket and hash, for every
+    /// encoding length from one block to past two (where rows go one by one), in groups
+    /// that mix lengths and do not fill all lanes.
+    #[test]
+    fn hashing_rows_side_by_side_equals_one_at_a_time() {
+        // A key of 31 + the strings' lengths bytes with an integer value: 31..=200.
+        let rows: Vec<Fields> = (0..170)
+            .map(|n| {
+                let account = "a".repeat(n);
+                Fields(account, format!("g{}", n % 7), i128::from(n as i64) - 80)
+            })
+            .collect();
+        for take in [1, 15, 16, 17, 40, rows.len()] {
+            let rows = &rows[..take];
+            let mut out = vec![(0, [0; 32]); rows.len()];
+            hash_rows(rows, 9, &mut out);
+            for (r, o) in rows.iter().zip(&out) {
+                let (k, v) = r.row_fields();
+                let (kh, rh) = hash_row(&k, &v);
+                assert_eq!(*o, (bucket_of(kh, 9), rh), "row of {} bytes", r.0.len());
+            }
         }
     }
 

@@ -189,6 +189,12 @@ impl RowRef<'_> {
         (bucket_of(kh, depth), rh)
     }
 
+    /// [`RowRef::hash`] of each of `rows` into the same index of `out`, many rows per
+    /// blake3 pass ([`merkle::hash_rows`]): the way to hash more than a few rows.
+    pub fn hash_many(rows: &[RowRef<'_>], depth: u8, out: &mut [(usize, [u8; 32])]) {
+        merkle::hash_rows(rows, depth, out);
+    }
+
     pub fn to_row(&self) -> Row {
         match *self {
             RowRef::Balance {
@@ -210,6 +216,12 @@ impl RowRef<'_> {
             } => account.len() + asset.len() + Scalar::Int(balance).wire_len(),
             RowRef::Item { item, location } => item.len() + location.len(),
         }
+    }
+}
+
+impl merkle::RowFields for RowRef<'_> {
+    fn row_fields(&self) -> ([Field<'_>; 3], [Field<'_>; 1]) {
+        (self.key_fields(), [self.value_field()])
     }
 }
 

@@ -695,16 +695,8 @@ fn digest_rows(
     expected: Option<&ExpectedRows>,
     kept: &mut Vec<Row>,
 ) {
-    let depth = tree.depth();
     let parallel = rows.len() >= PARALLEL_ROWS;
-    let hashed: Vec<(usize, [u8; 32])> = if parallel {
-        rows.par_iter()
-            .with_min_len(1_024)
-            .map(|r| r.hash(depth))
-            .collect()
-    } else {
-        rows.iter().map(|r| r.hash(depth)).collect()
-    };
+    let hashed = hash_batch(rows, tree.depth());
     // The filter is probed in a loop of its own, not between two hashings: each probe
     // is a cache miss, and only a tight loop of independent probes lets the CPU wait
     // for many at once.
@@ -723,6 +715,22 @@ fn digest_rows(
     for (r, _) in rows.iter().zip(&unexpected).filter(|(_, keep)| **keep) {
         kept.push(r.to_row());
     }
+}
+
+/// The bucket and hash of each row, many rows per blake3 pass, and the passes spread
+/// over the cores for a large batch.
+fn hash_batch(rows: &[RowRef<'_>], depth: u8) -> Vec<(usize, [u8; 32])> {
+    /// Rows a parallel task hashes: enough that the task's cost vanishes.
+    const TASK_ROWS: usize = 1_024;
+    let mut out = vec![(0, [0; 32]); rows.len()];
+    if rows.len() >= PARALLEL_ROWS {
+        out.par_chunks_mut(TASK_ROWS)
+            .zip(rows.par_chunks(TASK_ROWS))
+            .for_each(|(o, r)| RowRef::hash_many(r, depth, o));
+    } else {
+        RowRef::hash_many(rows, depth, &mut out);
+    }
+    out
 }
 
 /// A filter of the expected rows' hashes: a Bloom filter (no false negatives) of
@@ -804,26 +812,37 @@ fn expected_digest<'a>(
     let mut leaves =
         (depth <= 15 && rows_hint <= LEAVES_ROWS_MAX).then(|| Vec::with_capacity(rows_hint));
     in_batches(rows, |batch| {
-        let hashed: Vec<Option<(usize, [u8; 32])>> = batch
+        let mine: Vec<bool> = batch
             .par_iter()
             .with_min_len(1_024)
-            .map(|r| own.owns(r).then(|| r.hash(depth)))
+            .map(|r| own.owns(r))
             .collect();
-        for (b, h) in hashed.iter().flatten() {
+        let all = mine.iter().all(|m| *m);
+        let owned: Vec<RowRef<'_>> = if all {
+            Vec::new()
+        } else {
+            batch
+                .iter()
+                .zip(&mine)
+                .filter_map(|(r, m)| m.then_some(*r))
+                .collect()
+        };
+        let hashed = hash_batch(if all { batch } else { &owned }, depth);
+        for (b, h) in &hashed {
             tree.add_hashed(*b, h);
         }
         // In a loop of their own, so the CPU overlaps the inserts' cache misses.
         if let Some(f) = filter.as_mut() {
-            for (_, h) in hashed.iter().flatten() {
+            for (_, h) in &hashed {
                 f.insert(h);
             }
         }
         if let Some(l) = leaves.as_mut() {
-            l.extend(
-                hashed
-                    .iter()
-                    .map(|o| o.map_or(NOT_OWNED, |(b, _)| b as u16)),
-            );
+            let mut owned_leaves = hashed.iter().map(|(b, _)| *b as u16);
+            l.extend(mine.iter().map(|m| match m {
+                true => owned_leaves.next().unwrap_or(NOT_OWNED),
+                false => NOT_OWNED,
+            }));
         }
     });
     tree.seal();
