@@ -1042,6 +1042,16 @@ impl CopyTuples {
     /// names what is wrong with which column.
     pub fn rows(&mut self) -> Result<Vec<RowRef<'_>>, String> {
         let fields = space_fields(self.space);
+        // Most batches hold no escape and are valid UTF-8 as a whole: their fields are
+        // sliced out of one validated string, between delimiters found in one
+        // vectorised pass.
+        // (Validated twice: a borrow returned from one branch of a function that
+        // mutably borrows in the other is beyond the borrow checker; ~15 µs a batch.)
+        if memchr::memchr(b'\\', &self.bytes).is_none() && std::str::from_utf8(&self.bytes).is_ok()
+        {
+            let text = std::str::from_utf8(&self.bytes).map_err(|e| e.to_string())?;
+            return plain_rows(self.space, text, fields, self.rows);
+        }
         let mut out = Vec::with_capacity(self.rows);
         let mut rest: &mut [u8] = &mut self.bytes;
         while !rest.is_empty() {
@@ -1049,7 +1059,14 @@ impl CopyTuples {
                 .ok_or_else(|| "a COPY batch holds a partial row".to_string())?;
             let (line, tail) = std::mem::take(&mut rest).split_at_mut(n);
             rest = &mut tail[1..];
-            if let Some(r) = row_ref(self.space, &text_fields(line, fields)?)? {
+            let f = text_fields(line, fields)?;
+            let text = |i: usize| -> Result<&str, String> {
+                let bytes = f[i].ok_or_else(|| format!("column {} is NULL", i + 1))?;
+                std::str::from_utf8(bytes)
+                    .map_err(|_| format!("column {} is not valid UTF-8", i + 1))
+            };
+            let texts = [text(0)?, text(1)?, if fields > 2 { text(2)? } else { "" }];
+            if let Some(r) = row_of(self.space, texts)? {
                 out.push(r);
             }
         }
@@ -1057,17 +1074,50 @@ impl CopyTuples {
     }
 }
 
-/// A row from its fields (`None` for NULL): `None` for a zero balance.
-fn row_ref<'b>(space: Space, f: &[Option<&'b [u8]>; 3]) -> Result<Option<RowRef<'b>>, String> {
-    let text = |i: usize| -> Result<&'b str, String> {
-        let bytes = f[i].ok_or_else(|| format!("column {} is NULL", i + 1))?;
-        std::str::from_utf8(bytes).map_err(|_| format!("column {} is not valid UTF-8", i + 1))
-    };
+/// The rows of a batch with no escape (so no NULL either), as one valid string.
+fn plain_rows(
+    space: Space,
+    text: &str,
+    fields: usize,
+    rows: usize,
+) -> Result<Vec<RowRef<'_>>, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(rows);
+    let mut delimiters = memchr::memchr2_iter(b'\t', b'\n', bytes);
+    let mut start = 0;
+    while start < bytes.len() {
+        let mut f = [""; 3];
+        for (i, slot) in f.iter_mut().enumerate().take(fields) {
+            let end = delimiters
+                .next()
+                .ok_or_else(|| "a COPY batch holds a partial row".to_string())?;
+            let last = i + 1 == fields;
+            if (bytes[end] == b'\n') != last {
+                return Err(format!(
+                    "COPY row of {} fields, expected {fields}",
+                    if last { "more" } else { "fewer" }
+                ));
+            }
+            *slot = &text[start..end];
+            start = end + 1;
+        }
+        if let Some(r) = row_of(space, f)? {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// A row from its fields' text: `None` for a zero balance.
+fn row_of(space: Space, f: [&str; 3]) -> Result<Option<RowRef<'_>>, String> {
     Ok(match space {
         Space::Balances => {
-            let (account, asset, b) = (text(0)?, text(1)?, text(2)?);
-            let balance: i128 = b
-                .parse()
+            let [account, asset, b] = f;
+            // Most balances fit 64 bits, whose parsing is the cheaper.
+            let balance = b
+                .parse::<i64>()
+                .map(i128::from)
+                .or_else(|_| b.parse::<i128>())
                 .map_err(|_| format!("balance `{b}` of {account}/{asset} is not an integer"))?;
             (balance != 0).then_some(RowRef::Balance {
                 account,
@@ -1076,8 +1126,8 @@ fn row_ref<'b>(space: Space, f: &[Option<&'b [u8]>; 3]) -> Result<Option<RowRef<
             })
         }
         Space::Items => Some(RowRef::Item {
-            item: text(0)?,
-            location: text(1)?,
+            item: f[0],
+            location: f[1],
         }),
     })
 }
@@ -1505,6 +1555,11 @@ mod tests {
         assert!(rows(b"a\tb\t1\t2\n", 3).is_err(), "too many fields");
         assert!(rows(b"a\tb\t1\n", 2).is_err(), "too many for items");
         assert!(rows(b"a\tb\t1", 3).is_err(), "no newline");
+        // The same through the path for batches with escapes.
+        assert!(rows(b"a\\\\\tb\n", 3).is_err(), "too few fields, escaped");
+        assert!(rows(b"a\\\\\tb\t1\t2\n", 3).is_err(), "too many, escaped");
+        assert!(rows(b"a\\\\\tb\t1", 3).is_err(), "no newline, escaped");
+        assert_eq!(rows(b"a\\\\\tb\t1\n", 3), Ok(1));
         // NULLs and bad text are errors of the row, naming the column.
         let bad = copy_bytes(&[[Some("a"), None, Some("1")]]);
         let err = pull_rows(&bad, 0).expect_err("NULL");

@@ -90,9 +90,9 @@ const LANES: usize = 16;
 /// tests check it against `blake3::keyed_hash` for every encoding length.
 pub fn hash_rows<R: RowFields>(rows: &[R], depth: u8, out: &mut [(usize, [u8; 32])]) {
     assert_eq!(rows.len(), out.len(), "one output per row");
+    let mut one = Lanes::<BLOCK>::new();
+    let mut two = Lanes::<{ 2 * BLOCK }>::new();
     for (rows, out) in rows.chunks(LANES).zip(out.chunks_mut(LANES)) {
-        let mut one = Lanes::<BLOCK>::new();
-        let mut two = Lanes::<{ 2 * BLOCK }>::new();
         for (i, (r, o)) in rows.iter().zip(out.iter_mut()).enumerate() {
             let (key, value) = r.row_fields();
             let len = encoded_len(&key) + encoded_len(&value);
@@ -140,8 +140,9 @@ impl<const N: usize> Lanes<N> {
     }
 
     /// Hashes the filled lanes (keyed blake3 of each whole `N`-byte input, one chunk,
-    /// so: first block CHUNK_START, last block CHUNK_END | ROOT) into `out`.
-    fn hash_into(&self, out: &mut [(usize, [u8; 32])]) {
+    /// so: first block CHUNK_START, last block CHUNK_END | ROOT) into `out`, then
+    /// empties them (zeroed again: an encoding writes only its own length).
+    fn hash_into(&mut self, out: &mut [(usize, [u8; 32])]) {
         /// Flags of the BLAKE3 specification (§2.1).
         const CHUNK_START: u8 = 1;
         const CHUNK_END: u8 = 2;
@@ -165,6 +166,8 @@ impl<const N: usize> Lanes<N> {
         for (lane, h) in hashes.chunks_exact(32).take(self.filled).enumerate() {
             out[self.row[lane]].1.copy_from_slice(h);
         }
+        self.blocks[..self.filled].fill([0; N]);
+        self.filled = 0;
     }
 }
 
