@@ -231,14 +231,16 @@ pub fn expected_summaries(
 
 /// The tree depth summary mode uses: the configured one, made shallower where it would
 /// ship more than ~1% of a pull's bytes. Every chunk sends up to 2^depth summaries of
-/// 28 bytes where a pull sends ~25 bytes a row, so 2^depth stays under
-/// rows / (128 × chunks) for the slice's `rows`, with chunks estimated as
-/// rows / `chunk_rows_max` but at least 3 (the adaptive chunks start small). Never below
-/// depth 6 (64 summaries a chunk: nothing on the wire), nor above the configured depth.
-/// A shallower tree only means more rows fetched per differing bucket.
+/// 28 bytes where a pull sends ~23 bytes a row, so 2^depth stays under
+/// rows / (256 × chunks) for the slice's `rows` (~0.5%), with chunks estimated as
+/// rows / `chunk_rows_max` but at least 3 (the adaptive chunks start small): the margin
+/// is for a busy database, whose chunks shrink to their target time, so that twice the
+/// estimated chunks still stay under 1%. Never below depth 6 (64 summaries a chunk:
+/// nothing on the wire), nor above the configured depth. A shallower tree only means
+/// more rows fetched per differing bucket.
 pub fn depth_for(configured: u8, rows: usize, chunk_rows_max: i64) -> u8 {
     let chunks = (rows as f64 / chunk_rows_max.max(1) as f64).ceil().max(3.0);
-    let fits = rows as f64 / (128.0 * chunks);
+    let fits = rows as f64 / (256.0 * chunks);
     let fits = if fits < 2.0 {
         0
     } else {
@@ -258,10 +260,10 @@ mod tests {
     fn summary_depth_keeps_summaries_near_one_percent_of_a_pull() {
         // The configured depth where it is small enough.
         assert_eq!(depth_for(8, 10_000_000, 1_000_000), 8);
-        // 1M rows (about 3 chunks): 3 × 2^11 × 28 bytes = 0.8% of ~25 MB.
-        assert_eq!(depth_for(12, 1_000_000, 1_000_000), 11);
-        // 10M rows in ≥ 10 chunks: 10 × 2^12 × 28 bytes = 0.5% of ~250 MB.
-        assert_eq!(depth_for(16, 10_000_000, 1_000_000), 12);
+        // 1M rows (about 3 chunks): 3 × 2^10 × 28 bytes = 0.4% of ~23 MB.
+        assert_eq!(depth_for(12, 1_000_000, 1_000_000), 10);
+        // 10M rows in ≥ 10 chunks: 10 × 2^11 × 28 bytes = 0.25% of ~230 MB.
+        assert_eq!(depth_for(16, 10_000_000, 1_000_000), 11);
         // Small tables keep a useful tree; never deeper than configured.
         assert_eq!(depth_for(12, 10, 3), 6);
         assert_eq!(depth_for(4, 10, 3), 4);
