@@ -199,6 +199,7 @@ impl RedisStore {
             rows: u64::from(v.is_some()),
             bytes: v.as_ref().map_or(0, |s| s.len() as u64),
             queries: 1,
+            ..ReadStats::default()
         };
         let out = match v {
             Some(v) => self

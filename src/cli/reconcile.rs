@@ -100,7 +100,7 @@ pub fn run(args: ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
     // Per store, so pull and summary mode's costs can be told apart.
     for s in &report.stores {
         eprintln!(
-            "  {} ({}{}): {} rows, {} bytes read, {} queries, {} differing buckets{}",
+            "  {} ({}{}): {} rows, {} bytes read, {} queries, {} differing buckets{}{}",
             s.store,
             match s.mode {
                 recon::config::StoreMode::Pull => "pull",
@@ -113,6 +113,14 @@ pub fn run(args: ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
             s.differing_leaves,
             if s.reread_leaves > 0 {
                 format!(" ({} read again in a second pass)", s.reread_leaves)
+            } else {
+                String::new()
+            },
+            if s.paused_ms > 0 {
+                format!(
+                    ", paused {:.1} s for a busy database",
+                    s.paused_ms as f64 / 1000.0
+                )
             } else {
                 String::new()
             }

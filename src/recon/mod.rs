@@ -138,6 +138,9 @@ pub struct StoreReport {
     /// How a PostgreSQL store's pull was cut: `pages` (its query has a `ctid`) or `key
     /// ranges`; none for summary mode and Redis.
     pub chunks: Option<&'static str>,
+    /// Time the reads paused for a busy database (PostgreSQL: after a second chunk in
+    /// a row that the database was slow on).
+    pub paused_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1234,6 +1237,7 @@ async fn reconcile_store(
             candidates: found,
             divergent_keys: cands.len(),
             chunks: pull_chunks,
+            paused_ms: stats.paused.as_millis() as u64,
         },
         cands,
     ))
