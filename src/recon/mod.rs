@@ -777,8 +777,8 @@ impl ExpectedRows {
         ((u128::from(pick) * self.blocks.len() as u128) >> 64) as usize
     }
 
-    /// A row hash's block, and its bits there (word, bit): nine bits each of the hash's
-    /// next eight bytes.
+    /// A row hash's block, and its bits there (word, bit): nine bits each, from the
+    /// hash's next sixteen bytes.
     fn place(&self, h: &[u8; 32]) -> (usize, [(usize, u64); FILTER_BITS]) {
         let block = self.block_of(h);
         let mut bits = u128::from_le_bytes(h[16..32].try_into().expect("16 bytes"));
