@@ -78,7 +78,7 @@ pub struct ReadStats {
     pub rows: u64,
     pub bytes: u64,
     pub queries: u64,
-    /// Time spent pausing for a busy database ([`Pacer`]).
+    /// Time spent pausing for a busy database (after a second slow chunk in a row).
     pub paused: Duration,
 }
 

@@ -207,7 +207,7 @@ impl Reader {
         })
     }
 
-    /// Every row of `space`, sent to `out` in batches (PostgreSQL: binary COPY tuples;
+    /// Every row of `space`, sent to `out` in batches (PostgreSQL: text COPY rows;
     /// Redis: a SCAN page of rows).
     /// Returns the read's counters and, for PostgreSQL, how its chunks were cut.
     async fn pull(
