@@ -706,3 +706,84 @@ async fn a_standby_on_the_same_queue_takes_over_from_the_shared_journal() {
     );
     assert_same_as_uninterrupted(&db, &bus, &expected, &state_of(&engine)).await;
 }
+
+/// The commit stage writes two batches at once (`Pg::commit_after`). A small batch
+/// racing ahead of a big one must neither deadlock with it on the rollup rows both
+/// touch (the `world:` accounts) nor become durable first, and the rollups must add
+/// up to exactly the journaled postings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_batches_written_at_once_commit_in_order_without_deadlock() {
+    use assayer::adapters::postgres::{Batch, ConnectOptions, Pg};
+    let db = TestDb::create().await;
+    let pg = Pg::connect(
+        &ConnectOptions {
+            url: &db.url,
+            pool_size_max: 3,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(10),
+        },
+        "pair",
+    )
+    .await
+    .expect("connect");
+    pg.migrate().await.expect("migrate");
+    let mut lines = Vec::new();
+    sim::generate(
+        &SimConfig {
+            seed: 11,
+            events: 3_000,
+            players: 200,
+            noise: sim::Noise::none(),
+            ..SimConfig::default()
+        },
+        &mut |l: &[u8]| lines.push(l.to_vec()),
+    );
+    let batch = |from: usize, to: usize| {
+        let mut b = Batch {
+            expected_head: from as i64,
+            new_head: to as i64,
+            ..Batch::default()
+        };
+        for (i, l) in lines[from..to].iter().enumerate() {
+            let v = assayer::core::event::decode(l).expect("a clean world decodes");
+            b.entries
+                .push(assayer::daemon::journal_entry((from + i) as i64 + 1, &v, l));
+        }
+        b
+    };
+    let split = lines.len() - 100;
+    let (big, small) = (batch(0, split), batch(split, lines.len()));
+
+    let (durable_tx, durable_rx) = tokio::sync::oneshot::channel::<()>();
+    let first = async {
+        let r = pg.commit_after(&big, std::future::ready(())).await;
+        let _ = durable_tx.send(());
+        r
+    };
+    let second = pg.commit_after(&small, async {
+        let _ = durable_rx.await;
+    });
+    let (r1, r2) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(first, second)
+    })
+    .await
+    .expect("two batches written at once must not wait on each other forever");
+    r1.expect("the first batch commits");
+    r2.expect("the second batch commits after it");
+    assert_eq!(head(&db, "pair").await, lines.len() as i64);
+
+    let mut c = db.connect().await;
+    let (postings, wrong): (i64, i64) = sqlx::query_as(
+        "WITH p AS (SELECT account, realm, asset, count(*) AS n, sum(delta) AS s
+                      FROM journal_postings WHERE group_name = 'pair' GROUP BY 1, 2, 3)
+         SELECT (SELECT count(*) FROM journal_postings),
+                count(*) FILTER (WHERE r.postings IS DISTINCT FROM p.n
+                                    OR r.balance IS DISTINCT FROM p.s)
+           FROM p FULL JOIN account_rollups r USING (account, realm, asset)",
+    )
+    .fetch_one(&mut c)
+    .await
+    .expect("rollups");
+    assert!(postings > 3_000, "the world posts: {postings}");
+    assert_eq!(wrong, 0, "rollups differ from the journaled postings");
+}

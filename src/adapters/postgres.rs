@@ -384,11 +384,69 @@ impl Pg {
     }
 
     /// Writes a batch in one transaction: journal rows, their item and posting index
-    /// rows, findings (stored once per fingerprint; they were published on detection),
-    /// the new head, and a snapshot when one is due. Nothing is acked before this
-    /// returns Ok.
+    /// rows and rollups, findings (stored once per fingerprint; they were published on
+    /// detection), a snapshot when one is due, and the new head. Nothing is acked before
+    /// this returns Ok.
     pub async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        self.commit_after(batch, std::future::ready(())).await
+    }
+
+    /// [`Pg::commit`], taking the first row lock another batch could also take only
+    /// once `predecessor_durable` is ready. The daemon's commit stage writes two
+    /// batches at once this way: the second one's journal, item and posting inserts
+    /// (which lock nothing the first one writes) run while the first one upserts its
+    /// rollups and commits; then it upserts its own rollups and findings and moves the
+    /// journal head, fenced as always, so batches become durable strictly in order and
+    /// the fence still catches another daemon's writes. (Waiting any later could
+    /// deadlock: the first batch waiting on a rollup row the second one locked, the
+    /// second waiting here for the first.)
+    pub async fn commit_after(
+        &self,
+        batch: &Batch,
+        predecessor_durable: impl std::future::Future<Output = ()>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        let postings = if batch.entries.is_empty() {
+            PostingRows::default()
+        } else {
+            match self.insert_journal(&mut tx, &batch.entries).await {
+                Ok(p) => p,
+                // Another daemon of the group wrote these positions first: say so.
+                Err(StoreError::Db(sqlx::Error::Database(d)))
+                    if d.constraint() == Some("journal_pkey") =>
+                {
+                    drop(tx);
+                    return Err(StoreError::HeadMoved {
+                        group: self.group.clone(),
+                        expected: batch.expected_head,
+                        found: self.head().await?,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        predecessor_durable.await;
+        if !postings.position.is_empty() {
+            postings.upsert_rollups(&self.group, &mut tx).await?;
+        }
+        if !batch.findings.is_empty() {
+            upsert_findings(&mut tx, &batch.findings).await?;
+        }
+        if let Some(s) = &batch.snapshot {
+            sqlx::query(
+                "INSERT INTO checkpoints (group_name, journal_position, snapshot_format, snapshot, events_accepted)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (group_name) DO UPDATE SET journal_position = $2, snapshot_format = $3,
+                   snapshot = $4, events_accepted = $5, taken_at = now()",
+            )
+            .bind(&self.group)
+            .bind(s.position)
+            .bind(s.format)
+            .bind(&s.bytes)
+            .bind(s.events_accepted)
+            .execute(&mut *tx)
+            .await?;
+        }
         let moved = sqlx::query(
             "INSERT INTO journal_heads (group_name, position) VALUES ($1, $3)
              ON CONFLICT (group_name) DO UPDATE SET position = $3, updated_at = now()
@@ -412,27 +470,6 @@ impl Pg {
                 found,
             });
         }
-        if !batch.entries.is_empty() {
-            self.insert_journal(&mut tx, &batch.entries).await?;
-        }
-        if !batch.findings.is_empty() {
-            upsert_findings(&mut tx, &batch.findings).await?;
-        }
-        if let Some(s) = &batch.snapshot {
-            sqlx::query(
-                "INSERT INTO checkpoints (group_name, journal_position, snapshot_format, snapshot, events_accepted)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (group_name) DO UPDATE SET journal_position = $2, snapshot_format = $3,
-                   snapshot = $4, events_accepted = $5, taken_at = now()",
-            )
-            .bind(&self.group)
-            .bind(s.position)
-            .bind(s.format)
-            .bind(&s.bytes)
-            .bind(s.events_accepted)
-            .execute(&mut *tx)
-            .await?;
-        }
         tx.commit().await?;
         Ok(())
     }
@@ -441,11 +478,14 @@ impl Pg {
     /// FROM UNNEST(arrays)` per table. (Not `COPY`: sqlx sends the copy data and the
     /// closing `CopyDone` as two writes, and without TCP_NODELAY Nagle plus the server's
     /// delayed ACK stalls every small batch by ~40 ms.)
-    async fn insert_journal(
+    ///
+    /// Returns the batch's posting rows, whose rollups the caller upserts: the inserts
+    /// here lock no row another batch writes, the rollups do.
+    async fn insert_journal<'a>(
         &self,
         tx: &mut Transaction<'_, Postgres>,
-        entries: &[JournalEntry],
-    ) -> Result<(), StoreError> {
+        entries: &'a [JournalEntry],
+    ) -> Result<PostingRows<'a>, StoreError> {
         let n = entries.len();
         let mut position = Vec::with_capacity(n);
         let mut kind = Vec::with_capacity(n);
@@ -539,9 +579,8 @@ impl Pg {
             .bind(&postings.kind)
             .execute(&mut **tx)
             .await?;
-            postings.upsert_rollups(&self.group, tx).await?;
         }
-        Ok(())
+        Ok(postings)
     }
 
     /// Stores findings raised outside the journal pipeline (reconciliation), once per
@@ -626,6 +665,8 @@ async fn upsert_findings(
         }
         *n += 1;
     }
+    // In key order, like every batch's other upserts: concurrent batches never deadlock.
+    uniq.sort_unstable_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
     let fp: Vec<&str> = uniq.iter().map(|f| f.fingerprint.as_str()).collect();
     let inv: Vec<&str> = uniq.iter().map(|f| f.invariant.id()).collect();
     let sev: Vec<&str> = uniq.iter().map(|f| f.severity.as_str()).collect();

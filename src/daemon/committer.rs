@@ -8,15 +8,19 @@
 //! ```
 //!
 //! Exactly-once effect is unchanged: a delivery is acked by the session only when the
-//! `Done` of the batch holding it arrives, i.e. after that batch committed. Batches are
-//! committed one at a time, in the order they were cut, each fenced on the journal head
-//! the previous one left (`Batch::expected_head`). At most [`JOBS_QUEUED`] batches wait
-//! behind the one being written, so a slow database slows consumption down (the
-//! broker's prefetch window fills) rather than growing memory.
+//! `Done` of the batch holding it arrives, i.e. after that batch committed. Up to
+//! [`COMMITS_IN_FLIGHT`] batches are written at once, each in its own transaction; each
+//! one's rollup upserts and journal-head fence (`Batch::expected_head`) are issued only
+//! after its predecessor committed (`Pg::commit_after`), so batches become durable
+//! strictly in the order they were cut and are reported `Done` in that order. At most
+//! [`JOBS_QUEUED`] batches wait behind the ones being written, so a slow database slows
+//! consumption down (the broker's prefetch window fills) rather than growing memory.
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -25,8 +29,14 @@ use crate::core::time::Timestamp;
 
 use super::health;
 
-/// Batches that may wait while one is being written.
+/// Batches that may wait while [`COMMITS_IN_FLIGHT`] are being written.
 const JOBS_QUEUED: usize = 1;
+
+/// Batches written at once, each in its own transaction on its own connection. The
+/// second one's journal inserts run while the first one upserts its rollups and
+/// commits; its own rollups and journal-head fence wait for the first one's commit
+/// (`Pg::commit_after`), so batches still become durable strictly in order.
+const COMMITS_IN_FLIGHT: usize = 2;
 
 /// What the session needs back once a batch is durable (the commit stage only carries
 /// it).
@@ -134,37 +144,83 @@ async fn run(
     mut jobs: mpsc::Receiver<Job>,
     done: mpsc::UnboundedSender<Result<Done, StoreError>>,
 ) {
-    while let Some(job) = jobs.recv().await {
-        let started = Instant::now();
-        let b = &job.batch;
-        let has_writes = !b.entries.is_empty() || !b.findings.is_empty() || b.snapshot.is_some();
-        if has_writes && let Err(e) = pg.commit(b).await {
-            let _ = done.send(Err(e));
-            return;
-        }
-        let took = started.elapsed();
-        let head = b.new_head;
-        let snapshot = b.snapshot.is_some();
-        drop(job.batch);
-        if snapshot {
-            // Retention: journal rows the new snapshot covers and that are old enough.
-            match pg.prune_journal(journal_retention).await {
-                Ok(0) => {}
-                Ok(n) => info!(rows = n, "pruned journal rows past retention"),
-                Err(e) => {
-                    warn!(error = %e, "journal pruning failed; will retry at the next snapshot")
+    // The head the last durable batch left: a batch's rollups and fence wait until it
+    // is their `Job::batch.expected_head`.
+    let durable = watch::Sender::new(0i64);
+    // Transactions in flight, polled together, finished in the order they were cut.
+    let mut writing = FuturesOrdered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            job = jobs.recv(), if open && writing.len() < COMMITS_IN_FLIGHT => match job {
+                Some(job) => {
+                    if writing.is_empty() {
+                        // Nothing in flight: the previous batch (if any) is durable.
+                        durable.send_replace(job.batch.expected_head);
+                    }
+                    writing.push_back(write(&pg, &durable, job));
+                }
+                None => open = false,
+            },
+            r = writing.next(), if !writing.is_empty() => {
+                let Some(r) = r else { continue };
+                let (done_ok, snapshot) = match r {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = done.send(Err(e));
+                        return;
+                    }
+                };
+                if snapshot {
+                    // Retention: journal rows the new snapshot covers and that are old
+                    // enough.
+                    match pg.prune_journal(journal_retention).await {
+                        Ok(0) => {}
+                        Ok(n) => info!(rows = n, "pruned journal rows past retention"),
+                        Err(e) => {
+                            warn!(error = %e, "journal pruning failed; will retry at the next snapshot")
+                        }
+                    }
+                }
+                if done.send(Ok(done_ok)).is_err() {
+                    return;
                 }
             }
-        }
-        if done
-            .send(Ok(Done {
-                cut: job.cut,
-                head,
-                took,
-            }))
-            .is_err()
-        {
-            return;
+            else => return,
         }
     }
+}
+
+/// Writes one batch, fencing it after its predecessor is durable; returns what the
+/// session needs and whether it carried a snapshot.
+async fn write(
+    pg: &Pg,
+    durable: &watch::Sender<i64>,
+    job: Job,
+) -> Result<(Done, bool), StoreError> {
+    let started = Instant::now();
+    let b = &job.batch;
+    let mut predecessor = durable.subscribe();
+    let after_predecessor = async move {
+        // The sender lives as long as every write; `wait_for` cannot fail here.
+        let _ = predecessor.wait_for(|h| *h == b.expected_head).await;
+    };
+    let has_writes = !b.entries.is_empty() || !b.findings.is_empty() || b.snapshot.is_some();
+    if has_writes {
+        pg.commit_after(b, after_predecessor).await?;
+    } else {
+        after_predecessor.await;
+    }
+    durable.send_replace(b.new_head);
+    let took = started.elapsed();
+    let head = b.new_head;
+    let snapshot = b.snapshot.is_some();
+    Ok((
+        Done {
+            cut: job.cut,
+            head,
+            took,
+        },
+        snapshot,
+    ))
 }
