@@ -713,20 +713,9 @@ async fn a_standby_on_the_same_queue_takes_over_from_the_shared_journal() {
 /// up to exactly the journaled postings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_batches_written_at_once_commit_in_order_without_deadlock() {
-    use assayer::adapters::postgres::{Batch, ConnectOptions, Pg};
+    use assayer::adapters::postgres::Batch;
     let db = TestDb::create().await;
-    let pg = Pg::connect(
-        &ConnectOptions {
-            url: &db.url,
-            pool_size_max: 3,
-            connect_timeout: Duration::from_secs(5),
-            statement_timeout: Duration::from_secs(10),
-        },
-        "pair",
-    )
-    .await
-    .expect("connect");
-    pg.migrate().await.expect("migrate");
+    let pg = db.pg("pair", 3).await;
     let mut lines = Vec::new();
     sim::generate(
         &SimConfig {

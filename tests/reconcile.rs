@@ -525,19 +525,8 @@ fn store_config_mistakes_fail_at_startup() {
 
 /// Journals `lines` as the daemon would (group `recon-test`, as in the config).
 async fn journal(db: &TestDb, lines: &[Vec<u8>]) {
-    use assayer::adapters::postgres::{Batch, ConnectOptions, Pg};
-    let pg = Pg::connect(
-        &ConnectOptions {
-            url: &db.url,
-            pool_size_max: 2,
-            connect_timeout: Duration::from_secs(5),
-            statement_timeout: Duration::from_secs(30),
-        },
-        "recon-test",
-    )
-    .await
-    .expect("connect");
-    pg.migrate().await.expect("migrate");
+    use assayer::adapters::postgres::Batch;
+    let pg = db.pg("recon-test", 2).await;
     let mut batch = Batch::default();
     for (i, l) in lines.iter().enumerate() {
         let v = assayer::core::event::decode(l).expect("a clean world decodes");

@@ -62,7 +62,8 @@ pub struct Done {
     pub cut: Cut,
     /// The journal head the batch left.
     pub head: i64,
-    /// Time spent in the database for this batch.
+    /// From the start of the batch's transaction to its commit (its wait for the
+    /// previous batch's commit included).
     pub took: Duration,
 }
 

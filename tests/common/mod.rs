@@ -53,6 +53,24 @@ impl TestDb {
         TestDb { name, url }
     }
 
+    /// The daemon's store on this database for `group`, migrated.
+    pub async fn pg(&self, group: &str, pool_size_max: u32) -> assayer::adapters::postgres::Pg {
+        use assayer::adapters::postgres::{ConnectOptions, Pg};
+        let pg = Pg::connect(
+            &ConnectOptions {
+                url: &self.url,
+                pool_size_max,
+                connect_timeout: Duration::from_secs(5),
+                statement_timeout: Duration::from_secs(30),
+            },
+            group,
+        )
+        .await
+        .expect("connect to test database");
+        pg.migrate().await.expect("migrate");
+        pg
+    }
+
     pub async fn connect(&self) -> PgConnection {
         PgConnection::connect(&self.url)
             .await
