@@ -11,7 +11,6 @@ use std::process::Command;
 
 use assayer::adapters::journal::{AccountQuery, item_report};
 use assayer::adapters::journal::{FindingFilter, Journal};
-use assayer::adapters::postgres::{ConnectOptions, Pg};
 use assayer::core::engine::Engine;
 use assayer::core::finding::Invariant;
 use assayer::core::policy::Policy;
@@ -57,18 +56,7 @@ fn finished_engine(lines: &[Vec<u8>]) -> Engine {
 }
 
 async fn journaled(db: &TestDb, lines: &[Vec<u8>]) -> Journal {
-    let pg = Pg::connect(
-        &ConnectOptions {
-            url: &db.url,
-            pool_size_max: 2,
-            connect_timeout: Duration::from_secs(5),
-            statement_timeout: Duration::from_secs(60),
-        },
-        GROUP,
-    )
-    .await
-    .expect("connect");
-    pg.migrate().await.expect("migrate");
+    let pg = db.pg(GROUP, 2).await;
     let mut input: Vec<u8> = lines.join(&b'\n');
     input.push(b'\n');
     let report = assayer::daemon::import::import(
