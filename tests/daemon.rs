@@ -713,7 +713,6 @@ async fn a_standby_on_the_same_queue_takes_over_from_the_shared_journal() {
 /// up to exactly the journaled postings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_batches_written_at_once_commit_in_order_without_deadlock() {
-    use assayer::adapters::postgres::Batch;
     let db = TestDb::create().await;
     let pg = db.pg("pair", 3).await;
     let mut lines = Vec::new();
@@ -727,21 +726,11 @@ async fn two_batches_written_at_once_commit_in_order_without_deadlock() {
         },
         &mut |l: &[u8]| lines.push(l.to_vec()),
     );
-    let batch = |from: usize, to: usize| {
-        let mut b = Batch {
-            expected_head: from as i64,
-            new_head: to as i64,
-            ..Batch::default()
-        };
-        for (i, l) in lines[from..to].iter().enumerate() {
-            let v = assayer::core::event::decode(l).expect("a clean world decodes");
-            b.entries
-                .push(assayer::daemon::journal_entry((from + i) as i64 + 1, &v, l));
-        }
-        b
-    };
     let split = lines.len() - 100;
-    let (big, small) = (batch(0, split), batch(split, lines.len()));
+    let (big, small) = (
+        journal_batch(&lines, 0, split),
+        journal_batch(&lines, split, lines.len()),
+    );
 
     let (durable_tx, durable_rx) = tokio::sync::oneshot::channel::<()>();
     let first = async {
@@ -775,4 +764,128 @@ async fn two_batches_written_at_once_commit_in_order_without_deadlock() {
     .expect("rollups");
     assert!(postings > 3_000, "the world posts: {postings}");
     assert_eq!(wrong, 0, "rollups differ from the journaled postings");
+}
+
+/// Retention: pruning removes exactly the journal rows (and their item and posting
+/// rows) that are older than the retention and covered by the group's snapshot, and
+/// nothing of another group; the rollups keep counting what was pruned.
+#[tokio::test]
+async fn journal_pruning_removes_only_old_rows_the_snapshot_covers() {
+    use assayer::adapters::postgres::{Batch, Snapshot};
+    let db = TestDb::create().await;
+    let (pg, other) = (db.pg("prune", 2).await, db.pg("other", 2).await);
+    let mut lines = Vec::new();
+    sim::generate(
+        &SimConfig {
+            seed: 5,
+            events: 3_000,
+            players: 100,
+            noise: sim::Noise::none(),
+            ..SimConfig::default()
+        },
+        &mut |l: &[u8]| lines.push(l.to_vec()),
+    );
+    let batch = |from: usize, to: usize, snapshot: bool| Batch {
+        snapshot: snapshot.then(|| Snapshot {
+            position: to as i64,
+            format: 1,
+            bytes: Vec::new(),
+            events_accepted: to as i64,
+        }),
+        ..journal_batch(&lines, from, to)
+    };
+    let retention = Duration::from_secs(30 * 24 * 3600);
+    for (from, to, snapshot) in [
+        (0, 1_000, false),
+        (1_000, 2_000, true),
+        (2_000, 3_000, false),
+    ] {
+        pg.commit(&batch(from, to, snapshot)).await.expect("commit");
+    }
+    other.commit(&batch(0, 1_000, true)).await.expect("commit");
+    assert_eq!(
+        pg.prune_journal(retention).await.expect("prune"),
+        0,
+        "nothing is old yet"
+    );
+
+    let mut c = db.connect().await;
+    // Age positions 1..=1500 of both groups, and 2500 (past the snapshot) of `prune`.
+    sqlx::query(
+        "UPDATE journal SET received_at = now() - interval '40 days'
+          WHERE position <= 1500 OR (group_name = 'prune' AND position = 2500)",
+    )
+    .execute(&mut c)
+    .await
+    .expect("age rows");
+    let due = scalar(&db,
+        "SELECT (SELECT count(*) FROM journal WHERE group_name = 'prune' AND position <= 1500)
+              + (SELECT count(*) FROM journal_items WHERE group_name = 'prune' AND position <= 1500)
+              + (SELECT count(*) FROM journal_postings WHERE group_name = 'prune' AND position <= 1500)",
+    )
+    .await;
+    let rollups = "SELECT sum(postings)::bigint FROM account_rollups WHERE group_name = 'prune'";
+    let rolled_up = scalar(&db, rollups).await;
+
+    assert_eq!(
+        pg.prune_journal(retention).await.expect("prune"),
+        due as u64
+    );
+    for (sql, want) in [
+        (
+            "SELECT min(position) FROM journal WHERE group_name = 'prune'",
+            1_501,
+        ),
+        (
+            "SELECT count(*) FROM journal WHERE group_name = 'prune'",
+            1_500,
+        ),
+        (
+            "SELECT count(*) FROM journal_items WHERE group_name = 'prune' AND position <= 1500",
+            0,
+        ),
+        (
+            "SELECT count(*) FROM journal_postings WHERE group_name = 'prune' AND position <= 1500",
+            0,
+        ),
+        (
+            "SELECT count(*) FROM journal WHERE group_name = 'other'",
+            1_000,
+        ),
+    ] {
+        assert_eq!(scalar(&db, sql).await, want, "{sql}");
+    }
+    assert_eq!(
+        scalar(&db, rollups).await,
+        rolled_up,
+        "rollups are not pruned"
+    );
+    assert_eq!(
+        pg.prune_journal(retention).await.expect("prune"),
+        0,
+        "once is enough"
+    );
+}
+
+async fn scalar(db: &TestDb, sql: &'static str) -> i64 {
+    let mut c = db.connect().await;
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(&mut c)
+        .await
+        .expect(sql)
+}
+
+/// Lines `from..to` of a clean world as one journal batch (positions `from + 1..=to`).
+fn journal_batch(lines: &[Vec<u8>], from: usize, to: usize) -> assayer::adapters::postgres::Batch {
+    let mut b = assayer::adapters::postgres::Batch {
+        expected_head: from as i64,
+        new_head: to as i64,
+        ..Default::default()
+    };
+    for (i, l) in lines[from..to].iter().enumerate() {
+        let v = assayer::core::event::decode(l).expect("a clean world decodes");
+        b.entries
+            .push(assayer::daemon::journal_entry((from + i) as i64 + 1, &v, l));
+    }
+    b
 }

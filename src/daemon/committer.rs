@@ -151,6 +151,8 @@ async fn run(
     // Transactions in flight, polled together, finished in the order they were cut.
     let mut writing = FuturesOrdered::new();
     let mut open = true;
+    // The journal pruning started after the last snapshot, if it is still running.
+    let mut pruning: Option<JoinHandle<()>> = None;
     loop {
         tokio::select! {
             job = jobs.recv(), if open && writing.len() < COMMITS_IN_FLIGHT => match job {
@@ -172,16 +174,18 @@ async fn run(
                         return;
                     }
                 };
-                if snapshot {
+                if snapshot && pruning.as_ref().is_none_or(JoinHandle::is_finished) {
                     // Retention: journal rows the new snapshot covers and that are old
-                    // enough.
-                    match pg.prune_journal(journal_retention).await {
-                        Ok(0) => {}
-                        Ok(n) => info!(rows = n, "pruned journal rows past retention"),
-                        Err(e) => {
-                            warn!(error = %e, "journal pruning failed; will retry at the next snapshot")
+                    // enough, on a task of its own (those rows are never written again,
+                    // so it need not hold up the batches being written).
+                    let pg = pg.clone();
+                    pruning = Some(tokio::spawn(async move {
+                        match pg.prune_journal(journal_retention).await {
+                            Ok(0) => {}
+                            Ok(n) => info!(rows = n, "pruned journal rows past retention"),
+                            Err(e) => warn!(error = %e, "journal pruning failed; will retry at the next snapshot"),
                         }
-                    }
+                    }));
                 }
                 if done.send(Ok(done_ok)).is_err() {
                     return;
