@@ -63,6 +63,10 @@ pub enum DaemonError {
 /// An idle daemon reports zero consumer lag after this long without a batch.
 const IDLE_LAG_SETTLE: Duration = Duration::from_secs(1);
 
+/// After this long without a delivery, the next one first checks whether another
+/// daemon of the group advanced the journal (see `Session::serve`).
+const CATCH_UP_AFTER_SILENCE: Duration = Duration::from_secs(1);
+
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let policy = match &config.policy.dir {
         Some(dir) => Policy::load_dir(dir)?,
@@ -334,6 +338,7 @@ impl<'a> Session<'a> {
         let mut pending = Pending::new(restored.position);
         let mut committer = Committer::spawn(pg.clone(), c.checkpoint.journal_retention);
         let flush_messages = usize::from(c.amqp.prefetch_count_max / 2).max(1);
+        let mut last_delivery: Option<Instant> = None;
         let mut tick = tokio::time::interval(c.checkpoint.batch_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -370,13 +375,23 @@ impl<'a> Session<'a> {
                         None => return Err(DaemonError::ConsumerClosed),
                     };
                     if pending.since.is_none() {
-                        // Only when nothing of ours is in flight can a journal head we did
-                        // not expect mean that another daemon wrote.
-                        if committer.in_flight() == 0 {
+                        // Another daemon of the group may have written the journal while
+                        // this one's consumer stood by: a single-active-consumer queue
+                        // delivers to one consumer, and once it is ours it stays ours
+                        // until our channel closes (ending this session). So look at
+                        // the head on the first delivery after a silence, not on every
+                        // batch: that would put a database round trip (or a wait for a
+                        // pool connection the commit stage holds) in front of detection.
+                        // Only when nothing of ours is in flight can a head we did not
+                        // expect mean that another daemon wrote. (The commit's head
+                        // fence still catches anything else.)
+                        let silent = last_delivery.is_none_or(|t: Instant| t.elapsed() >= CATCH_UP_AFTER_SILENCE);
+                        if silent && committer.in_flight() == 0 {
                             self.catch_up(&pg, &mut engine, &mut pending).await?;
                         }
                         pending.since = Some(Instant::now());
                     }
+                    last_delivery = Some(Instant::now());
                     self.handle(bus, &mut engine, &mut pending, d).await?;
                     // Cut the batch when it is full, and when half the prefetch window is
                     // unacked (else the broker stops delivering and the consumer idles
