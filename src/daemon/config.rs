@@ -56,6 +56,9 @@ pub struct DaemonConfig {
     pub group: String,
     #[serde(serialize_with = "ms")]
     pub shutdown_deadline: Duration,
+    /// Whether the process may use transparent huge pages (see
+    /// `daemon::disable_transparent_huge_pages`).
+    pub transparent_huge_pages: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -198,6 +201,7 @@ struct RawUi {
 struct RawDaemon {
     group: Option<String>,
     shutdown_deadline_ms: Option<u64>,
+    transparent_huge_pages: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -422,6 +426,7 @@ impl Config {
                     "daemon.shutdown_deadline_ms",
                     d::SHUTDOWN_DEADLINE_MS,
                 )?),
+                transparent_huge_pages: raw.daemon.transparent_huge_pages.unwrap_or(false),
             },
             policy: PolicyConfig {
                 dir: raw.policy.dir,
