@@ -242,23 +242,14 @@ async fn bench(n: usize) {
 
     // ---- clean up
     for t in [&single, &batched, &lat] {
-        for q in [&t.queue, &t.dead_letter_queue] {
-            let _ = bus
-                .channel()
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for e in [&t.exchange, &t.dead_letter_exchange, &t.findings_exchange] {
-            let _ = bus
-                .channel()
-                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
-    }
-    let _ = bus
-        .channel()
-        .queue_delete(raw_queue.as_str().into(), QueueDeleteOptions::default())
+        delete_topology(
+            &bus,
+            &[&t.queue, &t.dead_letter_queue],
+            &[&t.exchange, &t.dead_letter_exchange, &t.findings_exchange],
+        )
         .await;
+    }
+    delete_topology(&bus, &[&raw_queue], &[]).await;
     bus.close().await;
     drop_database(&mut admin, &format!("{db_name}_latency")).await;
 }
@@ -288,16 +279,20 @@ async fn declare_raw_queue(bus: &Amqp, queue: &str, exchange: &str) {
         )
         .await
         .expect("raw queue");
-    bus.channel()
-        .queue_bind(
-            queue.into(),
-            exchange.into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind raw queue");
+    bind_all(bus.channel(), queue, exchange).await;
+}
+
+/// Binds `queue` to every routing key of `exchange`.
+async fn bind_all(chan: &lapin::Channel, queue: &str, exchange: &str) {
+    chan.queue_bind(
+        queue.into(),
+        exchange.into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("bind {queue} to {exchange}: {e}"));
 }
 
 /// Publishes `lines`; with `rate`, records the publish instant of each tx in `faulty`.
@@ -523,26 +518,8 @@ async fn listen(exchange: &str, queue: &str) -> (Amqp, lapin::Consumer) {
     )
     .await
     .expect("listener queue");
-    chan.exchange_declare(
-        exchange.into(),
-        lapin::ExchangeKind::Topic,
-        lapin::options::ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("listener exchange");
-    chan.queue_bind(
-        queue.into(),
-        exchange.into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("bind");
+    declare_topic_exchange(chan, exchange).await;
+    bind_all(chan, queue, exchange).await;
     let deliveries = chan
         .basic_consume(
             queue.into(),
@@ -678,18 +655,7 @@ async fn relay_latency(
     let bus = Amqp::connect(AMQP_URL, "assayer bench relay", Duration::from_secs(10))
         .await
         .expect("amqp");
-    bus.channel()
-        .exchange_declare(
-            exchange.as_str().into(),
-            lapin::ExchangeKind::Topic,
-            lapin::options::ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("relay exchange");
+    declare_topic_exchange(bus.channel(), &exchange).await;
     declare_raw_queue(&bus, &queue, &exchange).await;
     let (listener, mut relayed) = listen(&out, &format!("{prefix}.relayed-listener")).await;
     let chan = bus.channel().clone();
@@ -740,20 +706,25 @@ async fn relay_latency(
     let got = collect(&mut relayed, &sent, &publisher, async |n| n >= want).await;
     relay.abort();
     listener.close().await;
-    let _ = bus
-        .channel()
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    let _ = bus
-        .channel()
-        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-        .await;
-    let _ = bus
-        .channel()
-        .exchange_delete(out.as_str().into(), ExchangeDeleteOptions::default())
-        .await;
+    delete_topology(&bus, &[&queue], &[&exchange, &out]).await;
     bus.close().await;
     got
+}
+
+/// Deletes the bench's queues and exchanges (what is already gone is no error).
+async fn delete_topology(bus: &Amqp, queues: &[&String], exchanges: &[&String]) {
+    for q in queues {
+        let _ = bus
+            .channel()
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for e in exchanges {
+        let _ = bus
+            .channel()
+            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
 }
 
 /// p50, p99 and max of a set of latencies, in milliseconds.
@@ -778,4 +749,19 @@ impl Quantiles {
             max: pct(1.0),
         }
     }
+}
+
+/// A durable topic exchange (as the daemon declares its own).
+async fn declare_topic_exchange(chan: &lapin::Channel, name: &str) {
+    chan.exchange_declare(
+        name.into(),
+        lapin::ExchangeKind::Topic,
+        lapin::options::ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("declare exchange {name}: {e}"));
 }
