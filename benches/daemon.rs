@@ -134,8 +134,9 @@ async fn bench(n: usize) {
             .await
             .0;
     }
-    // Each pass's database goes when the pass is done: autovacuum working through a
-    // million journaled events must not take CPU from the next pass.
+    // Each pass's database goes when the pass is done: a million journaled events
+    // must not weigh on the next pass (its pages in the shared buffers, and autovacuum
+    // working through it where autovacuum is on; it is off on the reference machine).
     drop_database(&mut admin, &format!("{db_name}_single")).await;
 
     // ---- NDJSON batches of 100
