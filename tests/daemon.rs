@@ -177,6 +177,15 @@ async fn a_faulty_world_published_to_rabbitmq_yields_exactly_its_findings_in_pos
         Some(&daemon),
     )
     .await;
+    // `daemon.transparent_huge_pages` defaults to false: the kernel says the process is
+    // off THP (huge-page faults were the detection-latency tail).
+    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id()))
+        .expect("the daemon's /proc status");
+    assert!(
+        proc_status.lines().any(|l| l == "THP_enabled:\t0"),
+        "the daemon should have turned transparent huge pages off: {:?}",
+        proc_status.lines().find(|l| l.starts_with("THP_enabled"))
+    );
     let status = daemon.terminate();
     assert!(
         status.success(),
