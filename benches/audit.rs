@@ -159,6 +159,13 @@ fn main() {
         state as f64 / live as f64
     );
     println!(
+        "  of which {} interned ids: {:.1} MiB ({:.0} bytes each), ledger: {:.1} MiB",
+        mem.interned_ids,
+        mem.interner_bytes as f64 / (1 << 20) as f64,
+        mem.interner_bytes as f64 / mem.interned_ids.max(1) as f64,
+        mem.ledger_bytes as f64 / (1 << 20) as f64
+    );
+    println!(
         "redelivery window: {:.1} MiB for {} tx_ids = {:.0} bytes each (fixed by policy, not per entry)",
         mem.redelivery_window_bytes as f64 / (1 << 20) as f64,
         mem.remembered_tx_ids,

@@ -69,6 +69,7 @@ pub struct EngineStats {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MemoryReport {
     pub interner_bytes: usize,
+    pub interned_ids: usize,
     pub ledger_bytes: usize,
     pub redelivery_window_bytes: usize,
     pub reorder_buffer_bytes: usize,
@@ -318,6 +319,7 @@ impl Engine {
     pub fn memory(&self) -> MemoryReport {
         MemoryReport {
             interner_bytes: self.interner.heap_bytes(),
+            interned_ids: self.interner.len(),
             ledger_bytes: self.ledger.heap_bytes(),
             redelivery_window_bytes: self.window.heap_bytes(),
             reorder_buffer_bytes: self.sequencer.depth() * (std::mem::size_of::<Event>() + 64),

@@ -1,18 +1,51 @@
 //! Interned identifiers. Every realm, system, account, location, asset and item id is
 //! stored once and referred to by a 4-byte [`Sym`], which keeps per-balance and per-item
 //! state a few bytes wide (the engine's memory budget is < 200 bytes per live entry).
+//!
+//! A string is known by 96 bits of its xxh3-128 hash, the way the redelivery window
+//! knows a `tx_id`: the lookup table holds the hash beside the symbol, so finding an
+//! id costs one probe of the table and never a read of the string itself. With a
+//! generic interner (it compares strings) each lookup of an id not in cache made two
+//! more dependent memory reads — the string's address, then its bytes — and a
+//! typical event looks up five such ids. Two distinct ids are taken for one with
+//! probability ~n²/2⁹⁷ (10⁹ ids: ~10⁻¹¹), as for `tx_id`s (docs/invariants.md).
 
-use lasso::{Key, Rodeo, Spur};
-use serde::{Deserialize, Serialize};
+use std::num::NonZeroU32;
 
-/// An interned string. Only meaningful with the [`Interner`] that made it.
+use hashbrown::HashTable;
+use serde::de::{SeqAccess, Visitor};
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An interned string. Only meaningful with the [`Interner`] that made it. Serialized
+/// as its index + 1, as snapshots written with the `lasso` interner hold it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Sym(Spur);
+pub struct Sym(NonZeroU32);
 
 impl Sym {
     /// A dense index (0-based), usable to index side tables.
     pub fn index(self) -> usize {
-        self.0.into_usize()
+        self.0.get() as usize - 1
+    }
+
+    fn from_index(i: usize) -> Sym {
+        // u32::MAX stays free: packed ledger slots use it as a marker.
+        let key = u32::try_from(i + 1)
+            .ok()
+            .filter(|k| *k != u32::MAX)
+            .and_then(NonZeroU32::new)
+            .expect("more than 4 billion distinct ids in one engine");
+        Sym(key)
+    }
+
+    /// The symbol as a non-zero `u32` below `u32::MAX`, for packing into other words.
+    pub fn key(self) -> u32 {
+        self.0.get()
+    }
+
+    /// The inverse of [`Sym::key`]. Panics on 0.
+    pub fn from_key(key: u32) -> Sym {
+        Sym(NonZeroU32::new(key).expect("a symbol key is never 0"))
     }
 }
 
@@ -27,42 +60,90 @@ pub struct Class {
     pub velocity_rules: u8,
 }
 
-#[derive(Serialize, Deserialize)]
+/// One entry of the lookup table: 96 bits of the string's hash and its symbol.
+#[derive(Clone, Copy)]
+struct Entry {
+    hash: u64,
+    check: u32,
+    sym: Sym,
+}
+
+/// Strings are appended to chunks of this many bytes (ids are at most a few hundred
+/// bytes; a longer string gets a chunk of its own), so the arena grows without copying.
+const CHUNK: usize = 1 << 20;
+/// A span packs a string's place: its chunk and offset (40 bits), its length (24 bits).
+const LEN_BITS: u32 = 24;
+
+#[derive(Default)]
 pub struct Interner {
-    rodeo: Rodeo<Spur, foldhash::fast::FixedState>,
+    table: HashTable<Entry>,
+    /// Per symbol, where its bytes are: `(chunk * CHUNK + offset) << LEN_BITS | len`.
+    spans: Vec<u64>,
+    chunks: Vec<String>,
     /// Derived from the policy: rebuilt lazily, never snapshotted.
-    #[serde(skip)]
     classes: Vec<Option<Class>>,
 }
 
-impl Default for Interner {
-    fn default() -> Self {
-        Interner {
-            rodeo: Rodeo::with_hasher(foldhash::fast::FixedState::default()),
-            classes: Vec::new(),
-        }
-    }
+fn hash(s: &str) -> (u64, u32) {
+    let h = xxhash_rust::xxh3::xxh3_128(s.as_bytes());
+    (h as u64, (h >> 64) as u32)
 }
 
 impl Interner {
     pub fn intern(&mut self, s: &str) -> Sym {
-        Sym(self.rodeo.get_or_intern(s))
+        let (hash, check) = hash(s);
+        if let Some(e) = self
+            .table
+            .find(hash, |e| e.hash == hash && e.check == check)
+        {
+            return e.sym;
+        }
+        let sym = self.push(s);
+        self.table
+            .insert_unique(hash, Entry { hash, check, sym }, |e| e.hash);
+        sym
     }
 
     pub fn get(&self, s: &str) -> Option<Sym> {
-        self.rodeo.get(s).map(Sym)
+        let (hash, check) = hash(s);
+        self.table
+            .find(hash, |e| e.hash == hash && e.check == check)
+            .map(|e| e.sym)
+    }
+
+    /// Appends `s` to the arena and gives it the next symbol.
+    fn push(&mut self, s: &str) -> Sym {
+        assert!(s.len() < 1 << LEN_BITS, "an id of {} bytes", s.len());
+        let room = self
+            .chunks
+            .last()
+            .map_or(0, |c| CHUNK.saturating_sub(c.len()));
+        if room < s.len() {
+            self.chunks.push(String::with_capacity(CHUNK.max(s.len())));
+        }
+        let chunk = self.chunks.len() - 1;
+        let last = &mut self.chunks[chunk];
+        let start = (chunk * CHUNK + last.len()) as u64;
+        last.push_str(s);
+        let sym = Sym::from_index(self.spans.len());
+        self.spans.push(start << LEN_BITS | s.len() as u64);
+        sym
     }
 
     pub fn resolve(&self, sym: Sym) -> &str {
-        self.rodeo.resolve(&sym.0)
+        let span = self.spans[sym.index()];
+        let start = (span >> LEN_BITS) as usize;
+        let len = (span & ((1 << LEN_BITS) - 1)) as usize;
+        let (chunk, offset) = (start / CHUNK, start % CHUNK);
+        &self.chunks[chunk][offset..offset + len]
     }
 
     pub fn len(&self) -> usize {
-        self.rodeo.len()
+        self.spans.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rodeo.is_empty()
+        self.spans.is_empty()
     }
 
     /// The class of `sym`, computed once by `classify` and cached.
@@ -74,20 +155,61 @@ impl Interner {
         if let Some(c) = self.classes[i] {
             return c;
         }
-        let c = classify(self.rodeo.resolve(&sym.0));
+        let c = classify(self.resolve(sym));
         self.classes[i] = Some(c);
         c
     }
 
-    /// Heap bytes held: the string arena plus the lookup tables (estimated from
-    /// capacities; hashbrown stores one control byte per bucket).
+    /// Heap bytes held: the string arena, the spans and the lookup table (hashbrown
+    /// stores one control byte per bucket).
     pub fn heap_bytes(&self) -> usize {
-        let strings = self.rodeo.current_memory_usage();
-        let n = self.rodeo.len();
-        // Rodeo keeps a hash table of keys and a Vec<&str> of all strings.
-        let table = n.next_power_of_two() * 8 / 7 * (std::mem::size_of::<Spur>() + 1);
-        let vec = n * std::mem::size_of::<&str>();
-        strings + table + vec + self.classes.capacity() * std::mem::size_of::<Option<Class>>()
+        let strings: usize = self.chunks.iter().map(String::capacity).sum();
+        let table = self.table.capacity() * 8 / 7 * (std::mem::size_of::<Entry>() + 1);
+        strings
+            + table
+            + self.spans.capacity() * std::mem::size_of::<u64>()
+            + self.classes.capacity() * std::mem::size_of::<Option<Class>>()
+    }
+}
+
+/// Snapshots hold the strings in symbol order, as a sequence (the layout `lasso`
+/// wrote, so older checkpoints restore unchanged).
+impl Serialize for Interner {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.len()))?;
+        for i in 0..self.len() {
+            seq.serialize_element(self.resolve(Sym::from_index(i)))?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Interner {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Strings;
+        impl<'de> Visitor<'de> for Strings {
+            type Value = Interner;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a sequence of distinct strings")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Interner, A::Error> {
+                let mut interner = Interner::default();
+                let n = seq.size_hint().unwrap_or(0);
+                interner.table.reserve(n, |e| e.hash);
+                interner.spans.reserve(n);
+                while let Some(s) = seq.next_element::<std::borrow::Cow<'de, str>>()? {
+                    let before = interner.len();
+                    interner.intern(&s);
+                    if interner.len() == before {
+                        return Err(serde::de::Error::custom(format!(
+                            "the string `{s}` appears twice"
+                        )));
+                    }
+                }
+                Ok(interner)
+            }
+        }
+        deserializer.deserialize_seq(Strings)
     }
 }
 
@@ -109,5 +231,44 @@ mod tests {
             velocity_rules: 0,
         });
         assert!(!c.world);
+    }
+
+    #[test]
+    fn strings_resolve_across_chunks_and_long_strings_get_their_own() {
+        let mut i = Interner::default();
+        let long = "x".repeat(CHUNK + 10);
+        let mut syms = Vec::new();
+        for n in 0..200_000 {
+            syms.push((i.intern(&format!("item:{n}")), format!("item:{n}")));
+            if n == 100_000 {
+                syms.push((i.intern(&long), long.clone()));
+            }
+        }
+        assert!(i.chunks.len() > 3);
+        for (sym, s) in &syms {
+            assert_eq!(i.resolve(*sym), s);
+            assert_eq!(i.get(s), Some(*sym));
+        }
+        assert_eq!(i.len(), syms.len());
+    }
+
+    #[test]
+    fn snapshots_keep_symbols_and_read_what_lasso_wrote() {
+        let mut i = Interner::default();
+        let a = i.intern("realm-1");
+        let b = i.intern("player:7:bag");
+        let bytes = postcard::to_stdvec(&i).unwrap();
+        // lasso serialized a Rodeo as its strings in key order, a key as index + 1.
+        let lasso = postcard::to_stdvec(&vec!["realm-1", "player:7:bag"]).unwrap();
+        assert_eq!(bytes, lasso);
+        assert_eq!(
+            postcard::to_stdvec(&b).unwrap(),
+            postcard::to_stdvec(&2u32).unwrap()
+        );
+        let r: Interner = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(r.get("realm-1"), Some(a));
+        assert_eq!(r.resolve(b), "player:7:bag");
+        let twice = postcard::to_stdvec(&vec!["a", "a"]).unwrap();
+        assert!(postcard::from_bytes::<Interner>(&twice).is_err());
     }
 }
