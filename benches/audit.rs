@@ -225,6 +225,9 @@ fn pipeline(path: &std::path::Path, lines: usize) -> Pipeline {
     let t = Instant::now();
     let cpu = thread_cpu_ns();
     let mut engine = Engine::new(policy);
+    // As `assayer audit --input FILE` does.
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    engine.reserve(assayer::cli::audit::events_in(size));
     let mut findings = 0usize;
     let reader = BufReader::with_capacity(1 << 20, File::open(path).expect("open"));
     audit_stream(&mut engine, reader, |_| findings += 1).expect("audit");

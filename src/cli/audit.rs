@@ -68,6 +68,9 @@ pub fn run(args: AuditArgs) -> anyhow::Result<std::process::ExitCode> {
     let stdout = io::stdout().lock();
     let mut writer = FindingWriter::new(format, io::BufWriter::new(stdout));
     let mut engine = Engine::new(policy);
+    if let Some(size) = size {
+        engine.reserve(events_in(size));
+    }
     let started = Instant::now();
     let mut write_err = None;
     audit_stream(&mut engine, reader, |f| {
@@ -151,6 +154,13 @@ self_cell::self_cell!(
         dependent: Lines,
     }
 );
+
+/// A generous guess at how many events a file of `bytes` holds (events-v1 lines run
+/// 250–500 bytes), for [`Engine::reserve`]: reserving too much only claims address
+/// space, too little leaves some growth for later.
+pub fn events_in(bytes: u64) -> usize {
+    usize::try_from(bytes / 256).unwrap_or(usize::MAX)
+}
 
 /// Feeds every line of `reader` through the engine and finishes it. Blank lines are
 /// skipped; a line longer than an event may be is read in bounded memory and reported

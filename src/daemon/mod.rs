@@ -341,6 +341,9 @@ impl<'a> Session<'a> {
         self.metrics.broker_connected.set(1);
         let restored = restore(&pg, self.policy).await?;
         let mut engine = restored.engine;
+        // A daemon runs long enough to fill its redelivery window: claim it now, so it
+        // never stalls an event to rehash (pages are touched as it fills).
+        engine.reserve(usize::MAX);
         let mut snapshot_at = (restored.events_at_snapshot, Instant::now());
         info!(
             position = restored.position,
