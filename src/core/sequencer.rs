@@ -9,7 +9,7 @@
 //! been outstanding for a whole window and is a `stream.seq_gap`.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -59,13 +59,68 @@ struct Pending {
     due: bool,
 }
 
+/// A stream's buffered events by seq: a deque kept sorted. Events mostly arrive in seq
+/// order and leave from the front, so both ends are O(1) and an event is moved once
+/// each way (a B-tree shifted ~a node of 120-byte events on every removal from the
+/// front). Snapshots hold it as a map, as they held the `BTreeMap` it replaced.
+#[derive(Default)]
+struct SeqBuffer(VecDeque<(u64, Pending)>);
+
+impl SeqBuffer {
+    fn find(&self, seq: u64) -> Result<usize, usize> {
+        // The newest seq is the likeliest to be asked about or appended after.
+        match self.0.back() {
+            Some((last, _)) if *last < seq => Err(self.0.len()),
+            _ => self.0.binary_search_by_key(&seq, |(s, _)| *s),
+        }
+    }
+
+    fn contains(&self, seq: u64) -> bool {
+        self.find(seq).is_ok()
+    }
+
+    fn get_mut(&mut self, seq: u64) -> Option<&mut Pending> {
+        let i = self.find(seq).ok()?;
+        Some(&mut self.0[i].1)
+    }
+
+    /// Buffers `p` at `seq`, replacing what was there.
+    fn insert(&mut self, seq: u64, p: Pending) {
+        match self.find(seq) {
+            Ok(i) => self.0[i].1 = p,
+            Err(i) => self.0.insert(i, (seq, p)),
+        }
+    }
+
+    fn first(&self) -> Option<(u64, &Pending)> {
+        self.0.front().map(|(s, p)| (*s, p))
+    }
+
+    fn pop_first(&mut self) -> Option<(u64, Pending)> {
+        self.0.pop_front()
+    }
+}
+
+impl Serialize for SeqBuffer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(s, p)| (s, p)))
+    }
+}
+
+impl<'de> Deserialize<'de> for SeqBuffer {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<u64, Pending>::deserialize(deserializer)?;
+        Ok(SeqBuffer(map.into_iter().collect()))
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 pub struct StreamState {
     pub realm: Sym,
     pub system: Sym,
     /// The next seq to apply; `None` until the stream's first release.
     next: Option<u64>,
-    pending: BTreeMap<u64, Pending>,
+    pending: SeqBuffer,
     malformed: BTreeSet<u64>,
     /// Highest `ts` seen on this stream (heartbeats included).
     pub last_ts: Timestamp,
@@ -131,7 +186,7 @@ impl Sequencer {
                 realm,
                 system,
                 next: None,
-                pending: BTreeMap::new(),
+                pending: SeqBuffer::default(),
                 malformed: BTreeSet::new(),
                 last_ts: Timestamp::MIN,
                 forgotten_through: 0,
@@ -161,7 +216,7 @@ impl Sequencer {
         let s = &self.streams[id as usize];
         if s.next.is_some_and(|n| seq < n) {
             Slot::Passed
-        } else if s.pending.contains_key(&seq) {
+        } else if s.pending.contains(seq) {
             Slot::Pending
         } else if s.malformed.contains(&seq) {
             Slot::Malformed
@@ -204,7 +259,7 @@ impl Sequencer {
         if let Some(ts) = ts {
             s.last_ts = s.last_ts.max(ts);
         }
-        if s.next.is_none_or(|n| seq >= n) && !s.pending.contains_key(&seq) {
+        if s.next.is_none_or(|n| seq >= n) && !s.pending.contains(seq) {
             s.malformed.insert(seq);
         }
     }
@@ -229,7 +284,7 @@ impl Sequencer {
                     }
                 }
                 Lane::Seq => {
-                    if let Some(p) = self.streams[id as usize].pending.get_mut(&seq) {
+                    if let Some(p) = self.streams[id as usize].pending.get_mut(seq) {
                         p.due = true;
                     }
                     self.settle(id, out);
@@ -244,11 +299,13 @@ impl Sequencer {
         let mut applied = 0;
         let s = &mut self.streams[id as usize];
         if s.next.is_none() {
-            let lowest = [s.pending.keys().next(), s.malformed.first()]
-                .into_iter()
-                .flatten()
-                .min()
-                .copied();
+            let lowest = [
+                s.pending.first().map(|(seq, _)| seq),
+                s.malformed.first().copied(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             s.next = Some(match start {
                 StreamStart::One => 1,
                 StreamStart::FirstSeen => lowest.unwrap_or(1),
@@ -260,14 +317,10 @@ impl Sequencer {
                 next += 1;
             }
             s.next = Some(next);
-            let Some(first) = s.pending.first_entry() else {
-                break;
-            };
-            if !first.get().due {
+            if !s.pending.first().is_some_and(|(_, p)| p.due) {
                 break;
             }
-            let seq = *first.key();
-            let p = first.remove();
+            let (seq, p) = s.pending.pop_first().expect("checked above");
             if seq > next {
                 let before: Vec<u64> = s.malformed.range(next..seq).copied().collect();
                 for m in &before {
@@ -295,5 +348,51 @@ impl Sequencer {
             out.push(Released::Apply(p.ev));
         }
         self.buffered -= applied;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::intern::Interner;
+
+    fn pending(i: &mut Interner, seq: u64) -> Pending {
+        Pending {
+            ev: Event {
+                tx_id: format!("tx-{seq}").into(),
+                realm: i.intern("realm-1"),
+                system: i.intern("trade"),
+                seq,
+                ts: Timestamp(seq as i64),
+                grant: None,
+                postings: Vec::new(),
+                items: Vec::new(),
+                digest: seq,
+            },
+            due: seq % 2 == 0,
+        }
+    }
+
+    #[test]
+    fn the_seq_buffer_keeps_seq_order_and_snapshots_as_the_btree_map_did() {
+        let mut i = Interner::default();
+        let mut buf = SeqBuffer::default();
+        let mut map = BTreeMap::new();
+        for seq in [5, 6, 9, 7, 1, 8, 6] {
+            buf.insert(seq, pending(&mut i, seq));
+            map.insert(seq, pending(&mut i, seq));
+        }
+        assert!(buf.contains(7) && !buf.contains(2) && !buf.contains(10));
+        assert_eq!(
+            postcard::to_stdvec(&buf).unwrap(),
+            postcard::to_stdvec(&map).unwrap()
+        );
+        let back: SeqBuffer = postcard::from_bytes(&postcard::to_stdvec(&map).unwrap()).unwrap();
+        let seqs: Vec<u64> = back.0.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, [1, 5, 6, 7, 8, 9]);
+        buf.get_mut(9).unwrap().due = true;
+        assert!(buf.0.back().unwrap().1.due);
+        assert_eq!(buf.pop_first().map(|(s, _)| s), Some(1));
+        assert_eq!(buf.first().map(|(s, _)| s), Some(5));
     }
 }
