@@ -369,7 +369,7 @@ mod tests {
                 items: Vec::new(),
                 digest: seq,
             },
-            due: seq % 2 == 0,
+            due: seq.is_multiple_of(2),
         }
     }
 
