@@ -10,9 +10,11 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::output::{FindingWriter, Format};
-use crate::core::engine::{Engine, EngineStats, intrinsically_clean};
+use crate::core::engine::{Engine, EngineStats, intrinsically_clean, prepare_event};
 use crate::core::event::{MAX_EVENT_BYTES, ValidEvent, decode};
 use crate::core::finding::Finding;
+use crate::core::intern::{Lookup, LookupStage, NewIds};
+use crate::core::ledger::Event;
 use crate::core::policy::Policy;
 use crate::core::time::Timestamp;
 use crate::core::verdict::{Decision, Verdict};
@@ -133,7 +135,8 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 
 /// One input line, decoded (or not) by the first stage, borrowing from its chunk.
 enum Decoded<'a> {
-    Valid(ValidEvent<'a>),
+    /// With the ledger's view of it, its ids interned by the decode stage.
+    Valid(ValidEvent<'a>, Event),
     Malformed {
         why: crate::core::event::Malformed,
         bytes: &'a [u8],
@@ -166,28 +169,34 @@ pub fn events_in(bytes: u64) -> usize {
 /// skipped; a line longer than an event may be is read in bounded memory and reported
 /// malformed. Malformed findings get the input line number in their evidence.
 ///
-/// Two stages on two threads: reading and decoding (stateless) on one, the engine on
-/// the other, handing over bounded chunks of decoded events. Emptied chunk buffers go
-/// back to the reader for reuse.
+/// Two stages on two threads: reading, decoding and interning ids on one (with the
+/// engine's lookup table, lent for the run: [`Engine::lend_lookup`]), the engine on
+/// the other, handing over bounded chunks of decoded events with the ids new in each.
+/// Emptied chunk buffers go back to the reader for reuse.
 pub fn audit_stream<R: BufRead + Send>(
     engine: &mut Engine,
     reader: R,
     mut on_finding: impl FnMut(Finding),
 ) -> io::Result<()> {
     std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(CHUNKS_IN_FLIGHT);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Chunk, NewIds)>(CHUNKS_IN_FLIGHT);
         let (spare_tx, spare_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT + 1);
         let policy = engine.policy().clone();
-        let decoder = scope.spawn(move || decode_lines(reader, &policy, tx, spare_rx));
+        let mut lookup = engine.lend_lookup();
+        let decoder = scope.spawn(move || {
+            let r = decode_lines(reader, &policy, &mut lookup, tx, spare_rx);
+            (lookup, r)
+        });
         let mut out = Vec::new();
         let mut now = Timestamp::now();
-        for mut chunk in rx {
+        for (mut chunk, ids) in rx {
             now = now.max(Timestamp::now());
+            engine.learn_ids(&ids);
             chunk.with_dependent_mut(|_, lines| {
                 for (line_no, d) in lines.drain(..) {
                     match d {
-                        Decoded::Valid(v) => {
-                            engine.ingest_decoded(Ok(v), now, &mut out, |_| {});
+                        Decoded::Valid(v, ev) => {
+                            engine.ingest_prepared(Ok((v, ev)), now, &mut out, |_| {});
                             out.drain(..).for_each(&mut on_finding);
                         }
                         Decoded::Malformed {
@@ -195,7 +204,7 @@ pub fn audit_stream<R: BufRead + Send>(
                             bytes,
                             overlong,
                         } => {
-                            engine.ingest_decoded(Err((why, bytes)), now, &mut out, |_| {});
+                            engine.ingest_prepared(Err((why, bytes)), now, &mut out, |_| {});
                             for mut f in out.drain(..) {
                                 if f.invariant == crate::core::finding::Invariant::Malformed {
                                     annotate_malformed(&mut f, line_no, overlong);
@@ -209,9 +218,11 @@ pub fn audit_stream<R: BufRead + Send>(
             // A full spare queue or a finished reader: the buffer is simply freed.
             let _ = spare_tx.try_send(chunk.into_owner());
         }
-        decoder
+        let (lookup, read) = decoder
             .join()
-            .map_err(|_| io::Error::other("the decoding thread panicked"))??;
+            .map_err(|_| io::Error::other("the decoding thread panicked"))?;
+        engine.return_lookup(lookup);
+        read?;
         engine.finish(Timestamp::now(), &mut out);
         out.drain(..).for_each(&mut on_finding);
         Ok(())
@@ -236,7 +247,8 @@ fn annotate_malformed(f: &mut Finding, line_no: u64, overlong: Option<u64>) {
 fn decode_lines<R: BufRead>(
     mut reader: R,
     policy: &Policy,
-    tx: std::sync::mpsc::SyncSender<Chunk>,
+    lookup: &mut Lookup,
+    tx: std::sync::mpsc::SyncSender<(Chunk, NewIds)>,
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
 ) -> io::Result<()> {
     let mut line = Vec::with_capacity(4096);
@@ -262,6 +274,7 @@ fn decode_lines<R: BufRead>(
                 .unwrap_or_else(|_| Vec::with_capacity(CHUNK_CAPACITY));
             next.clear();
             let owner = std::mem::replace(&mut buf, next);
+            let mut new = NewIds::default();
             let chunk = Chunk::new(owner, |b| {
                 spans
                     .drain(..)
@@ -270,7 +283,12 @@ fn decode_lines<R: BufRead>(
                         let d = match decode(bytes) {
                             Ok(mut v) => {
                                 v.prechecked = intrinsically_clean(policy, &v);
-                                Decoded::Valid(v)
+                                let mut stage = LookupStage {
+                                    lookup: &mut *lookup,
+                                    new: &mut new,
+                                };
+                                let ev = prepare_event(&mut stage, &v);
+                                Decoded::Valid(v, ev)
                             }
                             Err(why) => Decoded::Malformed {
                                 why,
@@ -282,7 +300,7 @@ fn decode_lines<R: BufRead>(
                     })
                     .collect()
             });
-            if tx.send(chunk).is_err() {
+            if tx.send((chunk, new)).is_err() {
                 return Ok(());
             }
         }
@@ -489,6 +507,14 @@ mod tests {
         );
         assert_eq!(engine.stats().received, single.stats().received);
         assert_eq!(engine.stats().accepted, single.stats().accepted);
+        // The decode stage interned every id with the lent lookup, in the order the
+        // engine would have: same symbols, same state, byte for byte; and the engine
+        // has its lookup back.
+        assert!(engine.snapshot() == single.snapshot());
+        assert_eq!(
+            engine.ledger().item_copies(engine.interner()),
+            single.ledger().item_copies(single.interner())
+        );
         let malformed: Vec<_> = piped
             .iter()
             .filter(|f| f.invariant == crate::core::finding::Invariant::Malformed)

@@ -26,7 +26,7 @@ use serde_json::json;
 
 use super::event::{self, Malformed, ValidEvent};
 use super::finding::{Finding, Invariant, fingerprint};
-use super::intern::{Interner, Sym};
+use super::intern::{Intern, Interner, Lookup};
 use super::ledger::{Ctx, Event, ItemMove, Ledger, LedgerStats, Posting};
 use super::policy::Policy;
 use super::sequencer::{Released, Sequencer, Slot, StreamId};
@@ -126,6 +126,43 @@ fn unauthorized_faucets<'w>(
         .map(|p| (&*p.account, "posts to"))
         .chain(w.items.iter().map(|m| (&*m.from, "mints from")))
         .filter(|(a, _)| event::is_world(a) && !policy.faucet_allows(a, &w.system))
+}
+
+/// The ledger's view of `v`, every id interned through `i` in a fixed order — realm,
+/// system, each posting's account and asset, each move's item, from and to — so an
+/// engine fed line by line and a pipeline whose decode stage interns (with the lookup
+/// the engine lent it) give every id the same symbol.
+pub fn prepare_event(i: &mut impl Intern, v: &ValidEvent<'_>) -> Event {
+    let w = &v.wire;
+    let realm = i.intern(v.realm());
+    let system = i.intern(&w.system);
+    Event {
+        realm,
+        system,
+        seq: w.seq,
+        ts: v.ts,
+        grant: w.grant.as_deref().map(Box::from),
+        postings: w
+            .postings
+            .iter()
+            .map(|p| Posting {
+                account: i.intern(&p.account),
+                asset: i.intern(&p.asset),
+                delta: p.delta,
+            })
+            .collect(),
+        items: w
+            .items
+            .iter()
+            .map(|m| ItemMove {
+                item: i.intern(&m.item),
+                from: i.intern(&m.from),
+                to: i.intern(&m.to),
+            })
+            .collect(),
+        digest: v.digest,
+        tx_id: Box::from(&*w.tx_id),
+    }
 }
 
 /// 64 bits of key and 32 more of check from xxh3-128 of the tx_id: 96 bits in all, so
@@ -294,6 +331,24 @@ impl Engine {
         w.order.reserve(more);
     }
 
+    /// Lends the interner's lookup table to a pipeline's decode stage, which then
+    /// interns each event's ids ([`prepare_event`]) on its own core; the new ids it
+    /// made reach this engine with [`Engine::learn_ids`] before the events that use
+    /// them. Until [`Engine::return_lookup`], only [`Engine::ingest_prepared`] may be
+    /// fed to this engine.
+    pub fn lend_lookup(&mut self) -> Lookup {
+        self.interner.lend_lookup()
+    }
+
+    pub fn return_lookup(&mut self, lookup: Lookup) {
+        self.interner.return_lookup(lookup);
+    }
+
+    /// Takes in the ids a decode stage interned with the lent lookup, in its order.
+    pub fn learn_ids(&mut self, ids: &super::intern::NewIds) {
+        self.interner.learn(ids);
+    }
+
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
@@ -371,14 +426,31 @@ impl Engine {
         out: &mut Vec<Finding>,
         on_accept: impl FnOnce(&ValidEvent<'_>),
     ) -> Outcome {
+        let prepared = decoded.map(|v| {
+            let ev = prepare_event(&mut self.interner, &v);
+            (v, ev)
+        });
+        self.ingest_prepared(prepared, now, out, on_accept)
+    }
+
+    /// [`Engine::ingest_decoded`] for an event whose ids a pipeline's decode stage has
+    /// already interned, with the lookup table this engine lent it
+    /// ([`Engine::lend_lookup`]) and [`prepare_event`].
+    pub fn ingest_prepared(
+        &mut self,
+        prepared: Result<(ValidEvent<'_>, Event), (Malformed, &[u8])>,
+        now: Timestamp,
+        out: &mut Vec<Finding>,
+        on_accept: impl FnOnce(&ValidEvent<'_>),
+    ) -> Outcome {
         self.stats.received += 1;
         let before = out.len();
-        let outcome = match decoded {
+        let outcome = match prepared {
             Err((m, bytes)) => {
                 self.malformed(bytes, m, now, out);
                 Outcome::Malformed
             }
-            Ok(v) => self.accept(v, now, out, on_accept),
+            Ok((v, ev)) => self.accept(v, ev, now, out, on_accept),
         };
         if outcome == Outcome::Accepted {
             self.drain(now, out);
@@ -507,6 +579,7 @@ impl Engine {
     fn accept(
         &mut self,
         v: ValidEvent<'_>,
+        ev: Event,
         now: Timestamp,
         out: &mut Vec<Finding>,
         on_accept: impl FnOnce(&ValidEvent<'_>),
@@ -521,9 +594,7 @@ impl Engine {
             self.conflict(&v, first, now, out);
             return Outcome::Conflict;
         }
-        let realm = self.interner.intern(v.realm());
-        let system = self.interner.intern(&v.wire.system);
-        let stream = self.sequencer.stream_id(realm, system);
+        let stream = self.sequencer.stream_id(ev.realm, ev.system);
         let seq = v.wire.seq;
 
         // Whose is this seq?
@@ -560,45 +631,12 @@ impl Engine {
         on_accept(&v);
         self.intrinsic_checks(&v, now, out);
         self.max_ts = self.max_ts.max(v.ts);
-        let ev = self.intern_event(v, realm, system);
         if loose {
             self.sequencer.push_loose(stream, ev);
         } else {
             self.sequencer.push(stream, ev);
         }
         Outcome::Accepted
-    }
-
-    fn intern_event(&mut self, v: ValidEvent<'_>, realm: Sym, system: Sym) -> Event {
-        let i = &mut self.interner;
-        let w = v.wire;
-        Event {
-            realm,
-            system,
-            seq: w.seq,
-            ts: v.ts,
-            grant: w.grant.map(|g| g.into_owned().into_boxed_str()),
-            postings: w
-                .postings
-                .iter()
-                .map(|p| Posting {
-                    account: i.intern(&p.account),
-                    asset: i.intern(&p.asset),
-                    delta: p.delta,
-                })
-                .collect(),
-            items: w
-                .items
-                .iter()
-                .map(|m| ItemMove {
-                    item: i.intern(&m.item),
-                    from: i.intern(&m.from),
-                    to: i.intern(&m.to),
-                })
-                .collect(),
-            digest: v.digest,
-            tx_id: w.tx_id.into_owned().into_boxed_str(),
-        }
     }
 
     /// Checks that depend on the event alone: no other event can explain them, so they

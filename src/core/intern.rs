@@ -77,6 +77,8 @@ const LEN_BITS: u32 = 24;
 #[derive(Default)]
 pub struct Interner {
     table: HashTable<Entry>,
+    /// The table is lent to a pipeline's decode stage ([`Interner::lend_lookup`]).
+    lent: bool,
     /// Per symbol, where its bytes are: `(chunk * CHUNK + offset) << LEN_BITS | len`.
     spans: Vec<u64>,
     chunks: Vec<String>,
@@ -89,8 +91,101 @@ fn hash(s: &str) -> (u64, u32) {
     (h as u64, (h >> 64) as u32)
 }
 
+/// Something that gives strings symbols: the [`Interner`] itself, or a decode stage
+/// holding its lent lookup table ([`LookupStage`]).
+pub trait Intern {
+    fn intern(&mut self, s: &str) -> Sym;
+}
+
+impl Intern for Interner {
+    fn intern(&mut self, s: &str) -> Sym {
+        Interner::intern(self, s)
+    }
+}
+
+/// An interner's lookup table, lent to a pipeline's decode stage so that the lookups —
+/// a random memory read per id, the interner's whole cost — run on that core. It
+/// numbers new ids on from where the interner stood; the engine appends their strings,
+/// in the same order, before it sees an event that uses them.
+pub struct Lookup {
+    table: HashTable<Entry>,
+    len: usize,
+}
+
+/// Ids a [`Lookup`] made, in symbol order: their bytes, one after another, and lengths.
+#[derive(Default)]
+pub struct NewIds {
+    bytes: String,
+    lens: Vec<u32>,
+}
+
+impl NewIds {
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        self.lens.iter().scan(0usize, |at, len| {
+            let s = &self.bytes[*at..*at + *len as usize];
+            *at += *len as usize;
+            Some(s)
+        })
+    }
+}
+
+/// A decode stage's way to intern: the lent table, and where its new ids go.
+pub struct LookupStage<'a> {
+    pub lookup: &'a mut Lookup,
+    pub new: &'a mut NewIds,
+}
+
+impl Intern for LookupStage<'_> {
+    fn intern(&mut self, s: &str) -> Sym {
+        let (hash, check) = hash(s);
+        let table = &mut self.lookup.table;
+        if let Some(e) = table.find(hash, |e| e.hash == hash && e.check == check) {
+            return e.sym;
+        }
+        let sym = Sym::from_index(self.lookup.len);
+        self.lookup.len += 1;
+        self.new.bytes.push_str(s);
+        self.new.lens.push(s.len() as u32);
+        table.insert_unique(hash, Entry { hash, check, sym }, |e| e.hash);
+        sym
+    }
+}
+
 impl Interner {
+    /// Hands the lookup table to a pipeline stage. Interning here is a bug until
+    /// [`Interner::return_lookup`] (it would number ids twice), and panics.
+    pub fn lend_lookup(&mut self) -> Lookup {
+        assert!(!self.lent, "the interner's lookup is already lent");
+        self.lent = true;
+        Lookup {
+            table: std::mem::take(&mut self.table),
+            len: self.len(),
+        }
+    }
+
+    /// Takes the table back; every id it made must have been [learned](Self::learn).
+    pub fn return_lookup(&mut self, lookup: Lookup) {
+        assert_eq!(
+            lookup.len,
+            self.len(),
+            "ids made by the lent lookup were not all learned"
+        );
+        self.table = lookup.table;
+        self.lent = false;
+    }
+
+    /// Appends the strings of ids a lent [`Lookup`] made.
+    pub fn learn(&mut self, ids: &NewIds) {
+        for s in ids.iter() {
+            self.push(s);
+        }
+    }
+
     pub fn intern(&mut self, s: &str) -> Sym {
+        assert!(
+            !self.lent,
+            "interning while the lookup is lent to a pipeline stage"
+        );
         let (hash, check) = hash(s);
         if let Some(e) = self
             .table
@@ -105,6 +200,10 @@ impl Interner {
     }
 
     pub fn get(&self, s: &str) -> Option<Sym> {
+        assert!(
+            !self.lent,
+            "looking up while the lookup is lent to a pipeline stage"
+        );
         let (hash, check) = hash(s);
         self.table
             .find(hash, |e| e.hash == hash && e.check == check)
