@@ -67,9 +67,10 @@ fn main() {
     if std::env::var("ASSAYER_BENCH_ONLY").as_deref() == Ok("pipeline") {
         let p = pipeline(&path, lines);
         println!(
-            "decode + audit end to end: {} events/s, {} findings, engine stage {:.2} µs CPU per event",
+            "decode + audit end to end: {} events/s, {} findings, CPU per event: decode stage {:.2} µs, engine stage {:.2} µs",
             fmt(p.rate),
             p.findings,
+            p.decode_us,
             p.engine_us
         );
         let _ = std::fs::remove_dir_all(&dir);
@@ -101,6 +102,7 @@ fn main() {
         findings,
         rate: audit,
         engine_us,
+        decode_us,
     } = pipeline(&path, lines);
     let peak = rss_kib("VmHWM");
 
@@ -146,7 +148,7 @@ fn main() {
         audit / parse
     );
     println!(
-        "engine stage (the pipeline's second thread): {engine_us:.2} µs CPU per event; 500,000/s needs < 2.00"
+        "CPU per event: decode stage {decode_us:.2} µs, engine stage {engine_us:.2} µs (each on its own core; 500,000/s needs both < 2.00)"
     );
     println!("\nvalid events: {valid}, findings: {findings} (a clean world: expected 0)");
     println!(
@@ -210,6 +212,8 @@ struct Pipeline {
     rate: f64,
     /// CPU time of the engine stage (this thread) per event.
     engine_us: f64,
+    /// CPU time of the rest of the process (the reading and decoding stage) per event.
+    decode_us: f64,
 }
 
 /// Exactly what `assayer audit` runs: the two-stage pipeline (decode | engine), with
@@ -224,6 +228,7 @@ fn pipeline(path: &std::path::Path, lines: usize) -> Pipeline {
     }
     let t = Instant::now();
     let cpu = thread_cpu_ns();
+    let process_cpu = process_cpu_ns();
     let mut engine = Engine::new(policy);
     // As `assayer audit --input FILE` does.
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
@@ -231,12 +236,31 @@ fn pipeline(path: &std::path::Path, lines: usize) -> Pipeline {
     let mut findings = 0usize;
     let reader = BufReader::with_capacity(1 << 20, File::open(path).expect("open"));
     audit_stream(&mut engine, reader, |_| findings += 1).expect("audit");
+    let engine_ns = thread_cpu_ns() - cpu;
+    let process_ns = process_cpu_ns() - process_cpu;
     Pipeline {
         rate: rate(lines, t),
-        engine_us: (thread_cpu_ns() - cpu) as f64 / 1e3 / lines as f64,
+        engine_us: engine_ns as f64 / 1e3 / lines as f64,
+        decode_us: process_ns.saturating_sub(engine_ns) as f64 / 1e3 / lines as f64,
         engine,
         findings,
     }
+}
+
+/// CPU time of the whole process (user + system, from `/proc/self/stat`, in clock
+/// ticks of 10 ms: ~0.5% of a 1,000,000-event pass).
+fn process_cpu_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at `state`; utime and
+    // stime are the 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<u64>() * 10_000_000
 }
 
 /// CPU time this thread has run, from the scheduler's own accounting (nanoseconds,

@@ -9,6 +9,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use smallvec::SmallVec;
 
 use super::finding::{Finding, Invariant, fingerprint};
 use super::intern::{Class, Interner, Sym};
@@ -25,8 +26,11 @@ pub struct Event {
     pub seq: u64,
     pub ts: Timestamp,
     pub grant: Option<Box<str>>,
-    pub postings: Vec<Posting>,
-    pub items: Vec<ItemMove>,
+    /// Inline up to two each (most events: 0–2 postings, 0–1 item moves), so most
+    /// events are built without allocating — on the pipeline's decode thread, and freed
+    /// on the engine's.
+    pub postings: SmallVec<[Posting; 2]>,
+    pub items: SmallVec<[ItemMove; 2]>,
     pub digest: u64,
 }
 
@@ -813,6 +817,42 @@ mod tests {
             h.update(realm.as_bytes());
             h.update(grant.as_bytes());
             assert_eq!(GrantMemory::key(realm, grant), h.digest128());
+        }
+    }
+
+    /// Snapshots hold the state as earlier versions wrote it: inline lists as `Vec`s,
+    /// packed item slots as the `ItemSlot` enum, amounts as `i128`.
+    #[test]
+    fn compact_state_serializes_as_before() {
+        let mut i = Interner::default();
+        let (a, b) = (i.intern("player:1"), i.intern("gold"));
+        let p = Posting {
+            account: a,
+            asset: b,
+            delta: -5,
+        };
+        for n in 0..4 {
+            let small: SmallVec<[Posting; 2]> = std::iter::repeat_n(p, n).collect();
+            let vec: Vec<Posting> = std::iter::repeat_n(p, n).collect();
+            assert_eq!(
+                postcard::to_stdvec(&small).unwrap(),
+                postcard::to_stdvec(&vec).unwrap()
+            );
+        }
+        for slot in [ItemSlot::At(a), ItemSlot::Copies, ItemSlot::Burned] {
+            let packed = PackedSlot::from(slot);
+            assert_eq!(packed.get(), slot);
+            let bytes = postcard::to_stdvec(&packed).unwrap();
+            assert_eq!(bytes, postcard::to_stdvec(&slot).unwrap());
+            assert_eq!(
+                postcard::from_bytes::<PackedSlot>(&bytes).unwrap().get(),
+                slot
+            );
+        }
+        for v in [0i128, -1, i128::from(i64::MAX) * 3, i128::MIN] {
+            let bytes = postcard::to_stdvec(&Amount::from(v)).unwrap();
+            assert_eq!(bytes, postcard::to_stdvec(&v).unwrap());
+            assert_eq!(postcard::from_bytes::<Amount>(&bytes).unwrap().get(), v);
         }
     }
 }
