@@ -134,6 +134,8 @@ const CHUNK_CAPACITY: usize = CHUNK_BYTES + MAX_EVENT_BYTES + 1;
 const CHUNKS_IN_FLIGHT: usize = 4;
 
 /// One input line, decoded (or not) by the first stage, borrowing from its chunk.
+// Nearly every line is `Valid`: boxing it would cost an allocation per event.
+#[allow(clippy::large_enum_variant)]
 enum Decoded<'a> {
     /// With the ledger's view of it, its ids interned by the decode stage.
     Valid(ValidEvent<'a>, Event),
