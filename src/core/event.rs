@@ -492,8 +492,17 @@ mod tests {
 
     const GOOD: &str = r#"{"v":1,"tx_id":"trade-000815","realm":"eu-1","system":"trade","seq":815,"ts":"2026-11-27T08:00:00.120Z","kind":"trade.settle","actor":"player:42","postings":[{"account":"player:42","asset":"gold","delta":-150},{"account":"player:77","asset":"gold","delta":150}],"items":[{"item":"itm:9f2c01","from":"player:77/bag","to":"player:42/bag","template":"sword_of_dawn"}]}"#;
 
+    const PINNED_DIGEST: u64 = 0x28eb_a64e_e9f6_7e7b;
+
     fn reason(json: &str) -> String {
         decode(json.as_bytes()).unwrap_err().reason
+    }
+
+    /// Digests live in snapshots (the redelivery window, buffered events): pinned.
+    #[test]
+    fn the_content_digest_is_stable_across_versions() {
+        let v = decode(GOOD.as_bytes()).unwrap();
+        assert_eq!(v.digest, PINNED_DIGEST, "{:#x}", v.digest);
     }
 
     #[test]
