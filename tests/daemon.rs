@@ -483,10 +483,31 @@ async fn malformed_and_oversized_messages_are_dead_lettered_with_reasons_while_t
     assert_eq!(bus.ready(&bus.queue).await, 0);
 }
 
-fn tempdir() -> std::path::PathBuf {
+/// A directory of this test's own (configs, daemon logs), removed when the test
+/// passes and kept when it fails, so the daemon's log can be read.
+struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept for reading: {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn tempdir() -> TempDir {
     let d = std::env::temp_dir().join(unique("assayer-test"));
     std::fs::create_dir_all(&d).expect("temp dir");
-    d
+    TempDir(d)
 }
 
 /// Closes (broker side) every AMQP connection whose client-given name is `name`.
