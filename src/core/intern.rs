@@ -86,6 +86,22 @@ pub struct Interner {
     classes: Vec<Option<Class>>,
 }
 
+/// Appends `s` to the arena (`chunks`, `spans`) and gives it the next symbol.
+fn push(chunks: &mut Vec<String>, spans: &mut Vec<u64>, s: &str) -> Sym {
+    assert!(s.len() < 1 << LEN_BITS, "an id of {} bytes", s.len());
+    let room = chunks.last().map_or(0, |c| CHUNK.saturating_sub(c.len()));
+    if room < s.len() {
+        chunks.push(String::with_capacity(CHUNK.max(s.len())));
+    }
+    let chunk = chunks.len() - 1;
+    let last = &mut chunks[chunk];
+    let start = (chunk * CHUNK + last.len()) as u64;
+    last.push_str(s);
+    let sym = Sym::from_index(spans.len());
+    spans.push(start << LEN_BITS | s.len() as u64);
+    sym
+}
+
 fn hash(s: &str) -> (u64, u32) {
     let h = xxhash_rust::xxh3::xxh3_128(s.as_bytes());
     (h as u64, (h >> 64) as u32)
@@ -137,18 +153,27 @@ pub struct LookupStage<'a> {
 
 impl Intern for LookupStage<'_> {
     fn intern(&mut self, s: &str) -> Sym {
-        let (hash, check) = hash(s);
-        let table = &mut self.lookup.table;
-        if let Some(e) = table.find(hash, |e| e.hash == hash && e.check == check) {
-            return e.sym;
-        }
-        let sym = Sym::from_index(self.lookup.len);
-        self.lookup.len += 1;
-        self.new.bytes.push_str(s);
-        self.new.lens.push(s.len() as u32);
-        table.insert_unique(hash, Entry { hash, check, sym }, |e| e.hash);
-        sym
+        let Lookup { table, len } = &mut *self.lookup;
+        let new = &mut *self.new;
+        find_or_insert(table, s, || {
+            let sym = Sym::from_index(*len);
+            *len += 1;
+            new.bytes.push_str(s);
+            new.lens.push(s.len() as u32);
+            sym
+        })
     }
+}
+
+/// The symbol `table` knows `s` by, or the one `next` gives it (then remembered).
+fn find_or_insert(table: &mut HashTable<Entry>, s: &str, next: impl FnOnce() -> Sym) -> Sym {
+    let (hash, check) = hash(s);
+    if let Some(e) = table.find(hash, |e| e.hash == hash && e.check == check) {
+        return e.sym;
+    }
+    let sym = next();
+    table.insert_unique(hash, Entry { hash, check, sym }, |e| e.hash);
+    sym
 }
 
 impl Interner {
@@ -177,7 +202,7 @@ impl Interner {
     /// Appends the strings of ids a lent [`Lookup`] made.
     pub fn learn(&mut self, ids: &NewIds) {
         for s in ids.iter() {
-            self.push(s);
+            push(&mut self.chunks, &mut self.spans, s);
         }
     }
 
@@ -186,17 +211,13 @@ impl Interner {
             !self.lent,
             "interning while the lookup is lent to a pipeline stage"
         );
-        let (hash, check) = hash(s);
-        if let Some(e) = self
-            .table
-            .find(hash, |e| e.hash == hash && e.check == check)
-        {
-            return e.sym;
-        }
-        let sym = self.push(s);
-        self.table
-            .insert_unique(hash, Entry { hash, check, sym }, |e| e.hash);
-        sym
+        let Interner {
+            table,
+            spans,
+            chunks,
+            ..
+        } = self;
+        find_or_insert(table, s, || push(chunks, spans, s))
     }
 
     pub fn get(&self, s: &str) -> Option<Sym> {
@@ -208,25 +229,6 @@ impl Interner {
         self.table
             .find(hash, |e| e.hash == hash && e.check == check)
             .map(|e| e.sym)
-    }
-
-    /// Appends `s` to the arena and gives it the next symbol.
-    fn push(&mut self, s: &str) -> Sym {
-        assert!(s.len() < 1 << LEN_BITS, "an id of {} bytes", s.len());
-        let room = self
-            .chunks
-            .last()
-            .map_or(0, |c| CHUNK.saturating_sub(c.len()));
-        if room < s.len() {
-            self.chunks.push(String::with_capacity(CHUNK.max(s.len())));
-        }
-        let chunk = self.chunks.len() - 1;
-        let last = &mut self.chunks[chunk];
-        let start = (chunk * CHUNK + last.len()) as u64;
-        last.push_str(s);
-        let sym = Sym::from_index(self.spans.len());
-        self.spans.push(start << LEN_BITS | s.len() as u64);
-        sym
     }
 
     pub fn resolve(&self, sym: Sym) -> &str {
