@@ -366,6 +366,139 @@ async fn killed_amqp_and_postgres_connections_recover_with_the_same_result() {
     assert_eq!(n as usize, txs.len(), "no tx journaled twice");
 }
 
+/// What a quorum queue may do after a consumer fails: hand the next session newer
+/// messages before the failed session's returned ones, further apart in `ts` than the
+/// reorder window. The daemon holds order-dependent checks for the first moments of each
+/// session (`amqp.redelivery_settle_ms`), so the late block is no gap; and a daemon
+/// killed during its hold replays the held journal rows held, with the same result as
+/// an uninterrupted run of the stream in its original order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_messages_ahead_of_returned_ones_at_session_start_raise_no_false_gap() {
+    let (db, bus) = fresh().await;
+    let cfg = SimConfig {
+        seed: 5,
+        events: 6_000,
+        players: 80,
+        ..SimConfig::default()
+    };
+    let mut lines = Vec::new();
+    sim::generate(&cfg, &mut |l: &[u8]| lines.push(l.to_vec()));
+    let closing = closing_heartbeats(&lines);
+    let mut all = lines.clone();
+    all.extend(closing.iter().cloned());
+    let Offline {
+        engine,
+        findings: expected,
+        journaled,
+        ..
+    } = offline(&all);
+
+    // The broker's order: a block of "returned" events comes after newer ones that are
+    // more than 3 reorder windows ahead of it in ts.
+    let ts = |l: &[u8]| -> i64 {
+        let v: serde_json::Value = serde_json::from_slice(l).unwrap();
+        assayer::core::time::Timestamp::parse_rfc3339(v["ts"].as_str().unwrap())
+            .unwrap()
+            .0
+    };
+    let (a, b) = (lines.len() / 4, lines.len() / 4 + 300);
+    let returned_newest = lines[a..b].iter().map(|l| ts(l)).max().unwrap();
+    let c = (b..lines.len())
+        .find(|&k| ts(&lines[k]) > returned_newest + 15_000_000_000)
+        .expect("a world long enough to move events 15 s ahead")
+        + 200;
+    assert!(c < lines.len(), "world too short for the reorder");
+    let mut broker_order = lines[..a].to_vec();
+    broker_order.extend_from_slice(&lines[b..c]);
+    broker_order.extend_from_slice(&lines[a..b]);
+    broker_order.extend_from_slice(&lines[c..]);
+    // Without the hold the same order is findings: the test would notice a daemon
+    // that does not hold.
+    let unheld = offline(&broker_order);
+    assert!(
+        unheld
+            .findings
+            .iter()
+            .any(|f| f.invariant == Invariant::SeqGap),
+        "the reordered stream must look gappy to an engine that does not hold"
+    );
+    bus.publish(broker_order, 1).await;
+
+    let dir = tempdir();
+    let config = write_config(
+        &dir,
+        &db,
+        &bus,
+        free_port(),
+        "[checkpoint]\nbatch_events_max = 500\n",
+    );
+    let settle = "redelivery_settle_ms = 4000\n";
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("[amqp]\n", &format!("[amqp]\n{settle}")),
+    )
+    .unwrap();
+
+    // The whole reordered stream is taken in while the first session holds; the daemon
+    // is killed before its hold ends (no delivery after it), its rows journaled held.
+    let mut daemon = DaemonProc::start(&config, dir.join("daemon.log"));
+    let taken = journaled - closing.len() as i64;
+    wait_for_head(
+        &db,
+        &bus.queue,
+        taken,
+        Duration::from_secs(120),
+        Some(&daemon),
+    )
+    .await;
+    let held: i64 = {
+        let mut c = db.connect().await;
+        sqlx::query_scalar("SELECT count(*) FROM journal WHERE held")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    };
+    assert!(
+        held > 0,
+        "no journal row was taken in held:\n{}",
+        daemon.log_text()
+    );
+    daemon.kill9();
+
+    // A new process replays the journal (held again), holds anew on its first delivery
+    // and resumes on a delivery after the settle time.
+    let mut daemon = DaemonProc::start(&config, dir.join("daemon.log"));
+    let half = closing.len() / 2;
+    bus.publish(closing[..half].to_vec(), 1).await;
+    wait_for_head(
+        &db,
+        &bus.queue,
+        taken + half as i64,
+        Duration::from_secs(120),
+        Some(&daemon),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    bus.publish(closing[half..].to_vec(), 1).await;
+    wait_for_head(
+        &db,
+        &bus.queue,
+        journaled,
+        Duration::from_secs(120),
+        Some(&daemon),
+    )
+    .await;
+    let status = daemon.terminate();
+    assert!(status.success(), "{}", daemon.log_text());
+    assert!(
+        daemon.log_text().contains("hold ended"),
+        "{}",
+        daemon.log_text()
+    );
+    assert_same_as_uninterrupted(&db, &bus, &expected, &state_of(&engine)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_messages_are_dead_lettered_with_reasons_while_the_rest_flows() {
     let (db, bus) = fresh().await;

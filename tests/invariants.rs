@@ -446,6 +446,56 @@ fn a_gap_still_open_at_end_of_input_is_declared() {
     assert_eq!(a.only(Invariant::SeqGap).seq, Some(2));
 }
 
+/// A daemon's session start: the broker may hand over newer messages before the
+/// previous session's returned deliveries. While held, the newer events do not move the
+/// watermark past the returned ones, so they are no gap; a gap that is still missing
+/// when the hold ends is declared then.
+#[test]
+fn a_held_watermark_waits_for_returned_deliveries_and_still_declares_real_gaps() {
+    let now = Timestamp::from_unix_millis(T0);
+    let mut engine = Engine::new(Policy::builtin());
+    let mut out = Vec::new();
+    engine.ingest(&e("a1", "bank", 1, 0).bytes(), now, &mut out);
+    engine.hold();
+    // Newer events first, 20–30 s of ts ahead: far beyond the 5 s reorder window.
+    engine.ingest(&e("a4", "bank", 4, 20_000).bytes(), now, &mut out);
+    engine.ingest(&e("m1", "mail", 1, 30_000).bytes(), now, &mut out);
+    assert!(engine.reorder_depth() >= 2, "held events stay buffered");
+    // Then the returned ones.
+    engine.ingest(&e("a2", "bank", 2, 100).bytes(), now, &mut out);
+    engine.resume(now, &mut out);
+    assert!(!engine.is_held());
+    let gaps: Vec<_> = out
+        .iter()
+        .filter(|f| f.invariant == Invariant::SeqGap)
+        .collect();
+    assert_eq!(gaps.len(), 1, "{out:#?}");
+    assert_eq!(
+        gaps[0].seq,
+        Some(3),
+        "seq 2 arrived while held; seq 3 never did"
+    );
+    assert_eq!(engine.stats().findings[&Invariant::SeqGap], 1);
+
+    // Without the hold, the same arrival order raises a gap for seq 2 as well.
+    let mut engine = Engine::new(Policy::builtin());
+    let mut out = Vec::new();
+    for ev in [
+        e("a1", "bank", 1, 0),
+        e("a4", "bank", 4, 20_000),
+        e("m1", "mail", 1, 30_000),
+        e("a2", "bank", 2, 100),
+    ] {
+        engine.ingest(&ev.bytes(), now, &mut out);
+    }
+    let seqs: Vec<_> = out
+        .iter()
+        .filter(|f| f.invariant == Invariant::SeqGap)
+        .map(|f| f.seq)
+        .collect();
+    assert_eq!(seqs, [Some(2)], "{out:#?}");
+}
+
 #[test]
 fn heartbeats_advance_the_sequence() {
     audit(&[

@@ -67,6 +67,16 @@ pub struct JournalEntry {
     pub items: Vec<(String, String, String)>,
     /// (account, asset, delta)
     pub postings: Vec<(String, String, i64)>,
+    /// Taken in while the engine held its watermark (`Engine::hold`).
+    pub held: bool,
+}
+
+/// A journal row as replay reads it.
+pub struct JournalRow {
+    pub position: i64,
+    pub kind: EntryKind,
+    pub body: Vec<u8>,
+    pub held: bool,
 }
 
 /// `journal_items` rows of a batch, as column arrays for one `UNNEST` insert.
@@ -359,9 +369,9 @@ impl Pg {
         &self,
         position: i64,
         limit: i64,
-    ) -> Result<Vec<(i64, EntryKind, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<JournalRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT position, entry_kind, body FROM journal
+            "SELECT position, entry_kind, body, held FROM journal
               WHERE group_name = $1 AND position > $2 ORDER BY position LIMIT $3",
         )
         .bind(&self.group)
@@ -378,7 +388,12 @@ impl Pg {
                 } else {
                     EntryKind::Malformed
                 };
-                (r.get(0), kind, r.get(2))
+                JournalRow {
+                    position: r.get(0),
+                    kind,
+                    body: r.get(2),
+                    held: r.get(3),
+                }
             })
             .collect())
     }
@@ -497,6 +512,7 @@ impl Pg {
         let mut ekind = Vec::with_capacity(n);
         let mut actor = Vec::with_capacity(n);
         let mut body = Vec::with_capacity(n);
+        let mut held = Vec::with_capacity(n);
         let mut items = ItemRows::default();
         let mut postings = PostingRows::default();
         for e in entries {
@@ -510,18 +526,20 @@ impl Pg {
             ekind.push(e.event_kind.as_deref());
             actor.push(e.actor.as_deref());
             body.push(e.body.as_slice());
+            held.push(e.held);
             items.push(e);
             postings.push(e);
         }
         sqlx::query(
-            "INSERT INTO journal (group_name, position, entry_kind, tx_id, realm, system, seq, ts, kind, actor, body)
+            "INSERT INTO journal (group_name, position, entry_kind, tx_id, realm, system, seq, ts, kind, actor, body, held)
              SELECT $1, u.position, u.kind, u.tx_id, u.realm, u.system, u.seq,
                     CASE WHEN u.ts_us IS NULL THEN NULL
                          ELSE timestamptz 'epoch' + u.ts_us * interval '1 microsecond' END,
-                    u.ekind, u.actor, u.body
+                    u.ekind, u.actor, u.body, u.held
                FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
-                           $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::bytea[])
-                    AS u(position, kind, tx_id, realm, system, seq, ts_us, ekind, actor, body)",
+                           $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::bytea[],
+                           $12::bool[])
+                    AS u(position, kind, tx_id, realm, system, seq, ts_us, ekind, actor, body, held)",
         )
         .bind(&self.group)
         .bind(&position)
@@ -534,6 +552,7 @@ impl Pg {
         .bind(&ekind)
         .bind(&actor)
         .bind(&body)
+        .bind(&held)
         .execute(&mut **tx)
         .await?;
         if !items.position.is_empty() {

@@ -250,6 +250,9 @@ pub struct Engine {
     max_ts: Timestamp,
     stats: EngineStats,
     released: Vec<Released>,
+    /// While true the watermark stands still (see [`Engine::hold`]). A property of a
+    /// consuming session, not of the state: never snapshotted.
+    held: bool,
 }
 
 impl Engine {
@@ -271,6 +274,7 @@ impl Engine {
             max_ts: Timestamp::MIN,
             stats: EngineStats::default(),
             released: Vec::new(),
+            held: false,
         }
     }
 
@@ -314,6 +318,7 @@ impl Engine {
             max_ts: s.max_ts,
             stats: s.stats,
             released: Vec::new(),
+            held: false,
         })
     }
 
@@ -508,7 +513,34 @@ impl Engine {
         self.ledger.tick(stream_time, &mut cx);
     }
 
+    /// Stops the reorder watermark: events are still accepted (and their intrinsic
+    /// findings raised), but nothing is released to the ledger, no gap is declared and no
+    /// escrow deadline passes until [`Engine::resume`]. A daemon holds at the start of
+    /// each consuming session, while the broker may still be returning the deliveries of
+    /// the session before it *behind* newer messages (quorum queues do, see
+    /// docs/operations.md); judged at once, the newer events would move the watermark
+    /// past the returned ones and make their arrival look like gaps.
+    pub fn hold(&mut self) {
+        self.held = true;
+    }
+
+    /// Ends [`Engine::hold`] and releases whatever is due by now.
+    pub fn resume(&mut self, now: Timestamp, out: &mut Vec<Finding>) {
+        if std::mem::take(&mut self.held) {
+            let before = out.len();
+            self.drain(now, out);
+            self.count(&out[before..]);
+        }
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.held
+    }
+
     fn drain(&mut self, now: Timestamp, out: &mut Vec<Finding>) {
+        if self.held {
+            return;
+        }
         let watermark = self
             .max_ts
             .saturating_sub(self.policy.stream.reorder_window);

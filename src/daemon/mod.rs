@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::adapters::amqp::{self, Amqp, BusError, Topology};
 use crate::adapters::http::{self, AppState};
-use crate::adapters::postgres::{self, Batch, EntryKind, JournalEntry, Pg, StoreError};
+use crate::adapters::postgres::{self, Batch, EntryKind, JournalEntry, JournalRow, Pg, StoreError};
 use crate::core::engine::{Engine, Outcome, SNAPSHOT_FORMAT};
 use crate::core::event::{MAX_EVENT_BYTES, ValidEvent};
 use crate::core::finding::{Finding, Invariant};
@@ -210,14 +210,15 @@ pub async fn restore(pg: &Pg, policy: &Policy) -> Result<Restored, DaemonError> 
         if rows.is_empty() {
             break;
         }
-        for (p, _, body) in rows {
+        for row in rows {
+            let p = row.position;
             if p != position + 1 {
                 return Err(DaemonError::Restore(format!(
                     "journal of group `{}` jumps from {position} to {p}: rows were pruned past the snapshot",
                     pg.group()
                 )));
             }
-            engine.ingest(&body, now, &mut scratch);
+            replay(&mut engine, &row, now, &mut scratch);
             scratch.clear(); // already stored when first raised
             position = p;
         }
@@ -227,6 +228,21 @@ pub async fn restore(pg: &Pg, policy: &Policy) -> Result<Restored, DaemonError> 
         position,
         events_at_snapshot,
     })
+}
+
+/// Takes a journal row in as the session that wrote it did: held rows with the
+/// watermark held, and the first row after a hold after resuming. A session resumes
+/// just before it takes in a delivery, and that delivery's rows commit with the
+/// resume's findings, so the findings of a resume replayed here are already stored.
+/// A journal that ends held leaves the engine held: that session's resume never
+/// became durable, and the next session's resume raises its findings.
+fn replay(engine: &mut Engine, row: &JournalRow, now: Timestamp, out: &mut Vec<Finding>) {
+    if row.held {
+        engine.hold();
+    } else {
+        engine.resume(now, out);
+    }
+    engine.ingest(&row.body, now, out);
 }
 
 struct Session<'a> {
@@ -362,6 +378,8 @@ impl<'a> Session<'a> {
         let mut committer = Committer::spawn(pg.clone(), c.checkpoint.journal_retention);
         let flush_messages = usize::from(c.amqp.prefetch_count_max / 2).max(1);
         let mut last_delivery: Option<Instant> = None;
+        // When this session's hold of the watermark ends (set on its first delivery).
+        let mut settle_until: Option<Instant> = None;
         let mut tick = tokio::time::interval(c.checkpoint.batch_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -415,7 +433,11 @@ impl<'a> Session<'a> {
                         pending.since = Some(Instant::now());
                     }
                     last_delivery = Some(Instant::now());
-                    self.handle(bus, &mut engine, &mut pending, d).await?;
+                    let until = *settle_until.get_or_insert_with(|| {
+                        self.hold(&mut engine)
+                    });
+                    let resume = engine.is_held() && Instant::now() >= until;
+                    self.handle(bus, &mut engine, &mut pending, d, resume).await?;
                     // Cut the batch when it is full, and when half the prefetch window is
                     // unacked (else the broker stops delivering and the consumer idles
                     // until the timer). Findings were published on detection, so the
@@ -462,22 +484,42 @@ impl<'a> Session<'a> {
             if rows.is_empty() {
                 break;
             }
-            for (p, _, body) in rows {
-                engine.ingest(&body, now, &mut scratch);
+            for row in rows {
+                replay(engine, &row, now, &mut scratch);
                 scratch.clear();
-                position = p;
+                position = row.position;
             }
         }
         *pending = Pending::new(position);
         Ok(())
     }
 
+    /// Starts the session's hold of the watermark ([`Engine::hold`]), on its first
+    /// delivery: until the returned deliveries of the session before are in, nothing
+    /// is judged by arrival order. Returns when the hold ends.
+    fn hold(&self, engine: &mut Engine) -> Instant {
+        let settle = self.config.amqp.redelivery_settle;
+        if !settle.is_zero() {
+            engine.hold();
+        }
+        if engine.is_held() {
+            info!(
+                settle_ms = settle.as_millis() as u64,
+                "holding order-dependent checks while the broker returns earlier deliveries"
+            );
+        }
+        Instant::now() + settle
+    }
+
+    /// Takes one delivery in. With `resume`, first ends the session's hold (its
+    /// findings go out with this delivery's, in the same batch).
     async fn handle(
         &self,
         bus: &Amqp,
         engine: &mut Engine,
         pending: &mut Pending,
         d: lapin::message::Delivery,
+        resume: bool,
     ) -> Result<(), DaemonError> {
         let received = Instant::now();
         self.metrics.messages_received.inc();
@@ -489,6 +531,15 @@ impl<'a> Session<'a> {
         let ndjson = amqp::is_ndjson(content_type.as_deref());
         let now = Timestamp::now();
         let mut out: Vec<Finding> = Vec::new();
+        if resume {
+            engine.resume(now, &mut out);
+            info!(
+                findings = out.len(),
+                reorder_depth = engine.reorder_depth(),
+                "hold ended; order-dependent checks resumed"
+            );
+        }
+        let held = engine.is_held();
         let limit = if ndjson {
             MAX_MESSAGE_BYTES
         } else {
@@ -545,7 +596,8 @@ impl<'a> Session<'a> {
                 pending.events += 1;
                 match outcome {
                     Outcome::Accepted => {
-                        let e = entry.expect("accepted events are inspected");
+                        let mut e = entry.expect("accepted events are inspected");
+                        e.held = held;
                         if let Some(ts) = e.ts_us {
                             let ts = Timestamp(ts.saturating_mul(1_000));
                             pending.newest_ts = Some(pending.newest_ts.map_or(ts, |t| t.max(ts)));
@@ -562,10 +614,9 @@ impl<'a> Session<'a> {
                             .as_str()
                             .unwrap_or("malformed")
                             .to_string();
-                        pending
-                            .batch
-                            .entries
-                            .push(malformed_entry(position, f, line));
+                        let mut e = malformed_entry(position, f, line);
+                        e.held = held;
+                        pending.batch.entries.push(e);
                         pending.batch.new_head = position;
                         bus.dead_letter(&self.topology, line, amqp::CONTENT_JSON, &reason)
                             .await?;
@@ -733,6 +784,7 @@ pub fn malformed_entry(position: i64, f: &Finding, line: &[u8]) -> JournalEntry 
         body: line.to_vec(),
         items: Vec::new(),
         postings: Vec::new(),
+        held: false,
     }
 }
 
@@ -760,5 +812,6 @@ pub fn journal_entry(position: i64, v: &ValidEvent<'_>, body: &[u8]) -> JournalE
             .iter()
             .map(|p| (p.account.to_string(), p.asset.to_string(), p.delta))
             .collect(),
+        held: false,
     }
 }
