@@ -177,6 +177,17 @@ async fn a_faulty_world_published_to_rabbitmq_yields_exactly_its_findings_in_pos
         Some(&daemon),
     )
     .await;
+    // The whole stream may have been taken in during the session's first second, while
+    // the daemon holds order-dependent checks (`amqp.redelivery_settle_ms`): their
+    // findings are stored when the hold ends.
+    wait_settled(
+        &db,
+        &bus.queue,
+        journaled,
+        Duration::from_secs(30),
+        Some(&daemon),
+    )
+    .await;
     // `daemon.transparent_huge_pages` defaults to false: the kernel says the process is
     // off THP (huge-page faults were the detection-latency tail).
     let proc_status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id()))

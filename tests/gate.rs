@@ -427,6 +427,14 @@ async fn audited(
         Some(&daemon),
     )
     .await;
+    wait_settled(
+        &db,
+        &bus.queue,
+        off.journaled,
+        Duration::from_secs(30),
+        Some(&daemon),
+    )
+    .await;
     Audited {
         db,
         bus,

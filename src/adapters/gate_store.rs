@@ -32,6 +32,7 @@ pub struct StatusRow {
     pub host: String,
     pub processing_lag_ms: i64,
     pub reorder_depth: i64,
+    pub holding: bool,
     pub broker_connected: bool,
     pub journal_position: i64,
     pub streams: Vec<StreamStatus>,
@@ -41,12 +42,13 @@ pub async fn write_status(pool: &PgPool, s: &StatusRow) -> Result<(), StoreError
     let streams = serde_json::to_value(&s.streams).expect("plain data serializes");
     sqlx::query(
         "INSERT INTO daemon_status (group_name, instance, updated_at, started_at, host, processing_lag_ms,
-                                    reorder_depth, broker_connected, journal_position, streams)
-         VALUES ($1, $9, now(), timestamptz 'epoch' + $2 * interval '1 millisecond', $3, $4, $5, $6, $7, $8)
+                                    reorder_depth, broker_connected, journal_position, streams, holding)
+         VALUES ($1, $9, now(), timestamptz 'epoch' + $2 * interval '1 millisecond', $3, $4, $5, $6, $7, $8, $10)
          ON CONFLICT (group_name, instance) DO UPDATE SET updated_at = now(), started_at = EXCLUDED.started_at,
            host = EXCLUDED.host, processing_lag_ms = EXCLUDED.processing_lag_ms,
            reorder_depth = EXCLUDED.reorder_depth, broker_connected = EXCLUDED.broker_connected,
-           journal_position = EXCLUDED.journal_position, streams = EXCLUDED.streams",
+           journal_position = EXCLUDED.journal_position, streams = EXCLUDED.streams,
+           holding = EXCLUDED.holding",
     )
     .bind(&s.group)
     .bind(s.started_at.unix_millis())
@@ -57,6 +59,7 @@ pub async fn write_status(pool: &PgPool, s: &StatusRow) -> Result<(), StoreError
     .bind(s.journal_position)
     .bind(streams)
     .bind(&s.instance)
+    .bind(s.holding)
     .execute(pool)
     .await?;
     Ok(())
@@ -70,7 +73,7 @@ pub async fn daemon_status(
     let rows = sqlx::query(concat!(
         "SELECT group_name, ",
         ms!("updated_at"),
-        ", processing_lag_ms, reorder_depth, broker_connected, streams, instance
+        ", processing_lag_ms, reorder_depth, broker_connected, streams, instance, holding
          FROM daemon_status WHERE cardinality($1::text[]) = 0 OR group_name = ANY($1)
          ORDER BY group_name, instance"
     ))
@@ -92,6 +95,7 @@ pub async fn daemon_status(
                 updated_at: ts(r.get(1)),
                 processing_lag: std::time::Duration::from_millis(r.get::<i64, _>(2).max(0) as u64),
                 reorder_depth: r.get::<i64, _>(3).max(0) as u64,
+                holding: r.get(7),
                 broker_connected: r.get(4),
                 streams,
             })

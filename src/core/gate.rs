@@ -174,6 +174,9 @@ pub struct DaemonStatus {
     pub updated_at: Timestamp,
     pub processing_lag: Duration,
     pub reorder_depth: u64,
+    /// The daemon holds its order-dependent checks (the first moments of a session,
+    /// `amqp.redelivery_settle_ms`): findings of what it took in may still come.
+    pub holding: bool,
     pub broker_connected: bool,
     pub streams: Vec<StreamStatus>,
 }
@@ -792,6 +795,19 @@ fn check_coverage(obs: &Observations, policy: &GatePolicy) -> Check {
             format!(
                 "daemon {group} holds {} events in the reorder window (limit {})",
                 d.reorder_depth, policy.reorder_depth_max
+            ),
+        );
+        push(
+            format!("daemon {group} settled"),
+            !d.holding,
+            format!(
+                "daemon {group} {} order-dependent checks{}",
+                if d.holding { "is holding" } else { "runs" },
+                if d.holding {
+                    " after a (re)connect: findings of the events it took in may still come"
+                } else {
+                    ""
+                }
             ),
         );
     }

@@ -41,8 +41,9 @@ const COMMITS_IN_FLIGHT: usize = 2;
 /// What the session needs back once a batch is durable (the commit stage only carries
 /// it).
 pub struct Cut {
-    /// Every delivery up to this tag is in the batch (or in an earlier one).
-    pub last_tag: u64,
+    /// Every delivery up to this tag is in the batch (or in an earlier one). `None`: a
+    /// batch of findings and a snapshot only (a hold that ended between deliveries).
+    pub last_tag: Option<u64>,
     pub events: usize,
     /// Newest event time in the batch, for the processing lag.
     pub newest_ts: Option<Timestamp>,

@@ -71,6 +71,7 @@ impl GateService {
                         host: host.clone(),
                         processing_lag_ms: lag.as_millis() as i64,
                         reorder_depth: p.reorder_depth as i64,
+                        holding: p.holding,
                         broker_connected: broker,
                         journal_position: p.journal_position,
                         streams: p.streams,

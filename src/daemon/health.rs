@@ -30,6 +30,8 @@ struct Inner {
 pub struct Progress {
     pub journal_position: i64,
     pub reorder_depth: u64,
+    /// The engine holds its order-dependent checks (the start of a session).
+    pub holding: bool,
     pub streams: Vec<crate::core::gate::StreamStatus>,
 }
 

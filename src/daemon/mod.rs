@@ -231,11 +231,10 @@ pub async fn restore(pg: &Pg, policy: &Policy) -> Result<Restored, DaemonError> 
 }
 
 /// Takes a journal row in as the session that wrote it did: held rows with the
-/// watermark held, and the first row after a hold after resuming. A session resumes
-/// just before it takes in a delivery, and that delivery's rows commit with the
-/// resume's findings, so the findings of a resume replayed here are already stored.
-/// A journal that ends held leaves the engine held: that session's resume never
-/// became durable, and the next session's resume raises its findings.
+/// watermark held, and the first row after a hold after resuming. A resume that
+/// raised findings committed a snapshot taken after it (`Session::resume`), so a
+/// resume replayed here raises none. A journal that ends held leaves the engine held:
+/// the next session's resume raises what that session's would have.
 fn replay(engine: &mut Engine, row: &JournalRow, now: Timestamp, out: &mut Vec<Finding>) {
     if row.held {
         engine.hold();
@@ -266,6 +265,12 @@ struct Pending {
     newest_ts: Option<Timestamp>,
     /// Confirms of the findings published since the last commit.
     confirms: Vec<amqp::Confirm>,
+    /// The batch must carry a snapshot: a hold ended with findings (see
+    /// [`Session::resume`]).
+    snapshot_now: bool,
+    /// Cut the batch even without deliveries: a hold ended (its findings, and the
+    /// status row's `holding`, become durable through a commit).
+    cut_now: bool,
 }
 
 impl Pending {
@@ -282,6 +287,8 @@ impl Pending {
             messages: 0,
             newest_ts: None,
             confirms: Vec::new(),
+            snapshot_now: false,
+            cut_now: false,
         }
     }
 }
@@ -449,6 +456,12 @@ impl<'a> Session<'a> {
                     }
                 }
                 _ = tick.tick() => {
+                    // A hold ends on time even when no delivery comes (a finite stream
+                    // taken in within the settle time).
+                    if engine.is_held() && settle_until.is_some_and(|t| Instant::now() >= t) {
+                        self.resume(bus, &mut engine, &mut pending).await?;
+                        self.flush(&mut engine, &mut pending, &mut snapshot_at, &mut committer, false).await?;
+                    }
                     if pending.since.is_some_and(|s| s.elapsed() >= c.checkpoint.batch_interval) {
                         self.flush(&mut engine, &mut pending, &mut snapshot_at, &mut committer, false).await?;
                     } else if pending.since.is_none() && committer.in_flight() == 0 {
@@ -511,8 +524,31 @@ impl<'a> Session<'a> {
         Instant::now() + settle
     }
 
-    /// Takes one delivery in. With `resume`, first ends the session's hold (its
-    /// findings go out with this delivery's, in the same batch).
+    /// Ends the session's hold ([`Engine::resume`]): publishes what it releases and adds
+    /// it to the pending batch. A resume that raised findings makes that batch carry a
+    /// snapshot: replay can then never meet the journal rows held before it, so the
+    /// resume (and its findings) happen once, whatever crashes when.
+    async fn resume(
+        &self,
+        bus: &Amqp,
+        engine: &mut Engine,
+        pending: &mut Pending,
+    ) -> Result<(), DaemonError> {
+        let mut out = Vec::new();
+        engine.resume(Timestamp::now(), &mut out);
+        info!(
+            findings = out.len(),
+            reorder_depth = engine.reorder_depth(),
+            "hold ended; order-dependent checks resumed"
+        );
+        if !out.is_empty() {
+            pending.snapshot_now = true;
+        }
+        pending.cut_now = true;
+        self.emit(bus, pending, out, None).await
+    }
+
+    /// Takes one delivery in. With `resume`, first ends the session's hold.
     async fn handle(
         &self,
         bus: &Amqp,
@@ -529,16 +565,11 @@ impl<'a> Session<'a> {
             .as_ref()
             .map(|c| c.as_str().to_string());
         let ndjson = amqp::is_ndjson(content_type.as_deref());
+        if resume {
+            self.resume(bus, engine, pending).await?;
+        }
         let now = Timestamp::now();
         let mut out: Vec<Finding> = Vec::new();
-        if resume {
-            engine.resume(now, &mut out);
-            info!(
-                findings = out.len(),
-                reorder_depth = engine.reorder_depth(),
-                "hold ended; order-dependent checks resumed"
-            );
-        }
         let held = engine.is_held();
         let limit = if ndjson {
             MAX_MESSAGE_BYTES
@@ -626,6 +657,22 @@ impl<'a> Session<'a> {
                 }
             }
         }
+        self.emit(bus, pending, out, Some(received)).await?;
+        pending.last_tag = Some(d.delivery_tag);
+        pending.messages += 1;
+        Ok(())
+    }
+
+    /// Findings out at once: metrics, a WARN line, the findings exchange; then into the
+    /// pending batch. `received`: when the delivery that raised them arrived (for the
+    /// detection latency).
+    async fn emit(
+        &self,
+        bus: &Amqp,
+        pending: &mut Pending,
+        out: Vec<Finding>,
+        received: Option<Instant>,
+    ) -> Result<(), DaemonError> {
         for f in &out {
             self.metrics.finding(f);
             warn!(
@@ -643,13 +690,13 @@ impl<'a> Session<'a> {
                 .publish_finding_unconfirmed(&self.topology.findings_exchange, f)
                 .await?;
             pending.confirms.push(confirm);
-            self.metrics
-                .detection_latency_seconds
-                .observe(received.elapsed().as_secs_f64());
+            if let Some(r) = received {
+                self.metrics
+                    .detection_latency_seconds
+                    .observe(r.elapsed().as_secs_f64());
+            }
         }
         pending.batch.findings.extend(out);
-        pending.last_tag = Some(d.delivery_tag);
-        pending.messages += 1;
         Ok(())
     }
 
@@ -664,14 +711,15 @@ impl<'a> Session<'a> {
         committer: &mut Committer,
         final_flush: bool,
     ) -> Result<(), DaemonError> {
-        let Some(last_tag) = pending.last_tag else {
+        if pending.last_tag.is_none() && !pending.cut_now {
             return Ok(());
-        };
+        }
         let cp = &self.config.checkpoint;
         let head = pending.batch.new_head;
         let due = (head - snapshot_at.0) as u64 >= cp.snapshot_interval_events
             || (head > snapshot_at.0 && snapshot_at.1.elapsed() >= cp.snapshot_interval)
-            || (final_flush && head > snapshot_at.0);
+            || (final_flush && head > snapshot_at.0)
+            || pending.snapshot_now;
         for confirm in pending.confirms.drain(..) {
             confirm.wait().await?;
         }
@@ -690,7 +738,7 @@ impl<'a> Session<'a> {
         let job = Job {
             batch,
             cut: Cut {
-                last_tag,
+                last_tag: pending.last_tag,
                 events: pending.events,
                 newest_ts: pending.newest_ts,
                 progress: progress(engine, head),
@@ -718,7 +766,9 @@ impl<'a> Session<'a> {
     /// A batch is durable: ack its deliveries and report the progress.
     async fn committed(&self, bus: &Amqp, done: Done) -> Result<(), DaemonError> {
         let Done { cut, head, took } = done;
-        bus.ack_through(cut.last_tag).await?;
+        if let Some(tag) = cut.last_tag {
+            bus.ack_through(tag).await?;
+        }
         self.metrics.checkpoint_seconds.observe(took.as_secs_f64());
         self.metrics.batch_events.observe(cut.events as f64);
         self.metrics.journal_position.set(head);
@@ -755,6 +805,7 @@ fn progress(engine: &Engine, head: i64) -> health::Progress {
     health::Progress {
         journal_position: head,
         reorder_depth: engine.reorder_depth() as u64,
+        holding: engine.is_held(),
         streams: engine
             .streams()
             .map(

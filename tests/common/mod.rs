@@ -417,6 +417,42 @@ pub async fn wait_for_head(
     }
 }
 
+/// Waits until a daemon of `group` reports (its `daemon_status` row) that it has
+/// journaled `position` and holds no order-dependent checks: every finding of the
+/// inputs up to there is stored. (A daemon holds for the first moments of a session,
+/// `amqp.redelivery_settle_ms`; a stream taken in within them is judged after.)
+pub async fn wait_settled(
+    db: &TestDb,
+    group: &str,
+    position: i64,
+    timeout: Duration,
+    daemon: Option<&DaemonProc>,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut c = db.connect().await;
+        let settled: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM daemon_status
+              WHERE group_name = $1 AND journal_position >= $2 AND NOT holding",
+        )
+        .bind(group)
+        .bind(position)
+        .fetch_one(&mut c)
+        .await
+        .unwrap_or(0);
+        if settled > 0 {
+            return;
+        }
+        if Instant::now() > deadline {
+            let log = daemon.map(|d| d.log_text()).unwrap_or_default();
+            panic!(
+                "daemon of {group} did not report settled at {position} within {timeout:?}:\n{log}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// One heartbeat per (realm, system) of `lines`, one minute of stream time after the
 /// newest event, so every real event leaves the reorder window.
 pub fn closing_heartbeats(lines: &[Vec<u8>]) -> Vec<Vec<u8>> {

@@ -28,6 +28,7 @@ fn healthy() -> Observations {
             updated_at: ts_ago(1),
             processing_lag: Duration::from_millis(300),
             reorder_depth: 10,
+            holding: false,
             broker_connected: true,
             streams,
         }],
@@ -192,6 +193,17 @@ fn a_stopped_or_lagging_daemon_or_a_silent_system_is_no_go() {
     o.findings.push(finding(Invariant::SeqGap));
     let r = evaluate(&o, &p);
     assert_eq!(check(&r, "coverage").status, CheckStatus::Fail);
+
+    // A daemon still holding its order-dependent checks has not judged what it took in.
+    let mut o = healthy();
+    o.daemons[0].holding = true;
+    let r = evaluate(&o, &p);
+    assert_eq!(r.decision, Decision::NoGo);
+    assert!(
+        r.reason.contains("is holding order-dependent checks"),
+        "{}",
+        r.reason
+    );
 }
 
 #[test]
