@@ -47,7 +47,7 @@ pub fn check(args: CheckConfigArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     let shown = toml::to_string_pretty(&config).context("rendering the effective config")?;
     println!(
-        "# {}: valid. Effective config (durations in ms, secrets masked):\n",
+        "# {}: valid. Effective config (defaults filled in, secrets masked; a valid config file itself):\n",
         args.config.display()
     );
     print!("{shown}");

@@ -54,7 +54,7 @@ pub struct DaemonConfig {
     /// Names this daemon's journal and checkpoint in PostgreSQL. Daemons that share a
     /// queue (active + standby) share a group.
     pub group: String,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "shutdown_deadline_ms")]
     pub shutdown_deadline: Duration,
     /// Whether the process may use transparent huge pages (see
     /// `daemon::disable_transparent_huge_pages`).
@@ -72,9 +72,9 @@ pub struct DatabaseConfig {
     #[serde(serialize_with = "masked")]
     pub url: String,
     pub pool_size_max: u32,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "connect_timeout_ms")]
     pub connect_timeout: Duration,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "statement_timeout_ms")]
     pub statement_timeout: Duration,
 }
 
@@ -93,28 +93,28 @@ pub struct AmqpConfig {
     pub dead_letter_queue: String,
     pub findings_exchange: String,
     pub prefetch_count_max: u16,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "reconnect_backoff_min_ms")]
     pub reconnect_backoff_min: Duration,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "reconnect_backoff_max_ms")]
     pub reconnect_backoff_max: Duration,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "operation_timeout_ms")]
     pub operation_timeout: Duration,
     /// How long each consuming session holds the reorder watermark after its first
     /// delivery (`Engine::hold`), so that the deliveries the broker returns from the
     /// session before arrive first. Zero: no hold.
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "redelivery_settle_ms")]
     pub redelivery_settle: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckpointConfig {
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "batch_interval_ms")]
     pub batch_interval: Duration,
     pub batch_events_max: usize,
     pub snapshot_interval_events: u64,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "snapshot_interval_ms")]
     pub snapshot_interval: Duration,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "hours", rename = "journal_retention_hours")]
     pub journal_retention: Duration,
 }
 
@@ -137,14 +137,18 @@ pub struct UiConfig {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ReadinessConfig {
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "lag_max_ms")]
     pub lag_max: Duration,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "checkpoint_age_max_ms")]
     pub checkpoint_age_max: Duration,
 }
 
 fn ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_millis() as u64)
+}
+
+fn hours<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs() / 3_600)
 }
 
 fn masked<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -613,5 +617,69 @@ mod tests {
     fn realms_become_binding_keys() {
         let c = parse("[amqp]\nrealms = [\"eu-1\", \"eu-2\"]\n").unwrap();
         assert_eq!(c.binding_keys(), vec!["eu-1.*", "eu-2.*"]);
+    }
+}
+
+#[cfg(test)]
+mod effective_config_round_trip {
+    use super::*;
+
+    /// `check-config` prints the effective config; fed back in, it must parse to the
+    /// same config (an operator pins the defaults by copying it).
+    #[test]
+    fn the_effective_config_parses_back_to_itself() {
+        for file in [
+            "assayer.toml",
+            "local.toml",
+            "reconcile-local.toml",
+            "compose-assayer.toml",
+        ] {
+            let path = format!("{}/deploy/{file}", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).expect("deploy config");
+            let c = Config::parse(&text, &path, |_| None).expect("deploy config parses");
+            let shown = toml::to_string_pretty(&c).expect("renders");
+            let again = Config::parse(&shown, "effective.toml", |_| None).unwrap_or_else(|e| {
+                panic!("{file}: effective config does not parse: {e}\n{shown}")
+            });
+            assert_eq!(
+                toml::to_string_pretty(&again).unwrap(),
+                shown,
+                "{file}: effective config changes when parsed back"
+            );
+        }
+    }
+
+    #[test]
+    fn rollback_hooks_and_gate_settings_round_trip_too() {
+        let text = r#"
+[gate]
+realms = ["eu-1"]
+cache_ms = 100
+[rollback]
+enabled = true
+watch_poll_ms = 500
+[[rollback.hook]]
+name = "cmd"
+kind = "command"
+command = ["sh", "-c", "true"]
+timeout_ms = 1000
+[[rollback.hook]]
+name = "web"
+kind = "http"
+url = "http://127.0.0.1:1/rollback"
+[[rollback.hook]]
+name = "bus"
+kind = "amqp"
+exchange = "ops"
+routing_key = "rollback"
+[ui]
+enabled = false
+"#;
+        let c = Config::parse(text, "c.toml", |_| None).expect("parses");
+        let shown = toml::to_string_pretty(&c).unwrap();
+        let again = Config::parse(&shown, "effective.toml", |_| None)
+            .unwrap_or_else(|e| panic!("effective config does not parse: {e}\n{shown}"));
+        assert_eq!(toml::to_string_pretty(&again).unwrap(), shown);
+        assert_eq!(again.rollback.hooks.len(), 3);
     }
 }

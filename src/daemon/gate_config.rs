@@ -24,16 +24,16 @@ pub struct GateConfig {
     /// RabbitMQ management API base URL (e.g. `http://127.0.0.1:15672`), to verify the
     /// queue's bindings in preflight; the AMQP URL's credentials are used.
     pub management_url: Option<String>,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "query_timeout_ms")]
     pub query_timeout: Duration,
     /// `GET /v1/gate` answers from a report at most this old.
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "cache_ms")]
     pub cache: Duration,
     /// How often the daemon re-evaluates the gate for its metrics.
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "interval_ms")]
     pub interval: Duration,
     /// How often the daemon writes its status row (the gate's coverage input).
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "status_interval_ms")]
     pub status_interval: Duration,
 }
 
@@ -41,16 +41,18 @@ pub struct GateConfig {
 pub struct RollbackConfig {
     /// Hooks really fire only when true; otherwise every firing is a recorded dry run.
     pub enabled: bool,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "watch_poll_ms")]
     pub watch_poll: Duration,
+    #[serde(rename = "hook")]
     pub hooks: Vec<Hook>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Hook {
     pub name: String,
+    #[serde(flatten)]
     pub action: HookAction,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "timeout_ms")]
     pub timeout: Duration,
 }
 

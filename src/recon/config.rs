@@ -102,23 +102,23 @@ pub mod defaults {
 #[derive(Debug, Clone, Serialize)]
 pub struct ReconLimits {
     pub concurrent_queries_per_host_max: u32,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "statement_timeout_ms")]
     pub statement_timeout: Duration,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "lock_timeout_ms")]
     pub lock_timeout: Duration,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "connect_timeout_ms")]
     pub connect_timeout: Duration,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "target_query_ms")]
     pub target_query: Duration,
     pub chunk_rows_min: i64,
     pub chunk_rows_max: i64,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "summary_target_query_ms")]
     pub summary_target_query: Duration,
     pub summary_chunk_rows_max: i64,
     pub scan_count: usize,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "redis_timeout_ms")]
     pub redis_timeout: Duration,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "ms", rename = "grace_ms")]
     pub grace: Duration,
     pub recheck_rounds: u32,
     /// The daemon's schedule; `None`: the daemon does not reconcile.
