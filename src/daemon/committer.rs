@@ -24,10 +24,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::adapters::amqp::Confirm;
 use crate::adapters::postgres::{Batch, Pg, StoreError};
 use crate::core::time::Timestamp;
 
-use super::health;
+use super::{DaemonError, health};
 
 /// Batches that may wait while [`COMMITS_IN_FLIGHT`] are being written.
 const JOBS_QUEUED: usize = 1;
@@ -56,6 +57,10 @@ pub struct Job {
     /// A batch carrying a snapshot is followed by pruning the journal past retention.
     pub batch: Batch,
     pub cut: Cut,
+    /// The broker's confirms of the batch's findings, published on detection: awaited
+    /// here, before the batch commits (findings are stored as published), so the
+    /// session never waits on a broker round trip.
+    pub confirms: Vec<Confirm>,
 }
 
 /// A committed batch.
@@ -72,7 +77,7 @@ pub struct Done {
 /// that failed must not keep writing behind the next session's back.
 pub struct Committer {
     jobs: Option<mpsc::Sender<Job>>,
-    done: mpsc::UnboundedReceiver<Result<Done, StoreError>>,
+    done: mpsc::UnboundedReceiver<Result<Done, DaemonError>>,
     task: JoinHandle<()>,
     in_flight: usize,
 }
@@ -95,8 +100,14 @@ impl Committer {
         self.in_flight
     }
 
+    /// Whether a batch handed over now would have to wait for room
+    /// ([`Committer::submit`] would block).
+    pub fn is_full(&self) -> bool {
+        self.in_flight >= COMMITS_IN_FLIGHT + JOBS_QUEUED
+    }
+
     /// Hands a batch over, waiting while [`JOBS_QUEUED`] batches already wait.
-    pub async fn submit(&mut self, job: Job) -> Result<(), StoreError> {
+    pub async fn submit(&mut self, job: Job) -> Result<(), DaemonError> {
         let sent = match &self.jobs {
             Some(tx) => tx.send(job).await.is_ok(),
             None => false,
@@ -108,14 +119,14 @@ impl Committer {
             while let Some(r) = self.done.recv().await {
                 r?;
             }
-            return Err(StoreError::CommitterStopped);
+            return Err(StoreError::CommitterStopped.into());
         }
         self.in_flight += 1;
         Ok(())
     }
 
     /// The next committed batch, in order. Pending while nothing is in flight.
-    pub async fn next(&mut self) -> Result<Done, StoreError> {
+    pub async fn next(&mut self) -> Result<Done, DaemonError> {
         if self.in_flight == 0 {
             return std::future::pending().await;
         }
@@ -124,7 +135,7 @@ impl Committer {
                 self.in_flight -= 1;
                 r
             }
-            None => Err(StoreError::CommitterStopped),
+            None => Err(StoreError::CommitterStopped.into()),
         }
     }
 
@@ -144,7 +155,7 @@ async fn run(
     pg: Pg,
     journal_retention: Duration,
     mut jobs: mpsc::Receiver<Job>,
-    done: mpsc::UnboundedSender<Result<Done, StoreError>>,
+    done: mpsc::UnboundedSender<Result<Done, DaemonError>>,
 ) {
     // The head the last durable batch left: a batch's rollups and fence wait until it
     // is their `Job::batch.expected_head`.
@@ -203,8 +214,11 @@ async fn write(
     pg: &Pg,
     durable: &watch::Sender<i64>,
     job: Job,
-) -> Result<(Done, bool), StoreError> {
+) -> Result<(Done, bool), DaemonError> {
     let started = Instant::now();
+    for confirm in job.confirms {
+        confirm.wait().await?;
+    }
     let b = &job.batch;
     let mut predecessor = durable.subscribe();
     let after_predecessor = async move {

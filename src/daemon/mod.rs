@@ -415,6 +415,14 @@ impl<'a> Session<'a> {
                 }
                 done = committer.next() => {
                     self.committed(bus, done?).await?;
+                    // A cut deferred while the commit stage was full is due now.
+                    if pending.cut_now
+                        || pending.events >= c.checkpoint.batch_events_max
+                        || pending.messages >= flush_messages
+                        || pending.since.is_some_and(|s| s.elapsed() >= c.checkpoint.batch_interval)
+                    {
+                        self.flush(&mut engine, &mut pending, &mut snapshot_at, &mut committer, false).await?;
+                    }
                 }
                 d = consumer.next() => {
                     let d = match d {
@@ -701,8 +709,12 @@ impl<'a> Session<'a> {
     }
 
     /// Cuts the pending batch and hands it to the commit stage (its findings were
-    /// published on detection); its deliveries are acked when it is durable
-    /// ([`Session::committed`]). Waits only while the commit stage is full.
+    /// published on detection; the commit stage awaits their confirms); its deliveries
+    /// are acked when it is durable ([`Session::committed`]). While the commit stage is
+    /// full the cut is deferred and the batch keeps growing (fewer, larger commits when
+    /// the database is the bottleneck), so the session goes on detecting instead of
+    /// waiting; it waits only once the batch is twice `batch_events_max`, or for the
+    /// final cut.
     async fn flush(
         &self,
         engine: &mut Engine,
@@ -715,14 +727,14 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         let cp = &self.config.checkpoint;
+        if !final_flush && committer.is_full() && pending.events < 2 * cp.batch_events_max {
+            return Ok(());
+        }
         let head = pending.batch.new_head;
         let due = (head - snapshot_at.0) as u64 >= cp.snapshot_interval_events
             || (head > snapshot_at.0 && snapshot_at.1.elapsed() >= cp.snapshot_interval)
             || (final_flush && head > snapshot_at.0)
             || pending.snapshot_now;
-        for confirm in pending.confirms.drain(..) {
-            confirm.wait().await?;
-        }
         let mut batch = std::mem::take(&mut pending.batch);
         if due {
             let bytes = engine.snapshot();
@@ -736,6 +748,7 @@ impl<'a> Session<'a> {
             *snapshot_at = (head, Instant::now());
         }
         let job = Job {
+            confirms: std::mem::take(&mut pending.confirms),
             batch,
             cut: Cut {
                 last_tag: pending.last_tag,
