@@ -280,6 +280,14 @@ async fn sigkill_three_times_mid_stream_loses_nothing_and_counts_nothing_twice()
         Some(&daemon),
     )
     .await;
+    wait_settled(
+        &db,
+        &bus.queue,
+        journaled,
+        Duration::from_secs(30),
+        Some(&daemon),
+    )
+    .await;
     let status = daemon.terminate();
     assert!(status.success(), "{}", daemon.log_text());
 
@@ -361,6 +369,14 @@ async fn killed_amqp_and_postgres_connections_recover_with_the_same_result() {
         &bus.queue,
         journaled,
         Duration::from_secs(180),
+        Some(&daemon),
+    )
+    .await;
+    wait_settled(
+        &db,
+        &bus.queue,
+        journaled,
+        Duration::from_secs(30),
         Some(&daemon),
     )
     .await;
@@ -497,6 +513,14 @@ async fn newer_messages_ahead_of_returned_ones_at_session_start_raise_no_false_g
         &bus.queue,
         journaled,
         Duration::from_secs(120),
+        Some(&daemon),
+    )
+    .await;
+    wait_settled(
+        &db,
+        &bus.queue,
+        journaled,
+        Duration::from_secs(30),
         Some(&daemon),
     )
     .await;
@@ -867,6 +891,14 @@ async fn a_standby_on_the_same_queue_takes_over_from_the_shared_journal() {
         &bus.queue,
         journaled,
         Duration::from_secs(180),
+        Some(&standby),
+    )
+    .await;
+    wait_settled(
+        &db,
+        &bus.queue,
+        journaled,
+        Duration::from_secs(30),
         Some(&standby),
     )
     .await;
