@@ -459,7 +459,9 @@ async fn newer_messages_ahead_of_returned_ones_at_session_start_raise_no_false_g
         free_port(),
         "[checkpoint]\nbatch_events_max = 500\n",
     );
-    let settle = "redelivery_settle_ms = 4000\n";
+    // Long enough that a loaded CI host takes the reordered block in within it (the
+    // daemon takes the whole stream in within ~2 s here).
+    let settle = "redelivery_settle_ms = 8000\n";
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &config,
@@ -506,7 +508,7 @@ async fn newer_messages_ahead_of_returned_ones_at_session_start_raise_no_false_g
         Some(&daemon),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    tokio::time::sleep(Duration::from_millis(8_500)).await;
     bus.publish(closing[half..].to_vec(), 1).await;
     wait_for_head(
         &db,
