@@ -16,11 +16,11 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::time::Instant;
 
-use assayer::cli::audit::audit_stream;
 use assayer::core::engine::Engine;
 use assayer::core::event::decode;
 use assayer::core::policy::Policy;
 use assayer::core::time::Timestamp;
+use assayer::ndjson::audit_stream;
 use assayer::sim::{self, SimConfig};
 
 /// The allocator the `assayer` binary ships with (src/main.rs), so the pipeline is
@@ -232,7 +232,7 @@ fn pipeline(path: &std::path::Path, lines: usize) -> Pipeline {
     let mut engine = Engine::new(policy);
     // As `assayer audit --input FILE` does.
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    engine.reserve(assayer::cli::audit::events_in(size));
+    engine.reserve(assayer::ndjson::events_in(size));
     let mut findings = 0usize;
     let reader = BufReader::with_capacity(1 << 20, File::open(path).expect("open"));
     audit_stream(&mut engine, reader, |_| findings += 1).expect("audit");

@@ -23,5 +23,6 @@ pub mod cli;
 pub mod core;
 pub mod daemon;
 pub mod gate;
+pub mod ndjson;
 pub mod recon;
 pub mod sim;

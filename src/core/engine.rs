@@ -422,7 +422,7 @@ impl Engine {
     }
 
     /// The engine's half of [`Engine::ingest`] for an event decoded elsewhere (a
-    /// pipeline's decode stage, see `cli::audit`): decoding is stateless, so it can run
+    /// pipeline's decode stage, see `ndjson::audit_stream`): decoding is stateless, so it can run
     /// on another core. Malformed input comes with its bytes (for the evidence).
     pub fn ingest_decoded(
         &mut self,

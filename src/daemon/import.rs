@@ -12,6 +12,7 @@ use crate::core::event::MAX_EVENT_BYTES;
 use crate::core::finding::{Finding, Invariant};
 use crate::core::policy::Policy;
 use crate::core::time::Timestamp;
+use crate::ndjson::read_line_bounded;
 
 use super::{DaemonError, journal_entry, malformed_entry, restore};
 
@@ -52,12 +53,11 @@ pub async fn import(
     let mut buf = Vec::new();
     let mut pending_lines = 0usize;
     loop {
-        buf.clear();
         // Bounded read: a line longer than an event may be is set aside by the engine
         // anyway; do not buffer gigabytes to find that out.
-        let n = read_line_bounded(input, &mut buf, MAX_EVENT_BYTES + 1)
+        let read = read_line_bounded(input, &mut buf, MAX_EVENT_BYTES + 1)
             .map_err(|e| DaemonError::Restore(format!("reading the input: {e}")))?;
-        if n == 0 {
+        if read.is_none() {
             break;
         }
         let line = buf.trim_ascii();
@@ -117,31 +117,4 @@ pub async fn import(
     pg.commit(&batch).await?;
     report.head = batch.new_head;
     Ok(report)
-}
-
-/// Reads one `\n`-terminated line into `buf`, keeping at most `max` bytes of it (the
-/// rest of an over-long line is consumed and dropped). Returns the bytes consumed.
-fn read_line_bounded(
-    input: &mut dyn BufRead,
-    buf: &mut Vec<u8>,
-    max: usize,
-) -> std::io::Result<usize> {
-    let mut consumed = 0;
-    loop {
-        let chunk = input.fill_buf()?;
-        if chunk.is_empty() {
-            return Ok(consumed);
-        }
-        let (take, done) = match memchr::memchr(b'\n', chunk) {
-            Some(i) => (i + 1, true),
-            None => (chunk.len(), false),
-        };
-        let room = max.saturating_sub(buf.len());
-        buf.extend_from_slice(&chunk[..take.min(room)]);
-        input.consume(take);
-        consumed += take;
-        if done {
-            return Ok(consumed);
-        }
-    }
 }

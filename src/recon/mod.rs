@@ -11,7 +11,6 @@
 pub mod config;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -474,27 +473,13 @@ fn expected_from_file(path: &PathBuf, policy: Policy) -> Result<Expected, ReconE
         message,
     };
     let f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, f);
     let mut engine = Engine::new(policy);
-    let mut out = Vec::new();
-    let now = Timestamp::now();
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .map_err(|e| err(e.to_string()))?;
-        if n == 0 {
-            break;
-        }
-        let l = line.strip_suffix(b"\n").unwrap_or(&line);
-        if l.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        engine.ingest(l, now, &mut out);
-        out.clear(); // stream findings are `assayer audit`'s business
+    if let Ok(m) = f.metadata() {
+        engine.reserve(crate::ndjson::events_in(m.len()));
     }
-    engine.finish(now, &mut out);
+    let reader = std::io::BufReader::with_capacity(1 << 20, f);
+    // Stream findings are `assayer audit`'s business: only the state is kept.
+    crate::ndjson::audit_stream(&mut engine, reader, |_| {}).map_err(|e| err(e.to_string()))?;
     Ok(Expected::from_engine(&engine, None))
 }
 
