@@ -169,22 +169,14 @@ async fn a_faulty_world_published_to_rabbitmq_yields_exactly_its_findings_in_pos
     let dir = tempdir();
     let config = write_config(&dir, &db, &bus, free_port(), "");
     let mut daemon = DaemonProc::start(&config, dir.join("daemon.log"));
-    wait_for_head(
+    // The whole stream may have been taken in during the session's first second, while
+    // the daemon holds order-dependent checks (`amqp.redelivery_settle_ms`): their
+    // findings are stored when the hold ends.
+    wait_audited(
         &db,
         &bus.queue,
         journaled,
         Duration::from_secs(120),
-        Some(&daemon),
-    )
-    .await;
-    // The whole stream may have been taken in during the session's first second, while
-    // the daemon holds order-dependent checks (`amqp.redelivery_settle_ms`): their
-    // findings are stored when the hold ends.
-    wait_settled(
-        &db,
-        &bus.queue,
-        journaled,
-        Duration::from_secs(30),
         Some(&daemon),
     )
     .await;
@@ -272,19 +264,11 @@ async fn sigkill_three_times_mid_stream_loses_nothing_and_counts_nothing_twice()
     }
     assert!(kills >= 3);
     let mut daemon = DaemonProc::start(&config, log.clone());
-    wait_for_head(
+    wait_audited(
         &db,
         &bus.queue,
         journaled,
         Duration::from_secs(300),
-        Some(&daemon),
-    )
-    .await;
-    wait_settled(
-        &db,
-        &bus.queue,
-        journaled,
-        Duration::from_secs(30),
         Some(&daemon),
     )
     .await;
@@ -364,19 +348,11 @@ async fn killed_amqp_and_postgres_connections_recover_with_the_same_result() {
         killed > 0,
         "found no PostgreSQL backend of the daemon to terminate"
     );
-    wait_for_head(
+    wait_audited(
         &db,
         &bus.queue,
         journaled,
         Duration::from_secs(180),
-        Some(&daemon),
-    )
-    .await;
-    wait_settled(
-        &db,
-        &bus.queue,
-        journaled,
-        Duration::from_secs(30),
         Some(&daemon),
     )
     .await;
@@ -510,19 +486,11 @@ async fn newer_messages_ahead_of_returned_ones_at_session_start_raise_no_false_g
     .await;
     tokio::time::sleep(Duration::from_millis(8_500)).await;
     bus.publish(closing[half..].to_vec(), 1).await;
-    wait_for_head(
+    wait_audited(
         &db,
         &bus.queue,
         journaled,
         Duration::from_secs(120),
-        Some(&daemon),
-    )
-    .await;
-    wait_settled(
-        &db,
-        &bus.queue,
-        journaled,
-        Duration::from_secs(30),
         Some(&daemon),
     )
     .await;
@@ -888,19 +856,11 @@ async fn a_standby_on_the_same_queue_takes_over_from_the_shared_journal() {
     )
     .await;
     active.kill9();
-    wait_for_head(
+    wait_audited(
         &db,
         &bus.queue,
         journaled,
         Duration::from_secs(180),
-        Some(&standby),
-    )
-    .await;
-    wait_settled(
-        &db,
-        &bus.queue,
-        journaled,
-        Duration::from_secs(30),
         Some(&standby),
     )
     .await;

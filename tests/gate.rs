@@ -419,19 +419,11 @@ async fn audited(
     let port = free_port();
     let config = write_config(&dir, &db, &bus, port, &extra(&policy));
     let daemon = DaemonProc::start(&config, dir.join("daemon.log"));
-    wait_for_head(
+    wait_audited(
         &db,
         &bus.queue,
         off.journaled,
         Duration::from_secs(120),
-        Some(&daemon),
-    )
-    .await;
-    wait_settled(
-        &db,
-        &bus.queue,
-        off.journaled,
-        Duration::from_secs(30),
         Some(&daemon),
     )
     .await;

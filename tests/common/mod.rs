@@ -453,6 +453,19 @@ pub async fn wait_settled(
     }
 }
 
+/// [`wait_for_head`] up to `target`, then [`wait_settled`] there (half a minute more
+/// at most): every input up to `target` is journaled and judged, its findings stored.
+pub async fn wait_audited(
+    db: &TestDb,
+    group: &str,
+    target: i64,
+    timeout: Duration,
+    daemon: Option<&DaemonProc>,
+) {
+    wait_for_head(db, group, target, timeout, daemon).await;
+    wait_settled(db, group, target, Duration::from_secs(30), daemon).await;
+}
+
 /// One heartbeat per (realm, system) of `lines`, one minute of stream time after the
 /// newest event, so every real event leaves the reorder window.
 pub fn closing_heartbeats(lines: &[Vec<u8>]) -> Vec<Vec<u8>> {
