@@ -533,6 +533,7 @@ impl Engine {
         }
     }
 
+    /// Whether the watermark is held ([`Engine::hold`]).
     pub fn is_held(&self) -> bool {
         self.held
     }

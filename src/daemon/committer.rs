@@ -43,7 +43,8 @@ const COMMITS_IN_FLIGHT: usize = 2;
 /// it).
 pub struct Cut {
     /// Every delivery up to this tag is in the batch (or in an earlier one). `None`: a
-    /// batch of findings and a snapshot only (a hold that ended between deliveries).
+    /// batch cut without a delivery, when a hold ended between deliveries (it carries
+    /// the hold's findings and a snapshot, or nothing but the new status).
     pub last_tag: Option<u64>,
     pub events: usize,
     /// Newest event time in the batch, for the processing lag.
