@@ -13,8 +13,10 @@
 //! one's rollup upserts and journal-head fence (`Batch::expected_head`) are issued only
 //! after its predecessor committed (`Pg::commit_after`), so batches become durable
 //! strictly in the order they were cut and are reported `Done` in that order. At most
-//! [`JOBS_QUEUED`] batches wait behind the ones being written, so a slow database slows
-//! consumption down (the broker's prefetch window fills) rather than growing memory.
+//! [`JOBS_QUEUED`] batches wait behind the ones being written; meanwhile the session
+//! lets its next batch grow (up to twice `batch_events_max`) before it waits too, so a
+//! slow database slows consumption down (the broker's prefetch window fills) rather
+//! than growing memory.
 
 use std::time::{Duration, Instant};
 
