@@ -43,7 +43,7 @@ self_cell::self_cell!(
     /// block: one allocation per chunk crosses the threads, not one per string.
     struct Chunk {
         owner: Vec<u8>,
-        #[covariant]
+        #[not_covariant]
         dependent: Lines,
     }
 );

@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use compact_str::CompactString;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -141,7 +142,7 @@ pub fn prepare_event(i: &mut impl Intern, v: &ValidEvent<'_>) -> Event {
         system,
         seq: w.seq,
         ts: v.ts,
-        grant: w.grant.as_deref().map(Box::from),
+        grant: w.grant.as_deref().map(CompactString::from),
         postings: w
             .postings
             .iter()
@@ -161,7 +162,7 @@ pub fn prepare_event(i: &mut impl Intern, v: &ValidEvent<'_>) -> Event {
             })
             .collect(),
         digest: v.digest,
-        tx_id: Box::from(&*w.tx_id),
+        tx_id: CompactString::from(&*w.tx_id),
     }
 }
 

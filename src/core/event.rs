@@ -6,6 +6,8 @@
 
 use std::borrow::Cow;
 
+use smallvec::SmallVec;
+
 use serde::{Deserialize, Serialize};
 
 use super::time::Timestamp;
@@ -55,17 +57,17 @@ pub struct WireEvent<'a> {
     #[serde(
         borrow,
         default,
-        skip_serializing_if = "Vec::is_empty",
+        skip_serializing_if = "SmallVec::is_empty",
         deserialize_with = "null_as_empty"
     )]
-    pub postings: Vec<WirePosting<'a>>,
+    pub postings: SmallVec<[WirePosting<'a>; 2]>,
     #[serde(
         borrow,
         default,
-        skip_serializing_if = "Vec::is_empty",
+        skip_serializing_if = "SmallVec::is_empty",
         deserialize_with = "null_as_empty"
     )]
-    pub items: Vec<WireItemMove<'a>>,
+    pub items: SmallVec<[WireItemMove<'a>; 2]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,12 +91,12 @@ pub struct WireItemMove<'a> {
     pub template: Option<Cow<'a, str>>,
 }
 
-fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+fn null_as_empty<'de, D, T>(d: D) -> Result<SmallVec<[T; 2]>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+    Ok(Option::<SmallVec<[T; 2]>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// A decoded event that satisfies every rule of events-v1.

@@ -6,6 +6,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
+use compact_str::CompactString;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -20,12 +21,14 @@ use super::time::Timestamp;
 /// item `template` are journaled by the daemon but play no part in any invariant).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
-    pub tx_id: Box<str>,
+    /// Inline up to 24 bytes (most tx_ids): no allocation made on the pipeline's decode
+    /// thread to be freed on the engine's.
+    pub tx_id: CompactString,
     pub realm: Sym,
     pub system: Sym,
     pub seq: u64,
     pub ts: Timestamp,
-    pub grant: Option<Box<str>>,
+    pub grant: Option<CompactString>,
     /// Inline up to two each (most events: 0–2 postings, 0–1 item moves), so most
     /// events are built without allocating — on the pipeline's decode thread, and freed
     /// on the engine's.
@@ -734,7 +737,7 @@ impl Ledger {
         if delta > 0 {
             let hold = self.escrow.entry(key).or_insert_with(|| EscrowHold {
                 since: ev.ts,
-                opened_by: ev.tx_id.clone(),
+                opened_by: ev.tx_id.as_str().into(),
                 system: ev.system,
                 holdings: 0,
             });

@@ -335,7 +335,7 @@ impl Sequencer {
                             from,
                             to: m - 1,
                             last_applied: next.checked_sub(1).filter(|v| *v > 0),
-                            next_tx_id: p.ev.tx_id.clone(),
+                            next_tx_id: p.ev.tx_id.as_str().into(),
                             next_seq: seq,
                             next_ts: p.ev.ts,
                         });

@@ -46,6 +46,7 @@ use std::time::Duration;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::core::finding::Invariant;
 use crate::core::policy::Policy;
@@ -344,8 +345,8 @@ impl StreamTails {
                     kind: "heartbeat".into(),
                     actor: None,
                     grant: None,
-                    postings: Vec::new(),
-                    items: Vec::new(),
+                    postings: SmallVec::new(),
+                    items: SmallVec::new(),
                 };
                 serde_json::to_vec(&ev).expect("a wire event always serializes")
             })
