@@ -141,20 +141,25 @@ fn decode_lines<R: BufRead>(
     tx: std::sync::mpsc::SyncSender<(Chunk, NewIds)>,
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
 ) -> io::Result<()> {
-    let mut line = Vec::with_capacity(4096);
     let mut line_no: u64 = 0;
     let mut buf = Vec::with_capacity(CHUNK_CAPACITY);
     // (line number, start, end, overlong) of each non-blank line in `buf`.
     let mut spans: Vec<(u64, usize, usize, Option<u64>)> = Vec::with_capacity(CHUNK_LINES);
     loop {
-        let read = read_line_bounded(&mut reader, &mut line, MAX_EVENT_BYTES + 1)?;
+        // Lines are read straight into the chunk's buffer (no copy through a line buffer).
+        let at = buf.len();
+        let read = append_line_bounded(&mut reader, &mut buf, MAX_EVENT_BYTES + 1)?;
         if let Some(overlong) = read {
             line_no += 1;
-            let bytes = line.trim_ascii();
-            if !bytes.is_empty() {
-                let start = buf.len();
-                buf.extend_from_slice(bytes);
-                spans.push((line_no, start, buf.len(), overlong));
+            let line = &buf[at..];
+            let trimmed = line.trim_ascii();
+            if trimmed.is_empty() {
+                buf.truncate(at);
+            } else {
+                let start = at + (trimmed.as_ptr() as usize - line.as_ptr() as usize);
+                let end = start + trimmed.len();
+                buf.truncate(end);
+                spans.push((line_no, start, end, overlong));
             }
         }
         let full = spans.len() == CHUNK_LINES || buf.len() >= CHUNK_BYTES;
@@ -209,6 +214,17 @@ pub fn read_line_bounded<R: BufRead + ?Sized>(
     max: usize,
 ) -> io::Result<Option<Option<u64>>> {
     buf.clear();
+    append_line_bounded(reader, buf, max)
+}
+
+/// [`read_line_bounded`], appending the line to what `buf` already holds (`max` counts
+/// the line's bytes only).
+fn append_line_bounded<R: BufRead + ?Sized>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<Option<Option<u64>>> {
+    let at = buf.len();
     let mut total: u64 = 0;
     let mut any = false;
     loop {
@@ -225,7 +241,7 @@ pub fn read_line_bounded<R: BufRead + ?Sized>(
             Some(i) => (i, true),
             None => (chunk.len(), false),
         };
-        let room = max.saturating_sub(buf.len());
+        let room = max.saturating_sub(buf.len() - at);
         buf.extend_from_slice(&chunk[..take.min(room)]);
         total += take as u64;
         reader.consume(if done { take + 1 } else { take });
