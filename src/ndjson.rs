@@ -27,6 +27,9 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 enum Decoded<'a> {
     /// With the ledger's view of it, its ids interned by the decode stage.
     Valid(ValidEvent<'a>, Event),
+    /// An event that raises no intrinsic finding: its ledger view and its line (the
+    /// decoded event was dropped on the decode thread, [`Engine::ingest_clean`]).
+    Clean(Event, &'a [u8]),
     Malformed {
         why: crate::core::event::Malformed,
         bytes: &'a [u8],
@@ -87,6 +90,10 @@ pub fn audit_stream<R: BufRead + Send>(
                     match d {
                         Decoded::Valid(v, ev) => {
                             engine.ingest_prepared(Ok((v, ev)), now, &mut out, |_| {});
+                            out.drain(..).for_each(&mut on_finding);
+                        }
+                        Decoded::Clean(ev, line) => {
+                            engine.ingest_clean(ev, line, now, &mut out);
                             out.drain(..).for_each(&mut on_finding);
                         }
                         Decoded::Malformed {
@@ -183,7 +190,11 @@ fn decode_lines<R: BufRead>(
                                     new: &mut new,
                                 };
                                 let ev = prepare_event(&mut stage, &v);
-                                Decoded::Valid(v, ev)
+                                if v.prechecked {
+                                    Decoded::Clean(ev, bytes)
+                                } else {
+                                    Decoded::Valid(v, ev)
+                                }
                             }
                             Err(why) => Decoded::Malformed {
                                 why,
@@ -289,6 +300,9 @@ mod tests {
                 ("item.duplicated".parse().unwrap(), 3),
                 ("tx.unbalanced".parse().unwrap(), 3),
                 ("economy.unauthorized_faucet".parse().unwrap(), 3),
+                // Raised from a clean event's line, decoded again on the engine side.
+                ("tx.conflict".parse().unwrap(), 3),
+                ("stream.seq_reuse".parse().unwrap(), 3),
             ],
             ..crate::sim::SimConfig::default()
         };
@@ -328,13 +342,23 @@ mod tests {
         }
         single.finish(now, &mut direct);
 
-        let key = |f: &Finding| (f.fingerprint.clone(), f.evidence.get("line").cloned());
+        let key = |f: &Finding| (f.fingerprint.clone(), f.message.clone(), f.evidence.clone());
         assert_eq!(
             piped.iter().map(key).collect::<Vec<_>>(),
             direct.iter().map(key).collect::<Vec<_>>()
         );
         assert_eq!(engine.stats().received, single.stats().received);
         assert_eq!(engine.stats().accepted, single.stats().accepted);
+        for inv in [
+            crate::core::finding::Invariant::TxConflict,
+            crate::core::finding::Invariant::SeqReuse,
+        ] {
+            assert_eq!(
+                piped.iter().filter(|f| f.invariant == inv).count(),
+                3,
+                "{inv:?}"
+            );
+        }
         // The decode stage interned every id with the lent lookup, in the order the
         // engine would have: same symbols, same state, byte for byte; and the engine
         // has its lookup back.

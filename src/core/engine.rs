@@ -166,6 +166,28 @@ pub fn prepare_event(i: &mut impl Intern, v: &ValidEvent<'_>) -> Event {
     }
 }
 
+/// An accepted event as the engine has it besides its ledger view ([`Event`]).
+enum Source<'a> {
+    Decoded(ValidEvent<'a>),
+    /// The line of an event a pipeline's decode stage found intrinsically clean
+    /// ([`Engine::ingest_clean`]).
+    Line(&'a [u8]),
+}
+
+impl Source<'_> {
+    /// Runs `f` on the decoded event, decoding a [`Source::Line`] again.
+    fn with<R>(&self, f: impl FnOnce(&ValidEvent<'_>) -> R) -> R {
+        match self {
+            Source::Decoded(v) => f(v),
+            Source::Line(line) => {
+                // Decoding is a pure function of the bytes, and these decoded once.
+                let v = event::decode(line).expect("a line that decoded once decodes again");
+                f(&v)
+            }
+        }
+    }
+}
+
 /// 64 bits of key and 32 more of check from xxh3-128 of the tx_id: 96 bits in all, so
 /// two distinct tx_ids are taken for one with negligible probability (~n²/2⁹⁷).
 fn tx_key(tx_id: &str) -> (u64, u32) {
@@ -449,6 +471,36 @@ impl Engine {
         out: &mut Vec<Finding>,
         on_accept: impl FnOnce(&ValidEvent<'_>),
     ) -> Outcome {
+        self.take_in(
+            prepared.map(|(v, ev)| (Source::Decoded(v), ev)),
+            now,
+            out,
+            on_accept,
+        )
+    }
+
+    /// [`Engine::ingest_prepared`] for an event a pipeline's decode stage found
+    /// intrinsically clean ([`intrinsically_clean`]): the engine gets its ledger view and
+    /// its line, not the decoded event, so nothing allocated for decoding crosses to the
+    /// engine's thread. The line is decoded again only if a finding needs its fields (a
+    /// conflicting redelivery, a reused seq).
+    pub fn ingest_clean(
+        &mut self,
+        ev: Event,
+        line: &[u8],
+        now: Timestamp,
+        out: &mut Vec<Finding>,
+    ) -> Outcome {
+        self.take_in(Ok((Source::Line(line), ev)), now, out, |_| {})
+    }
+
+    fn take_in(
+        &mut self,
+        prepared: Result<(Source<'_>, Event), (Malformed, &[u8])>,
+        now: Timestamp,
+        out: &mut Vec<Finding>,
+        on_accept: impl FnOnce(&ValidEvent<'_>),
+    ) -> Outcome {
         self.stats.received += 1;
         let before = out.len();
         let outcome = match prepared {
@@ -610,33 +662,34 @@ impl Engine {
         self.released = released;
     }
 
+    /// `on_accept` is called for a [`Source::Decoded`] event only.
     fn accept(
         &mut self,
-        v: ValidEvent<'_>,
+        v: Source<'_>,
         ev: Event,
         now: Timestamp,
         out: &mut Vec<Finding>,
         on_accept: impl FnOnce(&ValidEvent<'_>),
     ) -> Outcome {
-        let (key, check) = tx_key(&v.wire.tx_id);
+        let (key, check) = tx_key(&ev.tx_id);
         if let Some(first) = self.window.get(key, check) {
-            if first.digest == v.digest {
+            if first.digest == ev.digest {
                 self.stats.redelivered += 1;
                 return Outcome::Redelivered;
             }
             self.stats.conflicts += 1;
-            self.conflict(&v, first, now, out);
+            v.with(|v| self.conflict(v, first, now, out));
             return Outcome::Conflict;
         }
         let stream = self.sequencer.stream_id(ev.realm, ev.system);
-        let seq = v.wire.seq;
+        let seq = ev.seq;
 
         // Whose is this seq?
         let reused_by = self.window.by_seq.get(&(stream, seq)).copied();
         let slot = self.sequencer.slot(stream, seq);
         let loose = match (reused_by, slot) {
             (Some(_), _) | (None, Slot::Pending) => {
-                self.seq_reuse(&v, reused_by, now, out);
+                v.with(|v| self.seq_reuse(v, reused_by, now, out));
                 true
             }
             (None, Slot::Passed) => {
@@ -655,16 +708,18 @@ impl Engine {
                 check,
                 stream,
                 seq,
-                digest: v.digest,
+                digest: ev.digest,
             },
         ) {
             let s = self.sequencer.stream_mut(old.stream);
             s.forgotten_through = s.forgotten_through.max(old.seq);
         }
         self.stats.accepted += 1;
-        on_accept(&v);
-        self.intrinsic_checks(&v, now, out);
-        self.max_ts = self.max_ts.max(v.ts);
+        if let Source::Decoded(v) = &v {
+            on_accept(v);
+            self.intrinsic_checks(v, now, out);
+        }
+        self.max_ts = self.max_ts.max(ev.ts);
         if loose {
             self.sequencer.push_loose(stream, ev);
         } else {
