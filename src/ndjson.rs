@@ -26,7 +26,9 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 #[allow(clippy::large_enum_variant)]
 enum Decoded<'a> {
     /// With the ledger's view of it, its ids interned by the decode stage.
-    Valid(ValidEvent<'a>, Event),
+    /// Boxed: rare (events with an intrinsic finding), and a chunk's entries are as
+    /// large as its largest variant.
+    Valid(Box<(ValidEvent<'a>, Event)>),
     /// An event that raises no intrinsic finding: its ledger view and its line (the
     /// decoded event was dropped on the decode thread, [`Engine::ingest_clean`]).
     Clean(Event, &'a [u8]),
@@ -88,8 +90,8 @@ pub fn audit_stream<R: BufRead + Send>(
             chunk.with_dependent_mut(|_, lines| {
                 for (line_no, d) in lines.drain(..) {
                     match d {
-                        Decoded::Valid(v, ev) => {
-                            engine.ingest_prepared(Ok((v, ev)), now, &mut out, |_| {});
+                        Decoded::Valid(valid) => {
+                            engine.ingest_prepared(Ok(*valid), now, &mut out, |_| {});
                             out.drain(..).for_each(&mut on_finding);
                         }
                         Decoded::Clean(ev, line) => {
@@ -193,7 +195,7 @@ fn decode_lines<R: BufRead>(
                                 if v.prechecked {
                                     Decoded::Clean(ev, bytes)
                                 } else {
-                                    Decoded::Valid(v, ev)
+                                    Decoded::Valid(Box::new((v, ev)))
                                 }
                             }
                             Err(why) => Decoded::Malformed {

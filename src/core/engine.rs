@@ -167,6 +167,9 @@ pub fn prepare_event(i: &mut impl Intern, v: &ValidEvent<'_>) -> Event {
 }
 
 /// An accepted event as the engine has it besides its ledger view ([`Event`]).
+// A value on the stack for the length of one `accept`: boxing the large variant would
+// allocate for every event the daemon takes in.
+#[allow(clippy::large_enum_variant)]
 enum Source<'a> {
     Decoded(ValidEvent<'a>),
     /// The line of an event a pipeline's decode stage found intrinsically clean
