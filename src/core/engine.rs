@@ -133,6 +133,15 @@ fn unauthorized_faucets<'w>(
 /// system, each posting's account and asset, each move's item, from and to — so an
 /// engine fed line by line and a pipeline whose decode stage interns (with the lookup
 /// the engine lent it) give every id the same symbol.
+/// The ids [`prepare_event`] interns, in the order it interns them.
+pub fn event_ids<'a>(v: &'a ValidEvent<'_>) -> impl Iterator<Item = &'a str> {
+    let w = &v.wire;
+    [v.realm(), &*w.system]
+        .into_iter()
+        .chain(w.postings.iter().flat_map(|p| [&*p.account, &*p.asset]))
+        .chain(w.items.iter().flat_map(|m| [&*m.item, &*m.from, &*m.to]))
+}
+
 pub fn prepare_event(i: &mut impl Intern, v: &ValidEvent<'_>) -> Event {
     let w = &v.wire;
     let realm = i.intern(v.realm());
