@@ -495,8 +495,9 @@ impl Engine {
     /// intrinsically clean ([`intrinsically_clean`]): the engine gets its ledger view and
     /// its line, not the decoded event, so nothing allocated for decoding crosses to the
     /// engine's thread. The line is decoded again only if a finding needs its fields (a
-    /// conflicting redelivery, a reused seq).
-    pub fn ingest_clean(
+    /// conflicting redelivery, a reused seq): `line` must be the line `ev` was prepared
+    /// from, which is why only the crate's pipeline calls this.
+    pub(crate) fn ingest_clean(
         &mut self,
         ev: Event,
         line: &[u8],
