@@ -9,7 +9,13 @@
 //! 4. the same N events as NDJSON batches of 100 events per message, daemon again;
 //! 5. at a steady 10,000 events/s with planted `tx.unbalanced` faults (no reorder wait),
 //!    the latency from publish to the finding arriving on the findings exchange — an
-//!    upper bound of the daemon's receipt → publish latency.
+//!    upper bound of the daemon's receipt → publish latency;
+//! 6. PostgreSQL floors: what the barest journal of every event indexed by item and
+//!    account costs the database here (`pg_floor`).
+//!
+//! For passes 2–4 it prints the CPU per event of the broker, PostgreSQL and this
+//! process, read from `/proc` (`cpu.rs`), and from the floors the least CPU each
+//! throughput target needs against the cores this host has.
 //!
 //! Targets (issue #3): single events ≥ 80 % of the raw consume rate; batches ≥ 200,000
 //! events/s; p99 detection latency < 10 ms.
@@ -29,6 +35,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use sqlx::{Connection, Executor, PgConnection};
 use tokio_util::sync::CancellationToken;
+
+mod cpu;
+use cpu::Cpu;
 
 /// Events per NDJSON message in the steady-rate latency pass.
 const STEADY_BATCH: usize = 10;
@@ -80,7 +89,7 @@ async fn bench(n: usize) {
         .await
         .expect("PostgreSQL at 127.0.0.1:5432 (pg_ctlcluster ... main start)");
     // One database per pass, so a pass never writes into indexes grown by another.
-    for pass in ["single", "batch", "latency"] {
+    for pass in ["single", "batch", "latency", "floor"] {
         admin
             .execute(sqlx::AssertSqlSafe(format!(
                 "CREATE DATABASE {db_name}_{pass}"
@@ -110,8 +119,8 @@ async fn bench(n: usize) {
         t.elapsed().as_secs_f64()
     );
 
-    let passes =
-        std::env::var("ASSAYER_BENCH_PASSES").unwrap_or_else(|_| "single,batch,latency".into());
+    let passes = std::env::var("ASSAYER_BENCH_PASSES")
+        .unwrap_or_else(|_| "single,batch,latency,floor".into());
     let run = |p: &str| passes.split(',').any(|x| x.trim() == p);
 
     // ---- single events: one exchange, the daemon's queue plus a raw baseline queue
@@ -120,6 +129,7 @@ async fn bench(n: usize) {
     let raw_queue = format!("{}-single.raw", names.prefix);
     declare_raw_queue(&bus, &raw_queue, &single.exchange).await;
     let (mut raw_rate, mut daemon_rate, mut batch_rate) = (f64::NAN, f64::NAN, f64::NAN);
+    let (mut raw_used, mut single_used, mut batch_used) = Default::default();
     if run("single") {
         let t = Instant::now();
         publish(&bus, &single.exchange, &lines, 1, None).await;
@@ -129,10 +139,9 @@ async fn bench(n: usize) {
             lines.len(),
             publish_rate
         );
-        raw_rate = raw_consume(&bus, &raw_queue, lines.len()).await;
-        daemon_rate = run_daemon(&format!("{db_url}_single"), &single, "single", &lines, None)
-            .await
-            .0;
+        (raw_rate, raw_used) = raw_consume(&bus, &raw_queue, lines.len()).await;
+        (daemon_rate, single_used, _) =
+            run_daemon(&format!("{db_url}_single"), &single, "single", &lines, None).await;
     }
     // Each pass's database goes when the pass is done: a million journaled events
     // must not weigh on the next pass (its pages in the shared buffers, and autovacuum
@@ -150,9 +159,8 @@ async fn bench(n: usize) {
             lines.len(),
             t.elapsed().as_secs_f64()
         );
-        batch_rate = run_daemon(&format!("{db_url}_batch"), &batched, "batch", &lines, None)
-            .await
-            .0;
+        (batch_rate, batch_used, _) =
+            run_daemon(&format!("{db_url}_batch"), &batched, "batch", &lines, None).await;
     }
     drop_database(&mut admin, &format!("{db_name}_batch")).await;
 
@@ -200,8 +208,15 @@ async fn bench(n: usize) {
             Some((10_000, faulty)),
         )
         .await
-        .1
+        .2
     };
+    // What any design would cost PostgreSQL here (see `pg_floor`).
+    let floor = if run("floor") {
+        Some(pg_floor(&format!("{db_url}_floor"), &lines).await)
+    } else {
+        None
+    };
+    drop_database(&mut admin, &format!("{db_name}_floor")).await;
 
     println!("\n{:<58} {:>12} {:>9}", "pass", "events/s", "ratio");
     println!(
@@ -219,6 +234,11 @@ async fn bench(n: usize) {
         "daemon end to end, NDJSON 100 events/message",
         batch_rate,
         batch_rate / raw_rate
+    );
+    print_ceilings(
+        floor,
+        (raw_rate, raw_used),
+        [(daemon_rate, single_used), (batch_rate, batch_used)],
     );
     if let Some((l, own)) = latencies.filter(|(l, _)| !l.is_empty()) {
         let (relay, daemon) = (Quantiles::of(relay), Quantiles::of(l));
@@ -253,6 +273,82 @@ async fn bench(n: usize) {
     delete_topology(&bus, &[&raw_queue], &[]).await;
     bus.close().await;
     drop_database(&mut admin, &format!("{db_name}_latency")).await;
+}
+
+/// What these cores allow at all: the CPU the targets need, from the floors measured
+/// in this run, against the cores there are.
+fn print_ceilings(floor: Option<Floor>, raw: (f64, Used), daemon: [(f64, Used); 2]) {
+    let cores = cpu::cores();
+    let [(single_rate, single), (batch_rate, batch)] = daemon;
+    println!("\nwhere the CPU goes (µs per event, from /proc, while each pass ran):");
+    for (name, rate, used) in [
+        ("raw consume + ack", raw.0, raw.1),
+        ("daemon, 1 event/message", single_rate, single),
+        ("daemon, NDJSON 100/message", batch_rate, batch),
+    ] {
+        if rate.is_finite() && used.units > 0.0 {
+            println!("  {name:<28} {}", used.line("event"));
+        }
+    }
+    let Some(f) = floor else {
+        return;
+    };
+    println!(
+        "\nPostgreSQL floors (server-side, CPU per event; {:.1} item moves + postings per event):",
+        f.keys_per_event
+    );
+    println!(
+        "  ordered: a row per event + a (key, position) B-tree entry per key   {:>6.1} µs",
+        f.ordered_us
+    );
+    println!(
+        "  chunked: a row per 100 events, keys in a GIN-indexed array          {:>6.1} µs   (a key's events only by decoding whole chunks)",
+        f.chunked_us
+    );
+    let verdict = |need: f64| {
+        if need > cores {
+            ": more than this host has"
+        } else {
+            ""
+        }
+    };
+    println!(
+        "what the targets need at least, with the ordered floor (trace reads a key's events in order):"
+    );
+    if raw.0.is_finite() {
+        // At 0.8x the raw rate the broker and a bare consumer do at least what they did
+        // per message in the raw pass, and PostgreSQL at least the floor.
+        let rate = 0.8 * raw.0;
+        let consume = raw.1.cpu.per_unit(raw.1.units);
+        let need = rate * (consume + f.ordered_us) / 1e6;
+        println!(
+            "  single events at 0.80x raw = {rate:.0}/s: {need:.2} cores (consume + ack {consume:.1} µs + PostgreSQL {:.1} µs per event) of {cores}{}",
+            f.ordered_us,
+            verdict(need)
+        );
+    }
+    let need = 200_000.0 * f.ordered_us / 1e6;
+    println!(
+        "  batches at 200,000 events/s: {need:.2} cores of PostgreSQL alone, of {cores}{}",
+        verdict(need)
+    );
+    let need = 200_000.0 * f.chunked_us / 1e6;
+    println!(
+        "  (with the chunked floor instead: {need:.2} cores of PostgreSQL alone{})",
+        verdict(need)
+    );
+    for (name, rate, used) in [
+        ("single events", single_rate, single),
+        ("batches", batch_rate, batch),
+    ] {
+        if rate.is_finite() && used.units > 0.0 {
+            println!(
+                "  this build, {name}: PostgreSQL {:.1} µs per event = {:.1}x the ordered floor",
+                used.postgres_us(),
+                used.postgres_us() / f.ordered_us
+            );
+        }
+    }
 }
 
 async fn drop_database(admin: &mut PgConnection, name: &str) {
@@ -318,7 +414,8 @@ async fn publish(bus: &Amqp, exchange: &str, lines: &[Vec<u8>], batch: usize, ra
 }
 
 /// A bare consumer: consume with prefetch 2000, ack every 100 deliveries (multiple).
-async fn raw_consume(bus: &Amqp, queue: &str, expect: usize) -> f64 {
+/// Returns the rate and the CPU the pass used.
+async fn raw_consume(bus: &Amqp, queue: &str, expect: usize) -> (f64, Used) {
     let chan = bus.channel();
     chan.basic_qos(2000, BasicQosOptions::default())
         .await
@@ -333,6 +430,7 @@ async fn raw_consume(bus: &Amqp, queue: &str, expect: usize) -> f64 {
         .await
         .expect("consume");
     let t = Instant::now();
+    let cpu0 = Cpu::now();
     let mut got = 0usize;
     while got < expect {
         let d = consumer.next().await.expect("stream").expect("delivery");
@@ -343,14 +441,19 @@ async fn raw_consume(bus: &Amqp, queue: &str, expect: usize) -> f64 {
                 .expect("ack");
         }
     }
-    let rate = got as f64 / t.elapsed().as_secs_f64();
+    let used = Used {
+        cpu: Cpu::now().since(&cpu0),
+        wall: t.elapsed().as_secs_f64(),
+        units: got as f64,
+    };
+    let rate = got as f64 / used.wall;
     let _ = chan
         .basic_cancel(
             "raw-bench".into(),
             lapin::options::BasicCancelOptions::default(),
         )
         .await;
-    rate
+    (rate, used)
 }
 
 /// Runs the daemon in-process on `t` until it has journaled every input of `lines`.
@@ -362,7 +465,7 @@ async fn run_daemon(
     group: &str,
     lines: &[Vec<u8>],
     steady: Option<(u64, std::collections::HashSet<String>)>,
-) -> (f64, Option<(Vec<Duration>, String)>) {
+) -> (f64, Used, Option<(Vec<Duration>, String)>) {
     let (_, _, journaled) = offline(lines);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -411,11 +514,11 @@ async fn run_daemon(
     }
     // Throughput is timed from the first journaled batch (connect, migrate and restore
     // are start-up, not throughput).
-    let mut first: Option<(Instant, i64)> = None;
+    let mut first: Option<(Instant, i64, Cpu)> = None;
     loop {
         let h = pg.head().await.unwrap_or(0);
         if first.is_none() && h > 0 {
-            first = Some((Instant::now(), h));
+            first = Some((Instant::now(), h, Cpu::now()));
         }
         if h >= journaled {
             break;
@@ -428,14 +531,146 @@ async fn run_daemon(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let rate = match first {
-        Some((at, h0)) if journaled > h0 => (journaled - h0) as f64 / at.elapsed().as_secs_f64(),
-        _ => lines.len() as f64 / t0.elapsed().as_secs_f64(),
+    let used = match first {
+        Some((at, h0, cpu0)) if journaled > h0 => Used {
+            cpu: Cpu::now().since(&cpu0),
+            wall: at.elapsed().as_secs_f64(),
+            units: (journaled - h0) as f64,
+        },
+        _ => Used {
+            cpu: Cpu::default(),
+            wall: t0.elapsed().as_secs_f64(),
+            units: lines.len() as f64,
+        },
     };
     token.cancel();
     let _ = daemon.await;
     listener.close().await;
-    (rate, latencies)
+    (used.units / used.wall, used, latencies)
+}
+
+/// What a timed pass used: CPU, wall-clock seconds, and the events (or messages) it
+/// handled.
+#[derive(Clone, Copy, Default)]
+struct Used {
+    cpu: Cpu,
+    wall: f64,
+    units: f64,
+}
+
+impl Used {
+    fn line(&self, unit: &str) -> String {
+        self.cpu.per(self.units, unit, self.wall)
+    }
+
+    /// PostgreSQL CPU per unit, in µs.
+    fn postgres_us(&self) -> f64 {
+        self.cpu.postgres * 1e6 / self.units
+    }
+}
+
+/// PostgreSQL's CPU per event for two bare journals of every event with an index by
+/// item and by account, measured here on `db_url` (server-side `INSERT … SELECT`, minus
+/// the cost of merely generating the same rows: no client, no network, no tx_id index,
+/// no rollups):
+///
+/// * `ordered`: one row per event holding a body as long as the stream's lines, and
+///   one narrow `(key, position)` B-tree entry per item move and posting — the least a
+///   journal costs that hands `trace` a key's events in order, as #6's trace targets
+///   need;
+/// * `chunked`: one row per 100 events with the keys in an array under a GIN index —
+///   cheaper to write, but a key's events are then found only by decoding whole chunks.
+struct Floor {
+    keys_per_event: f64,
+    ordered_us: f64,
+    chunked_us: f64,
+}
+
+async fn pg_floor(db_url: &str, lines: &[Vec<u8>]) -> Floor {
+    const CHUNK: usize = 100;
+    let sample = &lines[..lines.len().min(200_000)];
+    let n = sample.len() as f64;
+    let mut keys = 0usize;
+    let mut bytes = 0usize;
+    for l in sample {
+        bytes += l.len();
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(l) {
+            for field in ["postings", "items"] {
+                keys += v[field].as_array().map_or(0, Vec::len);
+            }
+        }
+    }
+    let (keys_per_event, body) = (keys as f64 / n, (bytes as f64 / n).round() as usize);
+    let mut c = PgConnection::connect(db_url).await.expect("floor db");
+    c.execute(
+        "CREATE TABLE floor_journal (group_name TEXT NOT NULL, position BIGINT NOT NULL,
+                                     body BYTEA NOT NULL, PRIMARY KEY (group_name, position));
+         CREATE TABLE floor_keys (group_name TEXT NOT NULL, key BIGINT NOT NULL,
+                                  position BIGINT NOT NULL);
+         CREATE INDEX ON floor_keys (group_name, key, position);
+         CREATE TABLE floor_chunks (group_name TEXT NOT NULL, first BIGINT NOT NULL,
+                                    body BYTEA NOT NULL, keys BIGINT[] NOT NULL,
+                                    PRIMARY KEY (group_name, first));
+         CREATE INDEX floor_chunks_keys ON floor_chunks USING gin (keys);",
+    )
+    .await
+    .expect("floor tables");
+    let journal = format!(
+        "SELECT 'g', i, convert_to(rpad(md5(i::text), {body}, md5((-i)::text)), 'UTF8') \
+         FROM generate_series(1, {n}) i"
+    );
+    let index = format!(
+        "SELECT 'g', (random() * 1e12)::bigint, (i / {keys_per_event})::bigint \
+         FROM generate_series(1, {}) i",
+        (n * keys_per_event).round()
+    );
+    // `+ 0 * c` ties the key array to its chunk (else it is computed once).
+    let chunks = format!(
+        "SELECT 'g', c, convert_to(rpad(md5(c::text), {}, md5((-c)::text)), 'UTF8'), \
+                ARRAY(SELECT (random() * 1e12)::bigint + 0 * c \
+                        FROM generate_series(1, {})) \
+         FROM generate_series(1, {}) c",
+        body * CHUNK,
+        (keys_per_event * CHUNK as f64).round(),
+        (n / CHUNK as f64).round()
+    );
+    let us = |cpu: f64| cpu * 1e6 / n;
+    let mut cost = [0.0; 3];
+    for (i, (generate, table)) in [
+        (&journal, "floor_journal"),
+        (&index, "floor_keys"),
+        (&chunks, "floor_chunks"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cpu0 = Cpu::now();
+        c.execute(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM ({generate}) s"
+        )))
+        .await
+        .expect("floor generate");
+        let cpu1 = Cpu::now();
+        c.execute(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {table} {generate}"
+        )))
+        .await
+        .expect("floor insert");
+        if table == "floor_chunks" {
+            // GIN defers entries to a pending list: count merging it in too.
+            c.execute("SELECT gin_clean_pending_list('floor_chunks_keys')")
+                .await
+                .expect("floor gin merge");
+        }
+        let cpu2 = Cpu::now();
+        cost[i] = us(cpu2.since(&cpu1).postgres - cpu1.since(&cpu0).postgres);
+    }
+    let _ = c.close().await;
+    Floor {
+        keys_per_event,
+        ordered_us: cost[0] + cost[1],
+        chunked_us: cost[2],
+    }
 }
 
 /// Entries the daemon will journal for `lines` (accepted + malformed).
