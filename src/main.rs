@@ -24,7 +24,13 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_tracing();
+    // A daemon says what it is doing (started, restored, consuming, reconnecting,
+    // stopped); one-shot commands speak only when something is wrong.
+    init_tracing(if matches!(cli.command, Command::Daemon(_)) {
+        "warn,assayer=info"
+    } else {
+        "warn"
+    });
     let result = match cli.command {
         Command::Audit(args) => cli::audit::run(args),
         Command::Sim(args) => cli::sim::run(args),
@@ -47,10 +53,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("ASSAYER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -138,7 +138,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 metrics.broker_connected.set(0);
                 metrics.database_connected.set(0);
                 health.failed(e.to_string());
-                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "session ended; reconnecting");
+                warn!(
+                    error = %e,
+                    broker = %config::mask_url(&config.amqp.url),
+                    database = %config::mask_url(&config.database.url),
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "session ended; reconnecting"
+                );
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -378,6 +384,8 @@ impl<'a> Session<'a> {
         let mut consumer = bus
             .consume(&c.amqp.queue, c.amqp.prefetch_count_max, &tag)
             .await?;
+        info!(queue = %c.amqp.queue, prefetch = c.amqp.prefetch_count_max, consumer = %tag,
+              "consumer registered; deliveries come while this daemon is the queue's single active consumer");
         self.health.connected(true, true);
         self.health.durable(Duration::ZERO);
         self.health.progress(progress(&engine, restored.position));
