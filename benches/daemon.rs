@@ -14,7 +14,7 @@
 //!    account costs the database here (`pg_floor`).
 //!
 //! For passes 2–4 it prints the CPU per event of the broker, PostgreSQL and this
-//! process, read from `/proc` (`cpu.rs`), and from the floors the least CPU each
+//! process, read from `/proc` (`common/cpu.rs`), and from the floors the least CPU each
 //! throughput target needs against the cores this host has.
 //!
 //! Targets (issue #3): single events ≥ 80 % of the raw consume rate; batches ≥ 200,000
@@ -36,6 +36,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use sqlx::{Connection, Executor, PgConnection};
 use tokio_util::sync::CancellationToken;
 
+#[path = "common/cpu.rs"]
 mod cpu;
 use cpu::Cpu;
 

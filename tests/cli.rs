@@ -150,7 +150,7 @@ fn failures_of_the_tool_exit_1_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
-        err.contains("policy.toml:2: reorder_window: unknown field"),
+        err.contains("policy.toml:2: stream.reorder_window: unknown field"),
         "{err}"
     );
 

@@ -802,7 +802,7 @@ fn check_config_prints_the_effective_config_with_secrets_masked_and_rejects_typo
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr.contains("bad.toml:3: prefetch: unknown field `prefetch`"),
+        stderr.contains("bad.toml:3: amqp.prefetch: unknown field `prefetch`"),
         "{stderr}"
     );
 }

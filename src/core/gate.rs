@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::finding::{Invariant, Severity};
-use super::policy::{PolicyError, describe_toml_error};
+use super::policy::{PolicyError, from_toml};
 use super::time::Timestamp;
 
 /// The shipped gate policy (`invariants/gate.toml`).
@@ -410,15 +410,13 @@ impl GatePolicy {
 
     /// Parses and validates a gate policy; errors name the file, line and key.
     pub fn parse(text: &str, file: &str) -> Result<GatePolicy, PolicyError> {
-        let raw: raw::GateToml = toml::from_str(text).map_err(|e| {
-            let (line, key, message) = describe_toml_error(text, &e);
-            PolicyError::Invalid {
+        let raw: raw::GateToml =
+            from_toml(text).map_err(|(line, key, message)| PolicyError::Invalid {
                 file: file.to_string(),
                 line,
                 key,
                 message,
-            }
-        })?;
+            })?;
         let invalid = |key: &str, what: &str| PolicyError::Invalid {
             file: file.to_string(),
             line: key_line(text, key),

@@ -125,15 +125,13 @@ impl Policy {
                 message,
             }
         };
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
-            let (line, key, message) = describe_toml_error(text, &e);
-            PolicyError::Invalid {
+        let raw: RawPolicy =
+            from_toml(text).map_err(|(line, key, message)| PolicyError::Invalid {
                 file: file.to_string(),
                 line,
                 key,
                 message,
-            }
-        })?;
+            })?;
 
         let s = raw.stream;
         let window_ms = s.reorder_window_ms.as_ref().map_or(5_000, |v| *v.get_ref());
@@ -263,17 +261,36 @@ impl Policy {
     }
 }
 
-/// (line, key, message) of a TOML parse error; the key is the first `quoted` name in
-/// serde's message (`unknown field `x``), or `-`.
-pub fn describe_toml_error(text: &str, e: &toml::de::Error) -> (usize, String, String) {
-    let key = e
-        .message()
-        .split('`')
-        .nth(1)
-        .map(str::to_string)
-        .unwrap_or_else(|| "-".into());
-    let line = e.span().map_or(1, |s| line_of(text, s.start));
-    (line, key, e.message().trim().to_string())
+/// Deserializes TOML `text` into `T`. On error: the line, the key and serde's message.
+/// The key is the dotted path serde was at when it failed (`checkpoint.batch_events_max`,
+/// `velocity[1].window_ms`, an unknown key included); `-` for a syntax error outside
+/// any key.
+pub fn from_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (usize, String, String)> {
+    use serde_path_to_error::Segment;
+    let describe = |e: &toml::de::Error, path: Option<&serde_path_to_error::Path>| {
+        let line = e.span().map_or(1, |s| line_of(text, s.start));
+        let mut key = String::new();
+        for segment in path.into_iter().flat_map(|p| p.iter()) {
+            match segment {
+                // `toml::Spanned` reads its value through a private field of its own.
+                Segment::Map { key: k } if k.starts_with("$__") => {}
+                Segment::Map { key: k } | Segment::Enum { variant: k } => {
+                    if !key.is_empty() {
+                        key.push('.');
+                    }
+                    key.push_str(k);
+                }
+                Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+                Segment::Unknown => {}
+            }
+        }
+        if key.is_empty() {
+            key.push('-');
+        }
+        (line, key, e.message().trim().to_string())
+    };
+    let de = toml::Deserializer::parse(text).map_err(|e| describe(&e, None))?;
+    serde_path_to_error::deserialize(de).map_err(|e| describe(e.inner(), Some(e.path())))
 }
 
 /// The 1-based line of a byte offset in `text` (for errors that name the line).
@@ -377,7 +394,28 @@ mod tests {
     fn unknown_key_names_file_line_and_key() {
         let text = "[stream]\nreorder_window_ms = 5000\nreorder_windw_ms = 10\n";
         let err = Policy::parse(text, "p.toml").unwrap_err().to_string();
-        assert!(err.starts_with("p.toml:3: reorder_windw_ms:"), "{err}");
+        assert!(
+            err.starts_with("p.toml:3: stream.reorder_windw_ms:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn type_errors_name_file_line_and_key() {
+        let err = Policy::parse("[stream]\nreorder_window_ms = \"5s\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("p.toml:2: stream.reorder_window_ms: invalid type"),
+            "{err}"
+        );
+        let velocity = "[[velocity]]\nasset = \"gold\"\naccount_prefix = \"player:\"\nwindow_ms = 60000\nmax_inflow = 5\n";
+        let text = format!("{velocity}{}", velocity.replace("60000", "\"1h\""));
+        let err = Policy::parse(&text, "p.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("p.toml:9: velocity[1].window_ms: invalid type"),
+            "{err}"
+        );
     }
 
     #[test]

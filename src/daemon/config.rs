@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::policy::describe_toml_error;
+use crate::core::policy::from_toml;
 
 use super::gate_config;
 pub use super::gate_config::{GateConfig, Hook, HookAction, RollbackConfig};
@@ -318,14 +318,11 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         use defaults as d;
-        let raw: Raw = toml::from_str(text).map_err(|e| {
-            let (line, key, message) = describe_toml_error(text, &e);
-            ConfigError::Invalid {
-                file: file.to_string(),
-                line,
-                key,
-                message,
-            }
+        let raw: Raw = from_toml(text).map_err(|(line, key, message)| ConfigError::Invalid {
+            file: file.to_string(),
+            line,
+            key,
+            message,
         })?;
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             file: file.to_string(),
@@ -576,7 +573,21 @@ mod tests {
         let err = parse("[amqp]\nqueue = \"q\"\nprefetch = 10\n")
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("c.toml:3: prefetch:"), "{err}");
+        assert!(err.starts_with("c.toml:3: amqp.prefetch:"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_name_line_and_key() {
+        let err = parse(
+            "[daemon]
+group = \"g\"\n[checkpoint]\nbatch_events_max = \"lots\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("c.toml:4: checkpoint.batch_events_max: invalid type"),
+            "{err}"
+        );
     }
 
     #[test]
