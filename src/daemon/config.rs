@@ -155,17 +155,18 @@ fn masked<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&mask_url(url))
 }
 
-/// `scheme://user:secret@host/...` → `scheme://user:****@host/...`.
-pub fn mask_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((creds, host)) = rest.rsplit_once('@') else {
-        return url.to_string();
-    };
-    match creds.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:****@{host}"),
-        None => url.to_string(),
+/// A connection URL fit to print: its password (if any) shown as `****`
+/// (`amqp://u:****@mq:5672/%2f`). Text that does not parse as a URL is shown only
+/// when it holds no `@` (it might hold credentials in a shape we cannot read).
+pub fn mask_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => match u.set_password(Some("****")) {
+            Ok(()) => u.to_string(),
+            Err(()) => "<URL with credentials, not shown>".to_string(),
+        },
+        Ok(_) => raw.to_string(),
+        Err(_) if raw.contains('@') => "<unparsable URL, not shown>".to_string(),
+        Err(_) => raw.to_string(),
     }
 }
 
@@ -622,6 +623,15 @@ group = \"g\"\n[checkpoint]\nbatch_events_max = \"lots\"\n",
             "{shown}"
         );
         assert!(shown.contains("a:****@h/db"), "{shown}");
+        assert_eq!(
+            mask_url("postgres://root@db:5432/a"),
+            "postgres://root@db:5432/a"
+        );
+        assert_eq!(
+            mask_url("postgres://u:p%40ss@db/a?sslmode=require"),
+            "postgres://u:****@db/a?sslmode=require"
+        );
+        assert!(!mask_url("amqp://u:se cret@mq:99999/").contains("se cret"));
     }
 
     #[test]
