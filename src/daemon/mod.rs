@@ -381,9 +381,15 @@ impl<'a> Session<'a> {
         self.publish_outbox(&pg, bus).await?;
 
         let tag = format!("assayer-{}-{}", c.daemon.group, std::process::id());
-        let mut consumer = bus
+        let consumer = bus
             .consume(&c.amqp.queue, c.amqp.prefetch_count_max, &tag)
             .await?;
+        // Deliveries are stamped when they arrive, on a task of their own, so the
+        // detection latency counts from receipt, including any wait while this session
+        // was busy (the broker never has more than the prefetch window in flight, which
+        // bounds the channel).
+        let (mut deliveries, _stamping) =
+            stamp_deliveries(consumer, usize::from(c.amqp.prefetch_count_max).max(1));
         info!(queue = %c.amqp.queue, prefetch = c.amqp.prefetch_count_max, consumer = %tag,
               "consumer registered; deliveries come while this daemon is the queue's single active consumer");
         self.health.connected(true, true);
@@ -432,10 +438,10 @@ impl<'a> Session<'a> {
                         self.flush(&mut engine, &mut pending, &mut snapshot_at, &mut committer, false).await?;
                     }
                 }
-                d = consumer.next() => {
-                    let d = match d {
-                        Some(Ok(d)) => d,
-                        Some(Err(e)) => return Err(BusError::from(e).into()),
+                d = deliveries.recv() => {
+                    let (received, d) = match d {
+                        Some((at, Ok(d))) => (at, d),
+                        Some((_, Err(e))) => return Err(BusError::from(e).into()),
                         None => return Err(DaemonError::ConsumerClosed),
                     };
                     if pending.since.is_none() {
@@ -460,7 +466,7 @@ impl<'a> Session<'a> {
                         self.hold(&mut engine)
                     });
                     let resume = engine.is_held() && Instant::now() >= until;
-                    self.handle(bus, &mut engine, &mut pending, d, resume).await?;
+                    self.handle(bus, &mut engine, &mut pending, d, received, resume).await?;
                     // Cut the batch when it is full, and when half the prefetch window is
                     // unacked (else the broker stops delivering and the consumer idles
                     // until the timer). Findings were published on detection, so the
@@ -564,16 +570,17 @@ impl<'a> Session<'a> {
         self.emit(bus, pending, out, None).await
     }
 
-    /// Takes one delivery in. With `resume`, first ends the session's hold.
+    /// Takes one delivery in, `received` when it arrived. With `resume`, first ends the
+    /// session's hold.
     async fn handle(
         &self,
         bus: &Amqp,
         engine: &mut Engine,
         pending: &mut Pending,
         d: lapin::message::Delivery,
+        received: Instant,
         resume: bool,
     ) -> Result<(), DaemonError> {
-        let received = Instant::now();
         self.metrics.messages_received.inc();
         let content_type = d
             .properties
@@ -822,6 +829,31 @@ impl<'a> Session<'a> {
 }
 
 /// Where the engine stands, for the status row the deploy gate reads.
+/// A delivery with the instant it reached this process.
+type Stamped = (Instant, Result<lapin::message::Delivery, lapin::Error>);
+
+/// Moves `consumer` onto a task that stamps each delivery as it arrives and hands it on
+/// through a channel of `capacity`. The task ends when the consumer does, when the
+/// receiver is dropped, or when the returned handle is (so a session never leaves it
+/// behind).
+fn stamp_deliveries(
+    mut consumer: lapin::Consumer,
+    capacity: usize,
+) -> (
+    tokio::sync::mpsc::Receiver<Stamped>,
+    tokio_util::task::AbortOnDropHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    let task = tokio::spawn(async move {
+        while let Some(d) = consumer.next().await {
+            if tx.send((Instant::now(), d)).await.is_err() {
+                break;
+            }
+        }
+    });
+    (rx, tokio_util::task::AbortOnDropHandle::new(task))
+}
+
 fn progress(engine: &Engine, head: i64) -> health::Progress {
     health::Progress {
         journal_position: head,
