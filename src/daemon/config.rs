@@ -579,12 +579,9 @@ mod tests {
 
     #[test]
     fn type_errors_name_line_and_key() {
-        let err = parse(
-            "[daemon]
-group = \"g\"\n[checkpoint]\nbatch_events_max = \"lots\"\n",
-        )
-        .unwrap_err()
-        .to_string();
+        let err = parse("[daemon]\ngroup = \"g\"\n[checkpoint]\nbatch_events_max = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("c.toml:4: checkpoint.batch_events_max: invalid type"),
             "{err}"
