@@ -15,6 +15,10 @@ use crate::daemon::config::Config;
 /// /metrics (Prometheus), /v1/gate and /v1/gate/flagger (the deploy gate, for CI, Argo
 /// Rollouts and Flagger) and /ui (the support console). SIGTERM or SIGINT stops it
 /// gracefully: it finishes the batch, checkpoints, acks and exits.
+///
+/// It logs to stderr (JSON lines unless stderr is a terminal): its lifecycle at INFO,
+/// findings and reconnects at WARN. ASSAYER_LOG sets the filter (default
+/// `warn,assayer=info`).
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
     /// TOML config file (docs/configuration.md). Secrets may come from
