@@ -129,8 +129,8 @@ async fn bench(n: usize) {
     bus.declare(&single).await.expect("declare");
     let raw_queue = format!("{}-single.raw", names.prefix);
     declare_raw_queue(&bus, &raw_queue, &single.exchange).await;
-    let (mut raw_rate, mut daemon_rate, mut batch_rate) = (f64::NAN, f64::NAN, f64::NAN);
-    let (mut raw_used, mut single_used, mut batch_used) = Default::default();
+    // A pass not run stays at zero events, and its rate reads NaN.
+    let (mut raw, mut single_used, mut batch_used) = Default::default();
     if run("single") {
         let t = Instant::now();
         publish(&bus, &single.exchange, &lines, 1, None).await;
@@ -140,8 +140,8 @@ async fn bench(n: usize) {
             lines.len(),
             publish_rate
         );
-        (raw_rate, raw_used) = raw_consume(&bus, &raw_queue, lines.len()).await;
-        (daemon_rate, single_used, _) =
+        raw = raw_consume(&bus, &raw_queue, lines.len()).await;
+        (single_used, _) =
             run_daemon(&format!("{db_url}_single"), &single, "single", &lines, None).await;
     }
     // Each pass's database goes when the pass is done: a million journaled events
@@ -160,7 +160,7 @@ async fn bench(n: usize) {
             lines.len(),
             t.elapsed().as_secs_f64()
         );
-        (batch_rate, batch_used, _) =
+        (batch_used, _) =
             run_daemon(&format!("{db_url}_batch"), &batched, "batch", &lines, None).await;
     }
     drop_database(&mut admin, &format!("{db_name}_batch")).await;
@@ -209,7 +209,7 @@ async fn bench(n: usize) {
             Some((10_000, faulty)),
         )
         .await
-        .2
+        .1
     };
     // What any design would cost PostgreSQL here (see `pg_floor`).
     let floor = if run("floor") {
@@ -219,6 +219,7 @@ async fn bench(n: usize) {
     };
     drop_database(&mut admin, &format!("{db_name}_floor")).await;
 
+    let (raw_rate, daemon_rate, batch_rate) = (raw.rate(), single_used.rate(), batch_used.rate());
     println!("\n{:<58} {:>12} {:>9}", "pass", "events/s", "ratio");
     println!(
         "{:<58} {:>12.0} {:>9}",
@@ -236,11 +237,7 @@ async fn bench(n: usize) {
         batch_rate,
         batch_rate / raw_rate
     );
-    print_ceilings(
-        floor,
-        (raw_rate, raw_used),
-        [(daemon_rate, single_used), (batch_rate, batch_used)],
-    );
+    print_ceilings(floor, raw, [single_used, batch_used]);
     if let Some((l, own)) = latencies.filter(|(l, _)| !l.is_empty()) {
         let (relay, daemon) = (Quantiles::of(relay), Quantiles::of(l));
         println!(
@@ -278,16 +275,15 @@ async fn bench(n: usize) {
 
 /// What these cores allow at all: the CPU the targets need, from the floors measured
 /// in this run, against the cores there are.
-fn print_ceilings(floor: Option<Floor>, raw: (f64, Used), daemon: [(f64, Used); 2]) {
+fn print_ceilings(floor: Option<Floor>, raw: Used, [single, batch]: [Used; 2]) {
     let cores = cpu::cores();
-    let [(single_rate, single), (batch_rate, batch)] = daemon;
     println!("\nwhere the CPU goes (µs per event, from /proc, while each pass ran):");
-    for (name, rate, used) in [
-        ("raw consume + ack", raw.0, raw.1),
-        ("daemon, 1 event/message", single_rate, single),
-        ("daemon, NDJSON 100/message", batch_rate, batch),
+    for (name, used) in [
+        ("raw consume + ack", raw),
+        ("daemon, 1 event/message", single),
+        ("daemon, NDJSON 100/message", batch),
     ] {
-        if rate.is_finite() && used.units > 0.0 {
+        if used.ran() {
             println!("  {name:<28} {}", used.line("event"));
         }
     }
@@ -316,11 +312,11 @@ fn print_ceilings(floor: Option<Floor>, raw: (f64, Used), daemon: [(f64, Used); 
     println!(
         "what the targets need at least, with the ordered floor (trace reads a key's events in order):"
     );
-    if raw.0.is_finite() {
+    if raw.ran() {
         // At 0.8x the raw rate the broker and a bare consumer do at least what they did
         // per message in the raw pass, and PostgreSQL at least the floor.
-        let rate = 0.8 * raw.0;
-        let consume = raw.1.cpu.per_unit(raw.1.units);
+        let rate = 0.8 * raw.rate();
+        let consume = raw.cpu.per_unit(raw.units);
         let need = rate * (consume + f.ordered_us) / 1e6;
         println!(
             "  single events at 0.80x raw = {rate:.0}/s: {need:.2} cores (consume + ack {consume:.1} µs + PostgreSQL {:.1} µs per event) of {cores}{}",
@@ -338,11 +334,8 @@ fn print_ceilings(floor: Option<Floor>, raw: (f64, Used), daemon: [(f64, Used); 
         "  (with the chunked floor instead: {need:.2} cores of PostgreSQL alone{})",
         verdict(need)
     );
-    for (name, rate, used) in [
-        ("single events", single_rate, single),
-        ("batches", batch_rate, batch),
-    ] {
-        if rate.is_finite() && used.units > 0.0 {
+    for (name, used) in [("single events", single), ("batches", batch)] {
+        if used.ran() {
             println!(
                 "  this build, {name}: PostgreSQL {:.1} µs per event = {:.1}x the ordered floor",
                 used.postgres_us(),
@@ -415,8 +408,8 @@ async fn publish(bus: &Amqp, exchange: &str, lines: &[Vec<u8>], batch: usize, ra
 }
 
 /// A bare consumer: consume with prefetch 2000, ack every 100 deliveries (multiple).
-/// Returns the rate and the CPU the pass used.
-async fn raw_consume(bus: &Amqp, queue: &str, expect: usize) -> (f64, Used) {
+/// Returns what the pass used.
+async fn raw_consume(bus: &Amqp, queue: &str, expect: usize) -> Used {
     let chan = bus.channel();
     chan.basic_qos(2000, BasicQosOptions::default())
         .await
@@ -447,14 +440,13 @@ async fn raw_consume(bus: &Amqp, queue: &str, expect: usize) -> (f64, Used) {
         wall: t.elapsed().as_secs_f64(),
         units: got as f64,
     };
-    let rate = got as f64 / used.wall;
     let _ = chan
         .basic_cancel(
             "raw-bench".into(),
             lapin::options::BasicCancelOptions::default(),
         )
         .await;
-    (rate, used)
+    used
 }
 
 /// Runs the daemon in-process on `t` until it has journaled every input of `lines`.
@@ -466,7 +458,7 @@ async fn run_daemon(
     group: &str,
     lines: &[Vec<u8>],
     steady: Option<(u64, std::collections::HashSet<String>)>,
-) -> (f64, Used, Option<(Vec<Duration>, String)>) {
+) -> (Used, Option<(Vec<Duration>, String)>) {
     let (_, _, journaled) = offline(lines);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -502,6 +494,7 @@ async fn run_daemon(
     let daemon = tokio::spawn(assayer::daemon::run(config, token.clone()));
     let mut latencies = None;
     let t0 = Instant::now();
+    let cpu_t0 = Cpu::now();
     if let Some((rate, faulty)) = steady {
         // Wait for the daemon to be consuming, then publish at the steady rate.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -539,7 +532,7 @@ async fn run_daemon(
             units: (journaled - h0) as f64,
         },
         _ => Used {
-            cpu: Cpu::default(),
+            cpu: Cpu::now().since(&cpu_t0),
             wall: t0.elapsed().as_secs_f64(),
             units: lines.len() as f64,
         },
@@ -547,7 +540,7 @@ async fn run_daemon(
     token.cancel();
     let _ = daemon.await;
     listener.close().await;
-    (used.units / used.wall, used, latencies)
+    (used, latencies)
 }
 
 /// What a timed pass used: CPU, wall-clock seconds, and the events (or messages) it
@@ -560,6 +553,16 @@ struct Used {
 }
 
 impl Used {
+    /// Whether the pass ran (it handled something).
+    fn ran(&self) -> bool {
+        self.units > 0.0
+    }
+
+    /// Events (or messages) per second; NaN for a pass that did not run.
+    fn rate(&self) -> f64 {
+        self.units / self.wall
+    }
+
     fn line(&self, unit: &str) -> String {
         self.cpu.per(self.units, unit, self.wall)
     }
